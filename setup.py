@@ -1,0 +1,59 @@
+"""Builds fastpath's Cython extensions.
+
+Set VSWITCH_DEBUG=1 for a debug build: bounds checks on, asserts on, -O0 -g
+and AddressSanitizer/UBSan, so the parser can be exercised under sanitizers.
+"""
+import os
+import sys
+
+from setuptools import Extension, setup
+
+CYTHON_VERSION = "3.3.1"
+
+try:
+    import Cython
+    from Cython.Build import cythonize
+except ImportError:  # fail loud: there is no pure-Python fallback
+    sys.exit(f"vswitch needs Cython=={CYTHON_VERSION} to build fastpath")
+if Cython.__version__ != CYTHON_VERSION:
+    sys.exit(f"vswitch pins Cython=={CYTHON_VERSION}, found {Cython.__version__}")
+
+DEBUG = os.environ.get("VSWITCH_DEBUG") == "1"
+
+compile_args = ["-Wall", "-Wno-unused-function", "-Wno-unreachable-code"]
+link_args: list[str] = []
+directives = {
+    "language_level": "3",
+    "boundscheck": DEBUG,
+    "wraparound": False,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "embedsignature": True,
+}
+if DEBUG:
+    compile_args += ["-O0", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+    link_args += ["-fsanitize=address,undefined"]
+else:
+    compile_args += ["-O2"]
+
+MODULES = ["mactable", "frame", "datapath"]
+
+extensions = [
+    Extension(
+        f"fastpath.{name}",
+        [f"fastpath/{name}.pyx"],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+        define_macros=[("VSWITCH_DEBUG", "1" if DEBUG else "0")],
+    )
+    for name in MODULES
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=directives,
+        annotate=False,
+        force=DEBUG,
+    ),
+)

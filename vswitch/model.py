@@ -1,0 +1,211 @@
+"""The data model: validated specs for networks, ports, peers and static FDB entries.
+
+Config files, the control API and the state file all build these objects, so a
+value is checked the same way wherever it comes from. Every check raises
+InvalidArgument with a message that names the field and the offending value.
+"""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import InvalidArgument
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
+IFNAME_MAX = 15  # IFNAMSIZ - 1
+VNI_MAX = (1 << 24) - 1
+MTU_MIN, MTU_MAX = 68, 65521  # 65535 less the L2 header and a tag
+
+
+def _fail(where: str, value: Any, why: str) -> InvalidArgument:
+    return InvalidArgument(f"{where}: {value!r} {why}")
+
+
+def check_name(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise _fail(where, value, "is not a valid name (1-63 of A-Z a-z 0-9 _ . -, starting alphanumeric)")
+    return value
+
+
+def check_mac(where: str, value: Any, *, unicast: bool = True) -> str:
+    if not isinstance(value, str) or not MAC_RE.match(value):
+        raise _fail(where, value, "is not a MAC address (xx:xx:xx:xx:xx:xx)")
+    mac = value.lower()
+    if unicast and int(mac[:2], 16) & 1:
+        raise _fail(where, value, "is a multicast/broadcast MAC; a unicast MAC is required")
+    if unicast and mac == "00:00:00:00:00:00":
+        raise _fail(where, value, "is the all-zero MAC")
+    return mac
+
+
+def check_int(where: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(where, value, "is not an integer")
+    if not lo <= value <= hi:
+        raise _fail(where, value, f"is out of range [{lo}, {hi}]")
+    return value
+
+
+def check_cidr(where: str, value: Any) -> str:
+    if not isinstance(value, str) or "/" not in value:
+        raise _fail(where, value, "is not an address with a prefix length (e.g. 10.1.0.1/24)")
+    try:
+        iface = ipaddress.ip_interface(value)
+    except ValueError:
+        raise _fail(where, value, "is not a valid IPv4/IPv6 address with prefix length") from None
+    return str(iface)
+
+
+def check_ip(where: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _fail(where, value, "is not an IP address")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise _fail(where, value, "is not an IP address") from None
+
+
+def check_ifname(where: str, value: Any) -> str:
+    if (
+        not isinstance(value, str)
+        or not 1 <= len(value) <= IFNAME_MAX
+        or value in (".", "..")
+        or any(c in value for c in "/: \t\n")
+    ):
+        raise _fail(where, value, f"is not a valid interface name (1-{IFNAME_MAX} chars, no '/', ':' or spaces)")
+    return value
+
+
+def check_str(where: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _fail(where, value, "must be a non-empty string")
+    return value
+
+
+def check_keys(where: str, data: dict[str, Any], allowed: set[str], required: set[str]) -> None:
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{where}: expected a table/object, got {type(data).__name__}")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise InvalidArgument(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    missing = sorted(required - set(data))
+    if missing:
+        raise InvalidArgument(f"{where}: missing required key {missing[0]!r}")
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    name: str
+    vni: int | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: str = "network") -> NetworkSpec:
+        check_keys(where, data, {"name", "vni"}, {"name"})
+        vni = data.get("vni")
+        return cls(
+            name=check_name(f"{where}.name", data["name"]),
+            vni=None if vni is None else check_int(f"{where}.vni", vni, 1, VNI_MAX),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    name: str
+    network: str
+    netns: str
+    ifname: str = "eth0"
+    mac: str | None = None
+    ip: str | None = None
+    mtu: int | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: str = "port") -> PortSpec:
+        check_keys(where, data, {"name", "network", "netns", "ifname", "mac", "ip", "mtu"}, {"name", "network", "netns"})
+        return cls(
+            name=check_name(f"{where}.name", data["name"]),
+            network=check_name(f"{where}.network", data["network"]),
+            netns=check_str(f"{where}.netns", data["netns"]),
+            ifname=check_ifname(f"{where}.ifname", data.get("ifname", "eth0")),
+            mac=None if data.get("mac") is None else check_mac(f"{where}.mac", data["mac"]),
+            ip=None if data.get("ip") is None else check_cidr(f"{where}.ip", data["ip"]),
+            mtu=None if data.get("mtu") is None else check_int(f"{where}.mtu", data["mtu"], MTU_MIN, MTU_MAX),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class PeerSpec:
+    network: str
+    remote: str
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: str = "peer") -> PeerSpec:
+        check_keys(where, data, {"network", "remote"}, {"network", "remote"})
+        return cls(
+            network=check_name(f"{where}.network", data["network"]),
+            remote=check_ip(f"{where}.remote", data["remote"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StaticFdbSpec:
+    network: str
+    mac: str
+    port: str
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: str = "fdb") -> StaticFdbSpec:
+        check_keys(where, data, {"network", "mac", "port"}, {"network", "mac", "port"})
+        return cls(
+            network=check_name(f"{where}.network", data["network"]),
+            mac=check_mac(f"{where}.mac", data["mac"]),
+            port=check_name(f"{where}.port", data["port"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SwitchSettings:
+    mac_aging_s: int = 300
+    mac_table_size: int = 65536
+    vtep_ip: str | None = None
+    vxlan_port: int = 4789
+    underlay_mtu: int = 1500
+    max_ports: int = 1024
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: str = "switch") -> SwitchSettings:
+        allowed = {"mac_aging_s", "mac_table_size", "vtep_ip", "vxlan_port", "underlay_mtu", "max_ports"}
+        check_keys(where, data, allowed, set())
+        d = cls()
+        return cls(
+            mac_aging_s=check_int(f"{where}.mac_aging_s", data.get("mac_aging_s", d.mac_aging_s), 1, 86400 * 365),
+            mac_table_size=check_int(f"{where}.mac_table_size", data.get("mac_table_size", d.mac_table_size), 16, 1 << 24),
+            vtep_ip=None if data.get("vtep_ip") is None else check_ip(f"{where}.vtep_ip", data["vtep_ip"]),
+            vxlan_port=check_int(f"{where}.vxlan_port", data.get("vxlan_port", d.vxlan_port), 1, 65535),
+            underlay_mtu=check_int(f"{where}.underlay_mtu", data.get("underlay_mtu", d.underlay_mtu), 576, 65535),
+            max_ports=check_int(f"{where}.max_ports", data.get("max_ports", d.max_ports), 2, 65000),
+        )
+
+
+@dataclass
+class DesiredState:
+    """Everything an operator configured: what the state file persists."""
+
+    networks: list[NetworkSpec] = field(default_factory=list)
+    ports: list[PortSpec] = field(default_factory=list)
+    peers: list[PeerSpec] = field(default_factory=list)
+    static_fdb: list[StaticFdbSpec] = field(default_factory=list)

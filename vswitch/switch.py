@@ -1,55 +1,394 @@
 """The switch: the control plane's single owner of networks, ports, peers and the FDB.
 
-(Interface stub: bodies land with the datapath integration.)
+Every public method is thread-safe (API handler threads call them
+concurrently), validates its input before touching anything, and either
+applies the whole change or raises and changes nothing:
 
-Every public method is thread-safe (API handler threads call them concurrently),
-validates its input before touching anything, and either applies the whole
-change or raises and changes nothing:
+- InvalidArgument (HTTP 400): a malformed value
+- NotFound (404): an unknown network, port, peer or entry
+- Conflict (409): a duplicate name, a network still in use, ...
 
-- InvalidArgument (HTTP 400): malformed value
-- NotFound (404): unknown network / port / peer / entry
-- Conflict (409): duplicate name, network still in use, MAC on another port...
-
-After each successful change the switch calls ``on_change(desired_state)`` so the
-daemon can persist it.
+After each successful change the switch calls ``on_change(desired_state)`` so
+that the daemon can persist it. The switch never touches a frame: it changes
+the datapath's tables and reads its counters.
 """
 from __future__ import annotations
 
+import logging
+import os
+import select
+import threading
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from .model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings
+from fastpath import Datapath
+
+from .errors import Conflict, InvalidArgument, NotFound
+from .model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings, check_mac, check_name
+from .netns import netns_identity, netns_path, resolve_netns
+from .tap import TapPort, open_tap
+
+log = logging.getLogger("vswitch.switch")
+
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348)
+DEFAULT_MTU = 1500
+NETNS_CHECK_INTERVAL_S = 0.5
+
+
+@dataclass
+class _Network:
+    spec: NetworkSpec
+    id: int
+
+
+@dataclass
+class _Port:
+    spec: PortSpec
+    tap: TapPort
+    index: int
+    mtu: int
+    netns_path: str
+    netns_id: tuple[int, int] | None
 
 
 class Switch:
     def __init__(self, settings: SwitchSettings, on_change: Callable[[DesiredState], None] | None = None) -> None:
-        raise NotImplementedError
+        self.settings = settings
+        self._on_change = on_change
+        self._lock = threading.RLock()
+        self._dp = Datapath(
+            max_ports=settings.max_ports,
+            mac_table_size=settings.mac_table_size,
+            mac_aging_s=float(settings.mac_aging_s),
+        )
+        self._networks: dict[str, _Network] = {}
+        self._free_net_ids = list(range(4096, 0, -1))
+        self._ports: dict[str, _Port] = {}
+        self._peers: list[PeerSpec] = []
+        self._static: dict[tuple[str, str], StaticFdbSpec] = {}
+        self._loop_thread: threading.Thread | None = None
+        self._watch_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()  # wakes the port watcher at stop
 
-    # lifecycle
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def apply(self, state: DesiredState) -> None: ...
-    def desired_state(self) -> DesiredState: ...
+    # ---- lifecycle -------------------------------------------------------------------
 
-    # networks: {"name": str, "vni": int|None, "ports": [str], "peers": [str]}
-    def add_network(self, spec: NetworkSpec) -> dict[str, Any]: ...
-    def del_network(self, name: str) -> None: ...  # Conflict while ports use it
-    def list_networks(self) -> list[dict[str, Any]]: ...
+    def start(self) -> None:
+        """Start the forwarding loop and the port watcher."""
+        self._loop_thread = threading.Thread(target=self._dp.run, name="datapath", daemon=True)
+        self._loop_thread.start()
+        self._watch_thread = threading.Thread(target=self._watch_ports, name="port-watch", daemon=True)
+        self._watch_thread.start()
 
-    # ports: {"name","network","netns","ifname","mac","ip","mtu","index","state", "counters": {...}}
-    def add_port(self, spec: PortSpec) -> dict[str, Any]: ...
-    def del_port(self, name: str) -> None: ...
-    def list_ports(self) -> list[dict[str, Any]]: ...
+    def stop(self) -> None:
+        """Stop forwarding and close the TAP fds. The interfaces stay in their
+        namespaces (they are persistent) for the next vswitchd to re-attach."""
+        self._stopping.set()
+        os.write(self._wake_w, b"x")
+        self._dp.stop()
+        for t in (self._loop_thread, self._watch_thread):
+            if t is not None:
+                t.join(timeout=5)
+        with self._lock:
+            for port in self._ports.values():
+                self._dp.remove_port(port.index)
+                port.tap.close()
+            self._ports.clear()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
-    # peers: {"network": str, "remote": str}
-    def add_peer(self, spec: PeerSpec) -> dict[str, Any]: ...
-    def del_peer(self, spec: PeerSpec) -> None: ...
-    def list_peers(self, network: str | None = None) -> list[dict[str, Any]]: ...
+    def apply(self, state: DesiredState, *, strict: bool = True) -> None:
+        """Build the switch from a desired state (config or state file).
 
-    # fdb entries: {"network","mac","port": str|None,"peer": str|None,"static": bool,"age_s": float}
-    def fdb_list(self, network: str | None = None, port: str | None = None) -> list[dict[str, Any]]: ...
-    def fdb_flush(self, network: str | None = None, port: str | None = None) -> int: ...  # learned entries removed
-    def fdb_add(self, spec: StaticFdbSpec) -> dict[str, Any]: ...
-    def fdb_del(self, network: str, mac: str) -> None: ...
+        Any error aborts, except that when not strict (restoring saved state)
+        a port whose namespace has gone while vswitchd was down is skipped
+        with a warning: the container it belonged to no longer exists.
+        """
+        with self._lock:
+            for net in state.networks:
+                self._add_network(net)
+            for port in state.ports:
+                if not strict and netns_identity(netns_path(port.netns)) is None:
+                    log.warning("port %s not restored: netns %s is gone", port.name, port.netns)
+                    continue
+                self._add_port(port)
+            for peer in state.peers:
+                self._add_peer(peer)
+            for entry in state.static_fdb:
+                if not strict and entry.port not in self._ports:
+                    log.warning("static entry %s not restored: port %s is gone", entry.mac, entry.port)
+                    continue
+                self._fdb_add(entry)
+        self._changed()
 
-    # {"ports": {name: counters}, "fdb": {...}, "loop": {...}}
-    def stats(self) -> dict[str, Any]: ...
+    def desired_state(self) -> DesiredState:
+        with self._lock:
+            return DesiredState(
+                networks=[n.spec for n in self._networks.values()],
+                ports=[p.spec for p in self._ports.values()],
+                peers=list(self._peers),
+                static_fdb=list(self._static.values()),
+            )
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self.desired_state())
+
+    # ---- networks --------------------------------------------------------------------
+
+    def add_network(self, spec: NetworkSpec) -> dict[str, Any]:
+        with self._lock:
+            self._add_network(spec)
+            self._changed()
+            return self._network_view(self._networks[spec.name])
+
+    def _add_network(self, spec: NetworkSpec) -> None:
+        if spec.name in self._networks:
+            raise Conflict(f"network {spec.name!r} already exists")
+        if spec.vni is not None:
+            for other in self._networks.values():
+                if other.spec.vni == spec.vni:
+                    raise Conflict(f"VNI {spec.vni} is already used by network {other.spec.name!r}")
+        if not self._free_net_ids:
+            raise Conflict("no network ids left")
+        self._networks[spec.name] = _Network(spec, self._free_net_ids.pop())
+        log.info("network %s added (vni %s)", spec.name, spec.vni)
+
+    def del_network(self, name: str) -> None:
+        with self._lock:
+            net = self._network(name)
+            users = sorted(p.spec.name for p in self._ports.values() if p.spec.network == name)
+            if users:
+                raise Conflict(f"network {name!r} still has ports: {', '.join(users)}")
+            peers = [p.remote for p in self._peers if p.network == name]
+            if peers:
+                raise Conflict(f"network {name!r} still has peers: {', '.join(peers)}")
+            self._dp.fdb_flush(net.id, None, True)
+            del self._networks[name]
+            self._free_net_ids.append(net.id)
+            log.info("network %s deleted", name)
+            self._changed()
+
+    def list_networks(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._network_view(n) for n in self._networks.values()]
+
+    def get_network(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            return self._network_view(self._network(name))
+
+    def _network(self, name: str) -> _Network:
+        net = self._networks.get(name)
+        if net is None:
+            raise NotFound(f"network {name!r} does not exist")
+        return net
+
+    def _network_view(self, net: _Network) -> dict[str, Any]:
+        return {
+            "name": net.spec.name,
+            "vni": net.spec.vni,
+            "ports": sorted(p.spec.name for p in self._ports.values() if p.spec.network == net.spec.name),
+            "peers": [p.remote for p in self._peers if p.network == net.spec.name],
+        }
+
+    # ---- ports -------------------------------------------------------------------------
+
+    def add_port(self, spec: PortSpec) -> dict[str, Any]:
+        with self._lock:
+            self._add_port(spec)
+            self._changed()
+            return self._port_view(self._ports[spec.name])
+
+    def _default_mtu(self, net: _Network) -> int:
+        if net.spec.vni is not None:
+            return self.settings.underlay_mtu - VXLAN_OVERHEAD
+        return DEFAULT_MTU
+
+    def _add_port(self, spec: PortSpec) -> None:
+        if spec.name in self._ports:
+            raise Conflict(f"port {spec.name!r} already exists")
+        net = self._network(spec.network)
+        path = resolve_netns(spec.netns, "netns")
+        for other in self._ports.values():
+            if other.netns_path == path and other.spec.ifname == spec.ifname:
+                raise Conflict(f"port {other.spec.name!r} already uses {spec.ifname} in netns {spec.netns}")
+        mtu = spec.mtu or self._default_mtu(net)
+        tap = open_tap(path, spec.ifname, mac=spec.mac, ip=spec.ip, mtu=mtu)
+        try:
+            index = self._dp.add_port(tap.fd, net.id, mtu)
+        except Exception as e:
+            tap.destroy() if tap.created else tap.close()
+            raise Conflict(f"port {spec.name!r} cannot be attached: {e}") from e
+        self._ports[spec.name] = _Port(spec, tap, index, mtu, path, netns_identity(path))
+        log.info(
+            "port %s %s: %s in netns %s, network %s, mtu %d",
+            spec.name, "created" if tap.created else "re-attached", spec.ifname, spec.netns, spec.network, mtu,
+        )
+
+    def del_port(self, name: str) -> None:
+        with self._lock:
+            port = self._port(name)
+            self._drop_port(port, destroy=True)
+            log.info("port %s deleted", name)
+            self._changed()
+
+    def _drop_port(self, port: _Port, *, destroy: bool) -> None:
+        self._dp.remove_port(port.index)
+        for key in [k for k, e in self._static.items() if e.port == port.spec.name]:
+            del self._static[key]
+        del self._ports[port.spec.name]
+        try:
+            port.tap.destroy() if destroy else port.tap.close()
+        except OSError as e:  # the interface may already be gone with its namespace
+            log.debug("closing port %s: %s", port.spec.name, e)
+            port.tap.close()
+
+    def list_ports(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [self._port_view(p) for p in self._ports.values()]
+
+    def get_port(self, name: str) -> dict[str, Any]:
+        with self._lock:
+            return self._port_view(self._port(name))
+
+    def _port(self, name: str) -> _Port:
+        port = self._ports.get(name)
+        if port is None:
+            raise NotFound(f"port {name!r} does not exist")
+        return port
+
+    def _port_view(self, port: _Port) -> dict[str, Any]:
+        s = port.spec
+        return {
+            "name": s.name,
+            "network": s.network,
+            "netns": s.netns,
+            "ifname": s.ifname,
+            "mac": port.tap.mac,
+            "ip": s.ip,
+            "mtu": port.mtu,
+            "index": port.index,
+            "state": self._dp.port_state(port.index),
+            "counters": self._dp.port_counters(port.index),
+        }
+
+    def _watch_ports(self) -> None:
+        """Drop ports whose interface or namespace went away under us.
+
+        A TAP fd opened inside a namespace pins it, so `ip netns del` alone
+        would leave the namespace (and the interface) alive for as long as we
+        hold the fd: the namespace file vanishing is the signal to let go.
+        An interface deleted from inside the container shows as a failed fd.
+        """
+        while not self._stopping.is_set():
+            ready, _, _ = select.select([self._dp.notify_fd, self._wake_r], [], [], NETNS_CHECK_INTERVAL_S)
+            if self._stopping.is_set():
+                break
+            dead = set(self._dp.dead_ports()) if ready else set()
+            with self._lock:
+                gone = [
+                    p for p in self._ports.values()
+                    if p.index in dead or netns_identity(p.netns_path) != p.netns_id
+                ]
+                for port in gone:
+                    why = "its interface went away" if port.index in dead else f"netns {port.spec.netns} is gone"
+                    log.warning("port %s removed: %s", port.spec.name, why)
+                    self._drop_port(port, destroy=False)
+                if gone:
+                    self._changed()
+
+    # ---- peers -------------------------------------------------------------------------
+
+    def add_peer(self, spec: PeerSpec) -> dict[str, Any]:
+        with self._lock:
+            self._add_peer(spec)
+            self._changed()
+            return spec.to_dict()
+
+    def _add_peer(self, spec: PeerSpec) -> None:
+        net = self._network(spec.network)
+        if net.spec.vni is None:
+            raise InvalidArgument(f"network {spec.network!r} has no VNI: peers need a VXLAN network")
+        if spec in self._peers:
+            raise Conflict(f"peer {spec.remote} is already in network {spec.network!r}")
+        self._peers.append(spec)
+
+    def del_peer(self, spec: PeerSpec) -> None:
+        with self._lock:
+            if spec not in self._peers:
+                raise NotFound(f"peer {spec.remote} is not in network {spec.network!r}")
+            self._peers.remove(spec)
+            self._changed()
+
+    def list_peers(self, network: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            if network is not None:
+                self._network(network)
+            return [p.to_dict() for p in self._peers if network is None or p.network == network]
+
+    # ---- FDB ---------------------------------------------------------------------------
+
+    def fdb_list(self, network: str | None = None, port: str | None = None) -> list[dict[str, Any]]:
+        with self._lock:
+            net_id = self._network(network).id if network is not None else 0
+            out = self._port(port).index if port is not None else None
+            names = {n.id: n.spec.name for n in self._networks.values()}
+            ports = {p.index: p.spec.name for p in self._ports.values()}
+        entries = []
+        for nid, mac, o, static, age in self._dp.fdb_entries(net_id, out):
+            if nid not in names:
+                continue
+            entries.append({
+                "network": names[nid],
+                "mac": mac,
+                "port": ports.get(o),
+                "peer": None,
+                "static": static,
+                "age_s": None if static else round(age, 3),
+            })
+        entries.sort(key=lambda e: (e["network"], e["mac"]))
+        return entries
+
+    def fdb_flush(self, network: str | None = None, port: str | None = None) -> int:
+        """Forget learned entries (static ones stay); returns how many."""
+        with self._lock:
+            net_id = self._network(network).id if network is not None else 0
+            out = self._port(port).index if port is not None else None
+            return self._dp.fdb_flush(net_id, out, False)
+
+    def fdb_add(self, spec: StaticFdbSpec) -> dict[str, Any]:
+        with self._lock:
+            self._fdb_add(spec)
+            self._changed()
+            return spec.to_dict()
+
+    def _fdb_add(self, spec: StaticFdbSpec) -> None:
+        net = self._network(spec.network)
+        port = self._port(spec.port)
+        if port.spec.network != spec.network:
+            raise InvalidArgument(f"port {spec.port!r} is in network {port.spec.network!r}, not {spec.network!r}")
+        if (spec.network, spec.mac) in self._static:
+            raise Conflict(f"a static entry for {spec.mac} in network {spec.network!r} already exists")
+        try:
+            self._dp.fdb_set_static(net.id, spec.mac, port.index)
+        except OverflowError as e:
+            raise Conflict(str(e)) from None
+        self._static[(spec.network, spec.mac)] = spec
+
+    def fdb_del(self, network: str, mac: str) -> None:
+        check_name("network", network)
+        mac = check_mac("mac", mac)
+        with self._lock:
+            net = self._network(network)
+            static = self._static.pop((network, mac), None)
+            if not self._dp.fdb_delete(net.id, mac) and static is None:
+                raise NotFound(f"no FDB entry for {mac} in network {network!r}")
+            if static is not None:
+                self._changed()
+
+    # ---- counters ----------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            ports = {p.spec.name: self._dp.port_counters(p.index) for p in self._ports.values()}
+        return {"ports": ports, "fdb": self._dp.fdb_counters(), "loop": self._dp.loop_stats()}

@@ -1,0 +1,79 @@
+# The forwarding loop: ports, the frame buffers, the counters and the lock
+# that the control plane takes to change them.
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from fastpath.mactable cimport mac_table
+from fastpath.posix_io cimport pthread_mutex_t
+
+cdef enum:
+    BATCH = 32                     # frames read from one port per wakeup
+    HEADROOM = 128                 # in front of each frame: room to push tunnel headers or a tag
+    FRAME_ROOM = 65536 + 128       # a 64 KB TSO super-frame and its virtio-net header
+    BUF_SIZE = HEADROOM + FRAME_ROOM
+    MAX_EVENTS = 64
+    SWEEP_INTERVAL_MS = 100        # also the longest the loop sleeps when idle
+    HIST_BUCKETS = 7               # frames per batch: 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+
+
+cdef enum port_state:
+    PORT_FREE = 0
+    PORT_UP = 1
+    PORT_DEAD = 2                  # its fd failed; waits for the control plane to remove it
+
+# Per-port counters, PC_COUNT per port in one flat array. Drops by reason
+# start at PC_DROPS and are indexed by frame.drop_reason.
+cdef enum:  # port counters
+    PC_RX_PACKETS = 0
+    PC_RX_BYTES = 1
+    PC_TX_PACKETS = 2
+    PC_TX_BYTES = 3
+    PC_FLOODED = 4                 # frames from this port that were flooded
+    PC_TX_ERRORS = 5               # writes to this port that failed
+    PC_DROPS = 6
+    PC_COUNT = 16                  # PC_DROPS + DROP_REASONS, rounded up
+
+cdef enum:  # loop statistics
+    LS_WAKEUPS = 0
+    LS_FRAMES = 1                  # frames fully handled (read, decided, written)
+    LS_BATCHES = 2
+    LS_SWEPT = 3                   # expired entries removed by the sweep
+    LS_HIST = 4                    # HIST_BUCKETS counters follow
+    LS_COUNT = LS_HIST + HIST_BUCKETS
+
+cdef struct port_t:
+    int fd
+    uint32_t gen                   # bumped on add and remove: stale epoll events are ignored
+    uint32_t mtu
+    uint16_t network
+    uint8_t state
+    int32_t next_in_net            # next port of the same network, -1 ends the list
+
+cdef struct frame_t:
+    uint8_t *data                  # the Ethernet header; HEADROOM bytes are free before it
+    uint32_t len
+    uint32_t in_port
+
+
+cdef class Datapath:
+    cdef pthread_mutex_t lock
+    cdef port_t *ports
+    cdef uint64_t *pctr
+    cdef int32_t *net_head
+    cdef uint32_t max_ports
+    cdef uint32_t max_networks
+    cdef mac_table mt
+    cdef uint32_t sweep_budget
+    cdef uint64_t stats[LS_COUNT]
+    cdef int epfd
+    cdef int stop_efd
+    cdef int notify_efd
+    cdef uint8_t *bufmem
+    cdef frame_t frames[BATCH]
+    cdef bint running
+
+    cdef void _loop(self) noexcept nogil
+    cdef void _rx_port(self, uint32_t idx, uint32_t events, int64_t now) noexcept nogil
+    cdef void _forward(self, frame_t *f, int64_t now) noexcept nogil
+    cdef void _flood(self, frame_t *f, uint16_t network) noexcept nogil
+    cdef void _tx(self, uint32_t idx, const uint8_t *data, uint32_t length) noexcept nogil
+    cdef void _port_down(self, uint32_t idx) noexcept nogil
+    cdef void _unlink(self, uint32_t idx) noexcept nogil

@@ -1,0 +1,435 @@
+# cython: language_level=3
+"""The forwarding loop.
+
+One thread runs Datapath.run(), which releases the GIL for good and loops:
+epoll_wait over the port fds, then, holding `lock`, read up to BATCH frames
+from each ready port into preallocated buffers and forward each: parse, learn
+the source, look up the destination, write to one port or flood to the
+network. The control plane takes the same lock (between batches) to add or
+remove ports and change the FDB, and reads counters without it: every counter
+has one writer, the loop, and 64-bit aligned loads do not tear.
+"""
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free, malloc
+from libc.string cimport memset
+
+from fastpath.frame cimport (DROP_NONE, DROP_REASONS, DROP_SAME_PORT, DROP_VLAN_TAGGED, drop_reason,
+                             eth_info, mac_is_group, parse_eth)
+from fastpath.mactable cimport (MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry, mac_key, mt_delete,
+                                mt_expired, mt_flush, mt_free, mt_init, mt_learn, mt_lookup, mt_peek,
+                                mt_set_static, mt_sweep)
+from fastpath.posix_io cimport (CLOCK_MONOTONIC, EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, EPOLL_CLOEXEC,
+                                EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, close,
+                                clock_gettime, epoll_create1, epoll_ctl, epoll_event, epoll_wait, errno, eventfd,
+                                pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock,
+                                pthread_mutex_unlock, read, timespec, write)
+
+import os
+
+from fastpath.frame import DROP_NAMES
+from fastpath.mactable import format_mac, parse_mac
+
+# epoll tag of the stop eventfd; port tags are gen << 32 | index.
+cdef uint64_t TAG_STOP = 0xFFFFFFFFFFFFFFFFULL
+
+PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "flooded", "tx_errors")
+HIST_BOUNDS = (1, 3, 7, 15, 31, 63)   # upper bound of each frames-per-batch bucket; the last is open
+PORT_STATES = ("free", "up", "dead")
+
+
+cdef inline int64_t now_ms() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+
+
+cdef inline uint32_t hist_bucket(uint32_t n) noexcept nogil:
+    cdef uint32_t b = 0
+    while n > 1 and b < HIST_BUCKETS - 1:
+        n >>= 1
+        b += 1
+    return b
+
+
+cdef class Datapath:
+    """The switch's data plane. All methods but run() are for the control plane."""
+
+    def __cinit__(self, uint32_t max_ports=1024, uint32_t mac_table_size=65536, double mac_aging_s=300.0,
+                  uint32_t max_networks=4096):
+        cdef uint32_t i
+        cdef uint64_t seed = int.from_bytes(os.urandom(8), "little")
+        self.epfd = self.stop_efd = self.notify_efd = -1
+        if max_ports < 1 or max_ports >= OUT_PEER:
+            raise ValueError(f"max_ports must be in [1, {OUT_PEER - 1}]")
+        if max_networks < 1 or max_networks > 65535:
+            raise ValueError("max_networks must be in [1, 65535]")
+        if mac_aging_s <= 0:
+            raise ValueError("mac_aging_s must be positive")
+        mt_init(&self.mt, mac_table_size, <int64_t>(mac_aging_s * 1000), seed)
+        self.max_ports = max_ports
+        self.max_networks = max_networks
+        self.ports = <port_t *>calloc(max_ports, sizeof(port_t))
+        self.pctr = <uint64_t *>calloc(<size_t>max_ports * PC_COUNT, sizeof(uint64_t))
+        self.net_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
+        self.bufmem = <uint8_t *>malloc(<size_t>BATCH * BUF_SIZE)
+        if not (self.ports and self.pctr and self.net_head and self.bufmem):
+            raise MemoryError("cannot allocate the datapath tables")
+        for i in range(max_networks + 1):
+            self.net_head[i] = -1
+        for i in range(BATCH):
+            self.frames[i].data = self.bufmem + <size_t>i * BUF_SIZE + HEADROOM
+        memset(self.stats, 0, sizeof(self.stats))
+        # Visit the whole slot array about once per aging period.
+        self.sweep_budget = <uint32_t>max(64, (self.mt.mask + 1) * SWEEP_INTERVAL_MS // max(1, self.mt.aging_ms) + 1)
+        pthread_mutex_init(&self.lock, NULL)
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        self.stop_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        self.notify_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.epfd < 0 or self.stop_efd < 0 or self.notify_efd < 0:
+            raise OSError(errno, "cannot create the datapath's epoll and eventfds")
+        cdef epoll_event ev
+        ev.events = EPOLLIN
+        ev.data.u64 = TAG_STOP
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.stop_efd, &ev) < 0:
+            raise OSError(errno, "epoll_ctl on the stop eventfd failed")
+
+    def __dealloc__(self):
+        for fd in (self.epfd, self.stop_efd, self.notify_efd):
+            if fd >= 0:
+                close(fd)
+        if self.ports != NULL:
+            pthread_mutex_destroy(&self.lock)
+        mt_free(&self.mt)
+        free(self.ports)
+        free(self.pctr)
+        free(self.net_head)
+        free(self.bufmem)
+
+    # ---- the loop (GIL released) -------------------------------------------------
+
+    def run(self) -> None:
+        """Forward frames until stop() is called. Blocks; call it from a thread."""
+        if self.running:
+            raise RuntimeError("the datapath loop is already running")
+        self.running = True
+        try:
+            with nogil:
+                self._loop()
+        finally:
+            self.running = False
+
+    def stop(self) -> None:
+        """Ask run() to return after the batch in hand."""
+        cdef uint64_t one = 1
+        write(self.stop_efd, &one, sizeof(one))
+
+    cdef void _loop(self) noexcept nogil:
+        cdef epoll_event events[MAX_EVENTS]
+        cdef int n, i
+        cdef uint64_t tag, drain
+        cdef uint32_t idx
+        cdef bint stopping = False
+        cdef int64_t now, last_sweep = now_ms()
+        while not stopping:
+            n = epoll_wait(self.epfd, events, MAX_EVENTS, SWEEP_INTERVAL_MS)
+            if n < 0 and errno != EINTR:
+                break
+            now = now_ms()
+            pthread_mutex_lock(&self.lock)
+            self.stats[LS_WAKEUPS] += 1
+            for i in range(n):
+                tag = events[i].data.u64
+                if tag == TAG_STOP:
+                    read(self.stop_efd, &drain, sizeof(drain))
+                    stopping = True
+                    continue
+                idx = <uint32_t>(tag & 0xFFFFFFFFULL)
+                # The port may have been removed (or its slot reused) after
+                # epoll_wait returned: the generation tells.
+                if self.ports[idx].state != PORT_UP or self.ports[idx].gen != <uint32_t>(tag >> 32):
+                    continue
+                self._rx_port(idx, events[i].events, now)
+            if now - last_sweep >= SWEEP_INTERVAL_MS:
+                self.stats[LS_SWEPT] += mt_sweep(&self.mt, now, self.sweep_budget)
+                last_sweep = now
+            pthread_mutex_unlock(&self.lock)
+
+    cdef void _rx_port(self, uint32_t idx, uint32_t events, int64_t now) noexcept nogil:
+        cdef port_t *p = &self.ports[idx]
+        cdef uint32_t i, nread = 0
+        cdef ssize_t n
+        cdef bint dead = False
+        while nread < BATCH:
+            n = read(p.fd, self.frames[nread].data - 0, FRAME_ROOM)
+            if n < 0:
+                if errno == EAGAIN:  # EWOULDBLOCK is the same value on Linux
+                    break
+                if errno == EINTR:
+                    continue
+                dead = True          # e.g. EBADFD: the TAP's interface is gone
+                break
+            if n == 0 and events & (EPOLLHUP | EPOLLERR):
+                dead = True          # end of file on a socket whose peer closed
+                break
+            self.frames[nread].len = <uint32_t>n
+            self.frames[nread].in_port = idx
+            nread += 1
+        for i in range(nread):
+            self._forward(&self.frames[i], now)
+        if nread:
+            self.stats[LS_BATCHES] += 1
+            self.stats[LS_HIST + hist_bucket(nread)] += 1
+            self.stats[LS_FRAMES] += nread
+        elif events & (EPOLLHUP | EPOLLERR):
+            dead = True
+        if dead:
+            self._port_down(idx)
+
+    cdef void _forward(self, frame_t *f, int64_t now) noexcept nogil:
+        cdef uint32_t idx = f.in_port
+        cdef port_t *p = &self.ports[idx]
+        cdef uint64_t *c = &self.pctr[<size_t>idx * PC_COUNT]
+        cdef eth_info eth
+        cdef mac_entry *e
+        cdef drop_reason reason
+        c[PC_RX_PACKETS] += 1
+        c[PC_RX_BYTES] += f.len
+        reason = parse_eth(f.data, f.len, p.mtu, &eth)
+        if reason == DROP_NONE and eth.tagged:
+            reason = DROP_VLAN_TAGGED    # every port is an access port
+        if reason != DROP_NONE:
+            c[PC_DROPS + <int>reason] += 1
+            return
+        mt_learn(&self.mt, mac_key(p.network, eth.src), idx, now)
+        if mac_is_group(eth.dst):
+            self._flood(f, p.network)
+            return
+        e = mt_lookup(&self.mt, mac_key(p.network, eth.dst), now)
+        if e == NULL:
+            self._flood(f, p.network)
+        elif e.out == idx:
+            c[PC_DROPS + DROP_SAME_PORT] += 1
+        elif e.out < self.max_ports and self.ports[e.out].state == PORT_UP:
+            self._tx(e.out, f.data, f.len)
+        else:
+            self._flood(f, p.network)
+
+    cdef void _flood(self, frame_t *f, uint16_t network) noexcept nogil:
+        cdef int32_t q = self.net_head[network]
+        self.pctr[<size_t>f.in_port * PC_COUNT + PC_FLOODED] += 1
+        while q >= 0:
+            if <uint32_t>q != f.in_port and self.ports[q].state == PORT_UP:
+                self._tx(q, f.data, f.len)
+            q = self.ports[q].next_in_net
+
+    cdef void _tx(self, uint32_t idx, const uint8_t *data, uint32_t length) noexcept nogil:
+        cdef uint64_t *c = &self.pctr[<size_t>idx * PC_COUNT]
+        cdef ssize_t n = write(self.ports[idx].fd, data, length)
+        if n < 0 and errno == EINTR:
+            n = write(self.ports[idx].fd, data, length)
+        if n == <ssize_t>length:
+            c[PC_TX_PACKETS] += 1
+            c[PC_TX_BYTES] += length
+        else:
+            # Never wait for a slow receiver: the frame is dropped and counted.
+            c[PC_TX_ERRORS] += 1
+
+    cdef void _port_down(self, uint32_t idx) noexcept nogil:
+        cdef uint64_t one = 1
+        epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.ports[idx].fd, NULL)
+        self.ports[idx].state = PORT_DEAD
+        mt_flush(&self.mt, 0, idx, True)
+        write(self.notify_efd, &one, sizeof(one))
+
+    cdef void _unlink(self, uint32_t idx) noexcept nogil:
+        cdef int32_t *link = &self.net_head[self.ports[idx].network]
+        while link[0] >= 0:
+            if <uint32_t>link[0] == idx:
+                link[0] = self.ports[idx].next_in_net
+                break
+            link = &self.ports[link[0]].next_in_net
+        self.ports[idx].next_in_net = -1
+
+    # ---- ports ---------------------------------------------------------------------
+
+    def add_port(self, int fd, uint16_t network, uint32_t mtu=1500) -> int:
+        """Attach an fd that keeps frame boundaries (a TAP, a socketpair end) to
+        `network` (1..max_networks); returns the port index. The fd is made
+        non-blocking and stays owned by the caller."""
+        cdef uint32_t idx
+        cdef epoll_event ev
+        cdef int rc
+        if network < 1 or network > self.max_networks:
+            raise ValueError(f"network id {network} is out of range [1, {self.max_networks}]")
+        if mtu < 68 or mtu > FRAME_ROOM - 18:
+            raise ValueError(f"MTU {mtu} is out of range [68, {FRAME_ROOM - 18}]")
+        os.set_blocking(fd, False)
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            for idx in range(self.max_ports):
+                if self.ports[idx].state == PORT_FREE:
+                    break
+            else:
+                raise OverflowError(f"all {self.max_ports} ports are in use")
+            p = &self.ports[idx]
+            p.gen += 1
+            p.fd = fd
+            p.mtu = mtu
+            p.network = network
+            memset(&self.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
+            ev.events = EPOLLIN
+            ev.data.u64 = (<uint64_t>p.gen << 32) | idx
+            rc = epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+            if rc < 0:
+                raise OSError(errno, f"epoll_ctl(ADD) of fd {fd} failed: {os.strerror(errno)}")
+            p.state = PORT_UP
+            p.next_in_net = self.net_head[network]
+            self.net_head[network] = idx
+            return idx
+        finally:
+            pthread_mutex_unlock(&self.lock)
+
+    def remove_port(self, uint32_t idx) -> None:
+        """Detach a port and forget every FDB entry (learned or static) that names it.
+        The caller closes the fd afterwards."""
+        self._check_index(idx)
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            if self.ports[idx].state != PORT_FREE:
+                if self.ports[idx].state == PORT_UP:
+                    epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.ports[idx].fd, NULL)
+                self._unlink(idx)
+                mt_flush(&self.mt, 0, idx, True)
+                self.ports[idx].state = PORT_FREE
+                self.ports[idx].gen += 1
+                self.ports[idx].fd = -1
+            pthread_mutex_unlock(&self.lock)
+
+    def _check_index(self, uint32_t idx) -> None:
+        if idx >= self.max_ports:
+            raise IndexError(f"port index {idx} is out of range")
+
+    def port_state(self, uint32_t idx) -> str:
+        self._check_index(idx)
+        return PORT_STATES[self.ports[idx].state]
+
+    @property
+    def notify_fd(self) -> int:
+        """Readable when a port went down by itself (its fd failed)."""
+        return self.notify_efd
+
+    def dead_ports(self) -> list:
+        """Indices of ports whose fd failed; clears the notify_fd signal."""
+        cdef uint64_t drain
+        read(self.notify_efd, &drain, sizeof(drain))
+        return [i for i in range(self.max_ports) if self.ports[i].state == PORT_DEAD]
+
+    def port_counters(self, uint32_t idx) -> dict:
+        self._check_index(idx)
+        cdef uint64_t *c = &self.pctr[<size_t>idx * PC_COUNT]
+        out = {name: c[i] for i, name in enumerate(PORT_COUNTER_NAMES)}
+        out["drops"] = {DROP_NAMES[r]: c[PC_DROPS + r] for r in range(1, DROP_REASONS)}
+        return out
+
+    def loop_stats(self) -> dict:
+        hist = [self.stats[LS_HIST + b] for b in range(HIST_BUCKETS)]
+        return {
+            "wakeups": self.stats[LS_WAKEUPS],
+            "frames": self.stats[LS_FRAMES],
+            "batches": self.stats[LS_BATCHES],
+            "batch_histogram": list(zip(HIST_BOUNDS + (None,), hist)),
+            "running": bool(self.running),
+        }
+
+    # ---- FDB -------------------------------------------------------------------------
+
+    @property
+    def mac_table_size(self) -> int:
+        return self.mt.capacity
+
+    def fdb_counters(self) -> dict:
+        return {
+            "entries": self.mt.count,
+            "capacity": self.mt.capacity,
+            "learned": self.mt.learned,
+            "moved": self.mt.moved,
+            "aged": self.mt.aged,
+            "refused": self.mt.refused,
+        }
+
+    def fdb_entries(self, uint16_t network=0, out=None) -> list:
+        """[(network, mac, out, static, age_s)] of live entries, filtered by
+        network (0: all) and output. Read in chunks so that a large table
+        never holds the loop up for long."""
+        cdef uint32_t want = OUT_NONE if out is None else out
+        cdef uint64_t i = 0, end
+        cdef int64_t now
+        cdef mac_entry *e
+        result = []
+        chunk = []
+        while i <= self.mt.mask:
+            end = min(i + 4096, self.mt.mask + 1)
+            with nogil:
+                pthread_mutex_lock(&self.lock)
+            try:
+                now = now_ms()
+                while i < end:
+                    e = &self.mt.slots[i]
+                    i += 1
+                    if (e.key == 0 or (network and key_network(e.key) != network)
+                            or (want != OUT_NONE and e.out != want) or mt_expired(&self.mt, e, now)):
+                        continue
+                    chunk.append((e.key, e.out, e.flags, now - e.last_seen_ms))
+            finally:
+                pthread_mutex_unlock(&self.lock)
+            for key, o, flags, age in chunk:
+                result.append((key_network(key), format_mac(key), o, bool(flags & MT_STATIC), age / 1000.0))
+            chunk.clear()
+        return result
+
+    def fdb_lookup(self, uint16_t network, mac):
+        """(out, static, age_s) of a live entry, or None. Does not refresh or age it."""
+        cdef bytes m = parse_mac(mac)
+        cdef mac_entry *e
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            e = mt_peek(&self.mt, mac_key(network, m))
+            if e == NULL or mt_expired(&self.mt, e, now_ms()):
+                return None
+            return (e.out, bool(e.flags & MT_STATIC), (now_ms() - e.last_seen_ms) / 1000.0)
+        finally:
+            pthread_mutex_unlock(&self.lock)
+
+    def fdb_flush(self, uint16_t network=0, out=None, bint with_static=False) -> int:
+        cdef uint32_t o = OUT_NONE if out is None else out
+        cdef uint32_t n
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            n = mt_flush(&self.mt, network, o, with_static)
+            pthread_mutex_unlock(&self.lock)
+        return n
+
+    def fdb_set_static(self, uint16_t network, mac, uint32_t out) -> None:
+        cdef bytes m = parse_mac(mac)
+        cdef const uint8_t *mp = m
+        cdef int rc
+        if m[0] & 1:
+            raise ValueError("a static entry needs a unicast MAC")
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            rc = mt_set_static(&self.mt, mac_key(network, mp), out, now_ms())
+            pthread_mutex_unlock(&self.lock)
+        if rc < 0:
+            raise OverflowError(f"the MAC table is full ({self.mt.capacity} entries)")
+
+    def fdb_delete(self, uint16_t network, mac) -> bool:
+        cdef bytes m = parse_mac(mac)
+        cdef const uint8_t *mp = m
+        cdef bint found
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            found = mt_delete(&self.mt, mac_key(network, mp))
+            pthread_mutex_unlock(&self.lock)
+        return found

@@ -1,0 +1,112 @@
+"""vswitchd: runs the switch in the foreground until SIGTERM or SIGINT.
+
+Start-up order matters for containers: the API socket is claimed first (a
+second vswitchd stops there, before touching anything), then the forwarding
+loop starts, ports are attached (re-attached after a restart), and only then
+are requests served, so anything that gets an answer sees a switch that
+forwards.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .api import ApiServer
+from .config import load_config
+from .errors import VswitchError
+from .metrics import ApiRequestCounter, serve_metrics
+from .model import DesiredState, SwitchSettings
+from .state import StateStore
+from .switch import Switch
+
+log = logging.getLogger("vswitch.daemon")
+
+DEFAULT_SOCKET = "/run/vswitch/vswitch.sock"
+DEFAULT_STATE_DIR = "/var/lib/vswitch"
+DEFAULT_METRICS = "127.0.0.1:9477"
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"{value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vswitchd", description="Userspace virtual switch for containers.")
+    p.add_argument("--config", type=Path, help="TOML config; seeds the state when the state dir has none")
+    p.add_argument("--api-socket", type=Path, default=Path(DEFAULT_SOCKET), help=f"control API socket ({DEFAULT_SOCKET})")
+    p.add_argument("--metrics", type=parse_hostport, default=parse_hostport(DEFAULT_METRICS),
+                   help=f"Prometheus listen address HOST:PORT ({DEFAULT_METRICS}); port 0 picks a free one")
+    p.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE_DIR), help=f"where desired state is kept ({DEFAULT_STATE_DIR})")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def preflight() -> str | None:
+    """Why this process cannot run a switch, or None."""
+    if os.geteuid() != 0:
+        return "vswitchd must run as root: it creates TAP devices and enters network namespaces"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing: load the tun module (modprobe tun)"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    problem = preflight()
+    if problem:
+        log.error("%s", problem)
+        return 1
+    try:
+        return run(args)
+    except VswitchError as e:
+        log.error("%s", e)
+        return 1
+
+
+def run(args: argparse.Namespace) -> int:
+    settings, seed = load_config(args.config, check_netns=True) if args.config else (SwitchSettings(), DesiredState())
+    store = StateStore(args.state_dir)
+    saved = store.load()
+    api_requests = ApiRequestCounter()
+    switch = Switch(settings, on_change=store.save)
+    api = ApiServer(switch, args.api_socket, metrics_hook=api_requests)
+    api.bind()  # refuses to go on while another vswitchd answers on the socket
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+
+    switch.start()
+    try:
+        if saved is not None:
+            log.info("restoring state from %s", args.state_dir)
+            switch.apply(saved, strict=False)
+        else:
+            switch.apply(seed, strict=True)
+        host, port = args.metrics
+        metrics_server, bound = serve_metrics(switch, api_requests, host, port)
+        log.info("metrics on http://%s:%d/metrics", host, bound)
+        api.start()
+        log.info("vswitchd ready: %d networks, %d ports; API on %s",
+                 len(switch.list_networks()), len(switch.list_ports()), args.api_socket)
+        stop.wait()
+        log.info("stopping")
+        api.close()
+    finally:
+        switch.stop()
+    metrics_server.shutdown()
+    log.info("stopped")
+    return 0

@@ -1,0 +1,120 @@
+"""Prometheus exposition: a collector that reads the datapath's C counters at scrape time.
+
+Nothing is counted per frame in Python: every sample is built from the
+counters the loop already keeps. Labels are port, network, reason, path and
+status only; never a MAC address or anything else unbounded.
+"""
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import TYPE_CHECKING, Iterator
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .switch import Switch
+
+PORT_COUNTERS = (
+    ("rx_packets", "vswitch_port_rx_packets_total", "Frames received from the port."),
+    ("rx_bytes", "vswitch_port_rx_bytes_total", "Bytes received from the port."),
+    ("tx_packets", "vswitch_port_tx_packets_total", "Frames written to the port."),
+    ("tx_bytes", "vswitch_port_tx_bytes_total", "Bytes written to the port."),
+    ("flooded", "vswitch_port_flooded_total", "Frames from the port flooded to its network."),
+    ("tx_errors", "vswitch_port_tx_errors_total", "Writes to the port that failed; the frame was dropped."),
+)
+
+FDB_COUNTERS = (
+    ("learned", "vswitch_fdb_learned_total", "MAC addresses learned."),
+    ("moved", "vswitch_fdb_moved_total", "Learned MAC addresses that moved to another port."),
+    ("aged", "vswitch_fdb_aged_total", "Learned entries that expired."),
+    ("refused", "vswitch_fdb_refused_total", "Source MACs not learned because the table was full."),
+)
+
+
+class ApiRequestCounter:
+    """Counts control API requests by route template and status (fed by the API server)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[tuple[str, str]] = Counter()
+
+    def __call__(self, path: str, status: int) -> None:
+        with self._lock:
+            self._counts[(path, str(status))] += 1
+
+    def snapshot(self) -> dict[tuple[str, str], int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+class SwitchCollector(Collector):
+    def __init__(self, switch: Switch, api_requests: ApiRequestCounter) -> None:
+        self._switch = switch
+        self._api = api_requests
+
+    def collect(self) -> Iterator:
+        ports = self._switch.list_ports()
+        stats = self._switch.stats()
+        yield from self._port_metrics(ports)
+        yield from self._fdb_metrics(stats["fdb"])
+        yield from self._loop_metrics(stats["loop"])
+        api = CounterMetricFamily("vswitch_api_requests", "Control API requests.", labels=["path", "status"])
+        for (path, status), n in sorted(self._api.snapshot().items()):
+            api.add_metric([path, status], n)
+        yield api
+        info = InfoMetricFamily("vswitch_build", "vswitch build information.")
+        info.add_metric([], {"version": __version__})
+        yield info
+
+    def _port_metrics(self, ports: list[dict]) -> Iterator:
+        families = {
+            key: CounterMetricFamily(name[: -len("_total")], doc, labels=["port", "network"])
+            for key, name, doc in PORT_COUNTERS
+        }
+        drops = CounterMetricFamily(
+            "vswitch_port_rx_dropped", "Frames from the port dropped, by reason.", labels=["port", "network", "reason"]
+        )
+        up = GaugeMetricFamily("vswitch_port_up", "1 while the port's fd is healthy.", labels=["port", "network"])
+        mtu = GaugeMetricFamily("vswitch_port_mtu_bytes", "The port's MTU.", labels=["port", "network"])
+        for p in ports:
+            labels = [p["name"], p["network"]]
+            c = p["counters"]
+            for key, fam in families.items():
+                fam.add_metric(labels, c[key])
+            for reason, n in c["drops"].items():
+                drops.add_metric(labels + [reason], n)
+            up.add_metric(labels, 1 if p["state"] == "up" else 0)
+            mtu.add_metric(labels, p["mtu"])
+        yield from families.values()
+        yield from (drops, up, mtu)
+
+    def _fdb_metrics(self, fdb: dict) -> Iterator:
+        yield GaugeMetricFamily("vswitch_fdb_entries", "Entries in the MAC table.", value=fdb["entries"])
+        yield GaugeMetricFamily("vswitch_fdb_capacity", "Size limit of the MAC table.", value=fdb["capacity"])
+        for key, name, doc in FDB_COUNTERS:
+            yield CounterMetricFamily(name[: -len("_total")], doc, value=fdb[key])
+
+    def _loop_metrics(self, loop: dict) -> Iterator:
+        yield CounterMetricFamily("vswitch_loop_wakeups", "Returns from the forwarding loop's wait.", value=loop["wakeups"])
+        yield CounterMetricFamily("vswitch_loop_frames", "Frames handled by the forwarding loop.", value=loop["frames"])
+        buckets = []
+        cumulative = 0
+        for bound, n in loop["batch_histogram"]:
+            cumulative += n
+            buckets.append(("+Inf" if bound is None else str(bound), cumulative))
+        hist = HistogramMetricFamily("vswitch_loop_batch_frames", "Frames read from one port per wakeup.")
+        hist.add_metric([], buckets, sum_value=loop["frames"])
+        yield hist
+
+
+def serve_metrics(switch: Switch, api_requests: ApiRequestCounter, host: str, port: int) -> tuple[object, int]:
+    """Serve /metrics on host:port in a background thread; returns (server, bound port)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SwitchCollector(switch, api_requests))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
+    return server, server.server_port

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# Demo: three containers on network "blue" reach each other through vswitchd;
+# a fourth on network "red", with an address in the same subnet, cannot reach
+# them because frames never cross networks.
+#
+# Containers are plain network namespaces. Everything the demo creates
+# (namespaces, the TAP interfaces inside them, the daemon, a temp dir) is
+# removed on exit, whether the demo passed or not. Exits non-zero when a ping
+# did not do what it should.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PY=$ROOT/.venv/bin/python
+CTL=$ROOT/.venv/bin/vswitchctl
+START_DEADLINE_S=30
+STOP_DEADLINE_S=10
+
+die() { echo "demo: $*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (it creates network namespaces and TAP devices)"
+command -v ping >/dev/null || die "ping not found; run 'make deps'"
+{ [ -x "$PY" ] && [ -x "$CTL" ]; } || die "$ROOT/.venv is not built; run 'make build'"
+
+work=$(mktemp -d /tmp/vsdemo.XXXXXX)
+sock=$work/vswitch.sock
+log=$work/vswitchd.log
+daemon_pid=
+namespaces=()
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
+        kill -TERM "$daemon_pid"
+        local deadline=$((SECONDS + STOP_DEADLINE_S))
+        while kill -0 "$daemon_pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
+        if kill -0 "$daemon_pid" 2>/dev/null; then
+            echo "demo: vswitchd (pid $daemon_pid) ignored SIGTERM for ${STOP_DEADLINE_S}s; killing it" >&2
+            kill -KILL "$daemon_pid"
+            rc=1
+        fi
+        wait "$daemon_pid" 2>/dev/null
+    fi
+    # The daemon's TAP fds are closed now, so deleting a namespace also
+    # deletes the (persistent) TAP interface inside it.
+    for ns in "${namespaces[@]}"; do ip netns del "$ns"; done
+    rm -rf "$work"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+show_log() {
+    echo "---- last lines of the vswitchd log ----" >&2
+    tail -n 40 "$log" >&2 || true
+}
+
+# Four containers: name, network, MAC, address. r1 shares blue's subnet on
+# purpose: only the switch keeps it apart.
+containers=(
+    "c1 blue 02:00:00:00:00:01 10.10.0.1/24"
+    "c2 blue 02:00:00:00:00:02 10.10.0.2/24"
+    "c3 blue 02:00:00:00:00:03 10.10.0.3/24"
+    "r1 red  02:00:00:00:00:04 10.10.0.4/24"
+)
+netns_of() { echo "vsdemo-$1-$$"; }
+
+cfg=$work/vswitchd.toml
+cat >"$cfg" <<EOF
+[switch]
+mac_aging_s = 300
+
+[[network]]
+name = "blue"
+
+[[network]]
+name = "red"
+EOF
+
+for entry in "${containers[@]}"; do
+    read -r name network mac cidr <<<"$entry"
+    ns=$(netns_of "$name")
+    ip netns add "$ns"
+    namespaces+=("$ns")
+    ip -n "$ns" link set lo up
+    cat >>"$cfg" <<EOF
+
+[[port]]
+name = "$name"
+netns = "$ns"
+network = "$network"
+ifname = "eth0"
+mac = "$mac"
+ip = "$cidr"
+EOF
+done
+
+echo "== config ($cfg)"
+cat "$cfg"
+echo
+
+cd "$ROOT"
+"$PY" -m vswitch --config "$cfg" --api-socket "$sock" --state-dir "$work/state" \
+    --metrics 127.0.0.1:0 >"$log" 2>&1 &
+daemon_pid=$!
+echo "== vswitchd started (pid $daemon_pid)"
+
+ctl() { "$CTL" --socket "$sock" "$@"; }
+
+deadline=$((SECONDS + START_DEADLINE_S))
+until ctl show >/dev/null 2>&1; do
+    if ! kill -0 "$daemon_pid" 2>/dev/null; then
+        show_log
+        die "vswitchd exited before its API answered"
+    fi
+    if [ "$SECONDS" -ge "$deadline" ]; then
+        show_log
+        die "vswitchd's API did not answer on $sock within ${START_DEADLINE_S}s"
+    fi
+    sleep 0.1
+done
+
+# A port is ready when its interface has its address and a carrier (the
+# daemon holds the TAP's fd).
+for entry in "${containers[@]}"; do
+    read -r name _ _ cidr <<<"$entry"
+    ns=$(netns_of "$name")
+    until ip -n "$ns" -o addr show dev eth0 2>/dev/null | grep -qF " $cidr " \
+        && ip -n "$ns" -o link show dev eth0 2>/dev/null | grep -q LOWER_UP; do
+        if [ "$SECONDS" -ge "$deadline" ]; then
+            show_log
+            die "port $name: eth0 in $ns did not come up with $cidr within ${START_DEADLINE_S}s"
+        fi
+        sleep 0.1
+    done
+done
+
+echo "== vswitchctl show"
+ctl show
+echo
+
+failures=0
+
+# expect_ping FROM TO_ADDR replies|isolated
+expect_ping() {
+    local from=$1 addr=$2 expect=$3 got=isolated
+    echo "== ping from $from to $addr (expect: $expect)"
+    if ip netns exec "$(netns_of "$from")" ping -c 3 -W 1 "$addr"; then got=replies; fi
+    if [ "$got" = "$expect" ]; then
+        echo "ok: $got, as expected"
+    else
+        echo "FAIL: $from -> $addr: expected $expect, got $got" >&2
+        failures=$((failures + 1))
+    fi
+    echo
+}
+
+expect_ping c1 10.10.0.2 replies
+expect_ping c1 10.10.0.3 replies
+expect_ping c1 10.10.0.4 isolated
+
+for cmd in "fdb show" "port list" "stats"; do
+    echo "== vswitchctl $cmd"
+    # shellcheck disable=SC2086  # split the verb and its subcommand
+    ctl $cmd || { echo "FAIL: vswitchctl $cmd" >&2; failures=$((failures + 1)); }
+    echo
+done
+
+if [ "$failures" -ne 0 ]; then
+    show_log
+    die "$failures check(s) failed"
+fi
+echo "demo: all checks passed"

@@ -37,7 +37,7 @@ if DEBUG:
 else:
     compile_args += ["-O2"]
 
-MODULES = ["mactable", "frame", "datapath"]
+MODULES = ["mactable", "frame", "vxlan", "datapath"]
 
 extensions = [
     Extension(

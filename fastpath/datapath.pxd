@@ -1,35 +1,45 @@
-# The forwarding loop: ports, the frame buffers, the counters and the lock
-# that the control plane takes to change them.
+# The forwarding loop: ports, tunnel peers, the frame buffers, the counters
+# and the lock that the control plane takes to change them.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath.mactable cimport mac_table
-from fastpath.posix_io cimport pthread_mutex_t
+from fastpath.posix_io cimport iovec, mmsghdr, pthread_mutex_t, sockaddr_in
+from fastpath.vxlan cimport VX_DROPS
 
 cdef enum:
-    BATCH = 32                     # frames read from one port per wakeup
+    BATCH = 32                     # frames read from one port (or datagrams from the tunnel) per wakeup
     HEADROOM = 128                 # in front of each frame: room to push tunnel headers or a tag
     FRAME_ROOM = 65536 + 128       # a 64 KB TSO super-frame and its virtio-net header
     BUF_SIZE = HEADROOM + FRAME_ROOM
     MAX_EVENTS = 64
     SWEEP_INTERVAL_MS = 100        # also the longest the loop sleeps when idle
     HIST_BUCKETS = 7               # frames per batch: 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+
+    TXQ = 256                      # tunnel sends queued per batch, flushed with sendmmsg
+    VNI_SLOTS = 8192               # VNI -> network map (open addressing, > 2 x max networks)
+    NO_PORT = 0xFFFFFFFF           # in_port of a frame that came from the tunnel
 
 cdef enum port_state:
     PORT_FREE = 0
     PORT_UP = 1
     PORT_DEAD = 2                  # its fd failed; waits for the control plane to remove it
 
-# Per-port counters, PC_COUNT per port in one flat array. Drops by reason
-# start at PC_DROPS and are indexed by frame.drop_reason.
-cdef enum:  # port counters
+cdef enum:  # port counters: PC_COUNT per port in one flat array
     PC_RX_PACKETS = 0
     PC_RX_BYTES = 1
     PC_TX_PACKETS = 2
     PC_TX_BYTES = 3
     PC_FLOODED = 4                 # frames from this port that were flooded
     PC_TX_ERRORS = 5               # writes to this port that failed
-    PC_DROPS = 6
-    PC_COUNT = 16                  # PC_DROPS + DROP_REASONS, rounded up
+    PC_DROPS = 6                   # drops by frame.drop_reason follow
+    PC_COUNT = 16
+
+cdef enum:  # peer counters: PE_COUNT per peer
+    PE_TX_PACKETS = 0
+    PE_TX_BYTES = 1                # inner frame bytes
+    PE_RX_PACKETS = 2
+    PE_RX_BYTES = 3
+    PE_TX_ERRORS = 4
+    PE_COUNT = 8
 
 cdef enum:  # loop statistics
     LS_WAKEUPS = 0
@@ -47,10 +57,21 @@ cdef struct port_t:
     uint8_t state
     int32_t next_in_net            # next port of the same network, -1 ends the list
 
+cdef struct peer_t:
+    uint32_t addr                  # remote VTEP, IPv4 in network byte order
+    uint16_t network
+    uint8_t used
+    int32_t next_in_net
+
+cdef struct vni_slot:
+    uint32_t vni                   # 0: empty (VNIs start at 1 here)
+    uint16_t network
+
 cdef struct frame_t:
     uint8_t *data                  # the Ethernet header; HEADROOM bytes are free before it
     uint32_t len
-    uint32_t in_port
+    uint32_t in_port               # NO_PORT when it came from the tunnel
+    uint32_t encap_vni             # VNI whose headers sit in the headroom, 0: none yet
 
 
 cdef class Datapath:
@@ -70,10 +91,38 @@ cdef class Datapath:
     cdef frame_t frames[BATCH]
     cdef bint running
 
+    # VXLAN
+    cdef peer_t *peers
+    cdef uint64_t *pectr
+    cdef uint32_t max_peers
+    cdef int32_t *net_peer_head
+    cdef uint32_t *net_vni
+    cdef vni_slot vni_map[VNI_SLOTS]
+    cdef int vx_rx_fd
+    cdef int vx_tx_fd
+    cdef uint16_t vx_port
+    cdef uint16_t sport_lo
+    cdef uint16_t sport_hi
+    cdef uint32_t tunnel_max_frame
+    cdef uint64_t vx_drops[VX_DROPS]
+    cdef mmsghdr txq[TXQ]
+    cdef iovec txiov[TXQ]
+    cdef sockaddr_in txaddr[TXQ]
+    cdef uint32_t txpeer[TXQ]
+    cdef uint32_t txq_len
+    cdef mmsghdr rxq[BATCH]
+    cdef iovec rxiov[BATCH]
+    cdef sockaddr_in rxaddr[BATCH]
+
     cdef void _loop(self) noexcept nogil
     cdef void _rx_port(self, uint32_t idx, uint32_t events, int64_t now) noexcept nogil
+    cdef void _rx_tunnel(self, int64_t now) noexcept nogil
     cdef void _forward(self, frame_t *f, int64_t now) noexcept nogil
+    cdef int _decap(self, frame_t *f, const uint8_t *hdr, uint32_t length, uint32_t src, int64_t now) noexcept nogil
     cdef void _flood(self, frame_t *f, uint16_t network) noexcept nogil
     cdef void _tx(self, uint32_t idx, const uint8_t *data, uint32_t length) noexcept nogil
+    cdef void _tx_peer(self, uint32_t peer, frame_t *f, uint16_t network) noexcept nogil
+    cdef void _flush_tunnel(self) noexcept nogil
+    cdef uint16_t _vni_network(self, uint32_t vni) noexcept nogil
     cdef void _port_down(self, uint32_t idx) noexcept nogil
     cdef void _unlink(self, uint32_t idx) noexcept nogil

@@ -13,24 +13,37 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memset
 
-from fastpath.frame cimport (DROP_NONE, DROP_REASONS, DROP_SAME_PORT, DROP_VLAN_TAGGED, drop_reason,
-                             eth_info, mac_is_group, parse_eth)
+from fastpath.frame cimport (DROP_NONE, DROP_REASONS, DROP_SAME_PORT, DROP_TUNNEL_MTU, DROP_VLAN_TAGGED, ETH_HLEN,
+                             drop_reason, eth_info, mac_is_group, parse_eth)
 from fastpath.mactable cimport (MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry, mac_key, mt_delete,
                                 mt_expired, mt_flush, mt_free, mt_init, mt_learn, mt_lookup, mt_peek,
                                 mt_set_static, mt_sweep)
-from fastpath.posix_io cimport (CLOCK_MONOTONIC, EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, EPOLL_CLOEXEC,
-                                EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, close,
-                                clock_gettime, epoll_create1, epoll_ctl, epoll_event, epoll_wait, errno, eventfd,
-                                pthread_mutex_destroy, pthread_mutex_init, pthread_mutex_lock,
-                                pthread_mutex_unlock, read, timespec, write)
+from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, EPOLL_CLOEXEC,
+                                EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, MSG_DONTWAIT,
+                                SO_ATTACH_FILTER, SOL_SOCKET, clock_gettime, close, epoll_create1, epoll_ctl,
+                                epoll_event, epoll_wait, errno, eventfd, pthread_mutex_destroy, pthread_mutex_init,
+                                pthread_mutex_lock, pthread_mutex_unlock, read, recvmmsg, sendmmsg, setsockopt,
+                                sock_filter, sock_fprog, sockaddr_in, timespec, write)
+from fastpath.vxlan cimport (UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORMED, VX_OK, VX_TRUNCATED,
+                             VX_UNKNOWN_PEER, VX_UNKNOWN_VNI, VXLAN_FLAG_I, VXLAN_HLEN, VXLAN_IP_OVERHEAD,
+                             flow_hash, udp_write, vxlan_vni, vxlan_write)
 
+import ipaddress
 import os
+import socket
 
 from fastpath.frame import DROP_NAMES
 from fastpath.mactable import format_mac, parse_mac
 
-# epoll tag of the stop eventfd; port tags are gen << 32 | index.
+# epoll tags of the stop eventfd and the VXLAN socket; port tags are gen << 32 | index.
 cdef uint64_t TAG_STOP = 0xFFFFFFFFFFFFFFFFULL
+cdef uint64_t TAG_VXLAN = 0xFFFFFFFFFFFFFFFEULL
+cdef uint32_t ENCAP_LEN = UDP_HLEN + VXLAN_HLEN
+
+PEER_FLAG = <uint32_t>OUT_PEER
+VX_DROP_NAMES = ("ok", "truncated", "bad_flags", "unknown_vni", "unknown_peer", "inner_malformed")
+assert len(VX_DROP_NAMES) == VX_DROPS
+PEER_COUNTER_NAMES = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "tx_errors")
 
 PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "flooded", "tx_errors")
 HIST_BOUNDS = (1, 3, 7, 15, 31, 63)   # upper bound of each frames-per-batch bucket; the last is open
@@ -55,14 +68,16 @@ cdef class Datapath:
     """The switch's data plane. All methods but run() are for the control plane."""
 
     def __cinit__(self, uint32_t max_ports=1024, uint32_t mac_table_size=65536, double mac_aging_s=300.0,
-                  uint32_t max_networks=4096):
+                  uint32_t max_networks=4096, uint32_t max_peers=1024):
         cdef uint32_t i
         cdef uint64_t seed = int.from_bytes(os.urandom(8), "little")
-        self.epfd = self.stop_efd = self.notify_efd = -1
+        self.epfd = self.stop_efd = self.notify_efd = self.vx_rx_fd = self.vx_tx_fd = -1
         if max_ports < 1 or max_ports >= OUT_PEER:
-            raise ValueError(f"max_ports must be in [1, {OUT_PEER - 1}]")
-        if max_networks < 1 or max_networks > 65535:
-            raise ValueError("max_networks must be in [1, 65535]")
+            raise ValueError(f"max_ports must be in [1, {<uint32_t>OUT_PEER - 1}]")
+        if max_networks < 1 or max_networks > VNI_SLOTS // 2:
+            raise ValueError(f"max_networks must be in [1, {VNI_SLOTS // 2}]")
+        if max_peers < 1 or max_peers >= OUT_PEER:
+            raise ValueError("max_peers is out of range")
         if mac_aging_s <= 0:
             raise ValueError("mac_aging_s must be positive")
         mt_init(&self.mt, mac_table_size, <int64_t>(mac_aging_s * 1000), seed)
@@ -72,10 +87,36 @@ cdef class Datapath:
         self.pctr = <uint64_t *>calloc(<size_t>max_ports * PC_COUNT, sizeof(uint64_t))
         self.net_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
         self.bufmem = <uint8_t *>malloc(<size_t>BATCH * BUF_SIZE)
-        if not (self.ports and self.pctr and self.net_head and self.bufmem):
+        self.max_peers = max_peers
+        self.peers = <peer_t *>calloc(max_peers, sizeof(peer_t))
+        self.pectr = <uint64_t *>calloc(<size_t>max_peers * PE_COUNT, sizeof(uint64_t))
+        self.net_peer_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
+        self.net_vni = <uint32_t *>calloc(max_networks + 1, sizeof(uint32_t))
+        if not (self.ports and self.pctr and self.net_head and self.bufmem and self.peers and self.pectr
+                and self.net_peer_head and self.net_vni):
             raise MemoryError("cannot allocate the datapath tables")
         for i in range(max_networks + 1):
             self.net_head[i] = -1
+            self.net_peer_head[i] = -1
+        memset(self.vni_map, 0, sizeof(self.vni_map))
+        memset(self.vx_drops, 0, sizeof(self.vx_drops))
+        memset(self.txq, 0, sizeof(self.txq))
+        memset(self.rxq, 0, sizeof(self.rxq))
+        self.txq_len = 0
+        for i in range(BATCH):
+            # Datagrams land so that the inner frame starts at frames[i].data.
+            self.rxiov[i].iov_base = self.bufmem + <size_t>i * BUF_SIZE + HEADROOM - VXLAN_HLEN
+            self.rxiov[i].iov_len = FRAME_ROOM + VXLAN_HLEN
+            self.rxq[i].msg_hdr.msg_iov = &self.rxiov[i]
+            self.rxq[i].msg_hdr.msg_iovlen = 1
+            self.rxq[i].msg_hdr.msg_name = &self.rxaddr[i]
+        for i in range(TXQ):
+            self.txq[i].msg_hdr.msg_iov = &self.txiov[i]
+            self.txq[i].msg_hdr.msg_iovlen = 1
+            self.txq[i].msg_hdr.msg_name = &self.txaddr[i]
+            self.txq[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+            self.txaddr[i].sin_family = AF_INET
+            self.txaddr[i].sin_port = 0  # ignored by raw sockets
         for i in range(BATCH):
             self.frames[i].data = self.bufmem + <size_t>i * BUF_SIZE + HEADROOM
         memset(self.stats, 0, sizeof(self.stats))
@@ -104,6 +145,10 @@ cdef class Datapath:
         free(self.pctr)
         free(self.net_head)
         free(self.bufmem)
+        free(self.peers)
+        free(self.pectr)
+        free(self.net_peer_head)
+        free(self.net_vni)
 
     # ---- the loop (GIL released) -------------------------------------------------
 
@@ -143,6 +188,9 @@ cdef class Datapath:
                     read(self.stop_efd, &drain, sizeof(drain))
                     stopping = True
                     continue
+                if tag == TAG_VXLAN:
+                    self._rx_tunnel(now)
+                    continue
                 idx = <uint32_t>(tag & 0xFFFFFFFFULL)
                 # The port may have been removed (or its slot reused) after
                 # epoll_wait returned: the generation tells.
@@ -173,9 +221,13 @@ cdef class Datapath:
                 break
             self.frames[nread].len = <uint32_t>n
             self.frames[nread].in_port = idx
+            self.frames[nread].encap_vni = 0
             nread += 1
         for i in range(nread):
             self._forward(&self.frames[i], now)
+        # The queued tunnel sends point into this batch's buffers: send them
+        # before the buffers are read into again.
+        self._flush_tunnel()
         if nread:
             self.stats[LS_BATCHES] += 1
             self.stats[LS_HIST + hist_bucket(nread)] += 1
@@ -209,18 +261,145 @@ cdef class Datapath:
             self._flood(f, p.network)
         elif e.out == idx:
             c[PC_DROPS + DROP_SAME_PORT] += 1
+        elif e.out & OUT_PEER:
+            if f.len > self.tunnel_max_frame:
+                c[PC_DROPS + DROP_TUNNEL_MTU] += 1
+            else:
+                self._tx_peer(e.out & ~OUT_PEER, f, p.network)
         elif e.out < self.max_ports and self.ports[e.out].state == PORT_UP:
             self._tx(e.out, f.data, f.len)
         else:
             self._flood(f, p.network)
 
     cdef void _flood(self, frame_t *f, uint16_t network) noexcept nogil:
+        """Send to every other port of the network and, for a frame from a
+        local port, to every peer of its VNI (head-end replication). A frame
+        from the tunnel never goes back into it (split horizon)."""
         cdef int32_t q = self.net_head[network]
-        self.pctr[<size_t>f.in_port * PC_COUNT + PC_FLOODED] += 1
         while q >= 0:
             if <uint32_t>q != f.in_port and self.ports[q].state == PORT_UP:
                 self._tx(q, f.data, f.len)
             q = self.ports[q].next_in_net
+        if f.in_port == NO_PORT:
+            return
+        self.pctr[<size_t>f.in_port * PC_COUNT + PC_FLOODED] += 1
+        q = self.net_peer_head[network] if self.vx_tx_fd >= 0 else -1
+        if q >= 0 and f.len > self.tunnel_max_frame:
+            self.pctr[<size_t>f.in_port * PC_COUNT + PC_DROPS + DROP_TUNNEL_MTU] += 1
+            return
+        while q >= 0:
+            self._tx_peer(q, f, network)
+            q = self.peers[q].next_in_net
+
+    cdef void _tx_peer(self, uint32_t peer, frame_t *f, uint16_t network) noexcept nogil:
+        """Queue the frame, VXLAN-encapsulated, for a peer; _flush_tunnel sends."""
+        cdef uint8_t *hdr = f.data - ENCAP_LEN
+        cdef uint32_t vni = self.net_vni[network]
+        cdef uint32_t n = self.txq_len
+        if vni == 0 or self.vx_tx_fd < 0 or not self.peers[peer].used:
+            self.pectr[<size_t>peer * PE_COUNT + PE_TX_ERRORS] += 1
+            return
+        if f.encap_vni != vni:
+            # Written once per frame into its headroom, shared by every peer.
+            udp_write(hdr, self.sport_lo + flow_hash(f.data, f.len) % (self.sport_hi - self.sport_lo + 1),
+                      self.vx_port, <uint16_t>(f.len + ENCAP_LEN))
+            vxlan_write(hdr + UDP_HLEN, vni)
+            f.encap_vni = vni
+        self.txiov[n].iov_base = hdr
+        self.txiov[n].iov_len = f.len + ENCAP_LEN
+        self.txaddr[n].sin_addr.s_addr = self.peers[peer].addr
+        self.txpeer[n] = peer
+        self.txq_len = n + 1
+        if self.txq_len == TXQ:
+            self._flush_tunnel()
+
+    cdef void _flush_tunnel(self) noexcept nogil:
+        cdef uint32_t i = 0, k, peer
+        cdef int sent
+        while i < self.txq_len:
+            sent = sendmmsg(self.vx_tx_fd, &self.txq[i], self.txq_len - i, MSG_DONTWAIT)
+            if sent <= 0:
+                if sent < 0 and errno == EINTR:
+                    continue
+                # The first message failed (no route, full buffer...): count
+                # it against its peer and go on with the rest.
+                self.pectr[<size_t>self.txpeer[i] * PE_COUNT + PE_TX_ERRORS] += 1
+                i += 1
+                continue
+            for k in range(i, i + <uint32_t>sent):
+                peer = self.txpeer[k]
+                self.pectr[<size_t>peer * PE_COUNT + PE_TX_PACKETS] += 1
+                self.pectr[<size_t>peer * PE_COUNT + PE_TX_BYTES] += self.txiov[k].iov_len - ENCAP_LEN
+            i += <uint32_t>sent
+        self.txq_len = 0
+
+    cdef void _rx_tunnel(self, int64_t now) noexcept nogil:
+        cdef int n, k
+        cdef int reason
+        cdef frame_t *f
+        for k in range(BATCH):
+            self.rxq[k].msg_hdr.msg_namelen = sizeof(sockaddr_in)
+            self.rxq[k].msg_hdr.msg_flags = 0
+        n = recvmmsg(self.vx_rx_fd, self.rxq, BATCH, MSG_DONTWAIT, NULL)
+        if n <= 0:
+            return
+        for k in range(n):
+            f = &self.frames[k]
+            f.in_port = NO_PORT
+            f.encap_vni = 0
+            reason = self._decap(f, f.data - VXLAN_HLEN, self.rxq[k].msg_len, self.rxaddr[k].sin_addr.s_addr, now)
+            if reason != VX_OK:
+                self.vx_drops[reason] += 1
+        self.stats[LS_BATCHES] += 1
+        self.stats[LS_HIST + hist_bucket(n)] += 1
+        self.stats[LS_FRAMES] += n
+
+    cdef int _decap(self, frame_t *f, const uint8_t *hdr, uint32_t length, uint32_t src, int64_t now) noexcept nogil:
+        cdef uint16_t network
+        cdef int32_t peer
+        cdef eth_info eth
+        cdef mac_entry *e
+        cdef uint64_t *pc
+        if length < VXLAN_HLEN + ETH_HLEN:
+            return VX_TRUNCATED
+        if not (hdr[0] & VXLAN_FLAG_I):
+            return VX_BAD_FLAGS
+        network = self._vni_network(vxlan_vni(hdr))
+        if network == 0:
+            return VX_UNKNOWN_VNI
+        peer = self.net_peer_head[network]
+        while peer >= 0 and self.peers[peer].addr != src:
+            peer = self.peers[peer].next_in_net
+        if peer < 0:
+            return VX_UNKNOWN_PEER
+        f.len = length - VXLAN_HLEN
+        pc = &self.pectr[<size_t>peer * PE_COUNT]
+        pc[PE_RX_PACKETS] += 1
+        pc[PE_RX_BYTES] += f.len
+        if parse_eth(f.data, f.len, self.tunnel_max_frame - ETH_HLEN, &eth) != DROP_NONE or eth.tagged:
+            return VX_INNER_MALFORMED
+        mt_learn(&self.mt, mac_key(network, eth.src), OUT_PEER | <uint32_t>peer, now)
+        if mac_is_group(eth.dst):
+            self._flood(f, network)
+            return VX_OK
+        e = mt_lookup(&self.mt, mac_key(network, eth.dst), now)
+        if e == NULL:
+            self._flood(f, network)
+        elif e.out & OUT_PEER:
+            pass  # behind another tunnel: split horizon
+        elif e.out < self.max_ports and self.ports[e.out].state == PORT_UP:
+            self._tx(e.out, f.data, f.len)
+        else:
+            self._flood(f, network)
+        return VX_OK
+
+    cdef uint16_t _vni_network(self, uint32_t vni) noexcept nogil:
+        cdef uint32_t i = (vni * 2654435761U) & (VNI_SLOTS - 1)
+        while self.vni_map[i].vni != 0:
+            if self.vni_map[i].vni == vni:
+                return self.vni_map[i].network
+            i = (i + 1) & (VNI_SLOTS - 1)
+        return 0
 
     cdef void _tx(self, uint32_t idx, const uint8_t *data, uint32_t length) noexcept nogil:
         cdef uint64_t *c = &self.pctr[<size_t>idx * PC_COUNT]
@@ -341,6 +520,124 @@ cdef class Datapath:
             "batch_histogram": list(zip(HIST_BOUNDS + (None,), hist)),
             "running": bool(self.running),
         }
+
+    # ---- VXLAN -----------------------------------------------------------------------
+
+    def set_vtep(self, int rx_fd, int tx_fd, uint16_t port, uint16_t sport_lo, uint16_t sport_hi,
+                 uint32_t underlay_mtu) -> None:
+        """Start terminating VXLAN: rx_fd is a UDP socket bound to the VTEP
+        address and port; tx_fd a raw IPPROTO_UDP socket bound to the same
+        address, so each packet can carry its own UDP source port. Both stay
+        owned by the caller."""
+        cdef epoll_event ev
+        # A raw UDP socket also receives a copy of every UDP datagram; a
+        # filter that accepts nothing keeps those copies from piling up.
+        cdef sock_filter drop_all[1]
+        cdef sock_fprog prog
+        if not 0 < sport_lo <= sport_hi:
+            raise ValueError("the UDP source port range is empty")
+        if underlay_mtu < 576 or underlay_mtu > 65535:
+            raise ValueError("underlay MTU out of range")
+        if self.vx_rx_fd >= 0:
+            raise RuntimeError("the VTEP is already set")
+        drop_all[0].code = 0x06  # BPF_RET | BPF_K
+        drop_all[0].jt = drop_all[0].jf = 0
+        drop_all[0].k = 0
+        prog.len = 1
+        prog.filter = drop_all
+        if setsockopt(tx_fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0:
+            raise OSError(errno, f"cannot filter the VXLAN send socket: {os.strerror(errno)}")
+        os.set_blocking(rx_fd, False)
+        os.set_blocking(tx_fd, False)
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            self.vx_port = port
+            self.sport_lo = sport_lo
+            self.sport_hi = sport_hi
+            self.tunnel_max_frame = underlay_mtu - VXLAN_IP_OVERHEAD
+            ev.events = EPOLLIN
+            ev.data.u64 = TAG_VXLAN
+            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, rx_fd, &ev) < 0:
+                raise OSError(errno, f"epoll_ctl(ADD) of the VXLAN socket failed: {os.strerror(errno)}")
+            self.vx_rx_fd = rx_fd
+            self.vx_tx_fd = tx_fd
+        finally:
+            pthread_mutex_unlock(&self.lock)
+
+    def set_network_vni(self, uint16_t network, uint32_t vni) -> None:
+        """Bind a network to a VNI (0 unbinds it)."""
+        cdef uint32_t n, i
+        if network < 1 or network > self.max_networks:
+            raise ValueError(f"network id {network} is out of range")
+        if vni > 0xFFFFFF:
+            raise ValueError(f"VNI {vni} is out of range")
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            self.net_vni[network] = vni
+            memset(self.vni_map, 0, sizeof(self.vni_map))
+            for n in range(1, self.max_networks + 1):
+                if self.net_vni[n]:
+                    i = (self.net_vni[n] * 2654435761U) & (VNI_SLOTS - 1)
+                    while self.vni_map[i].vni != 0:
+                        i = (i + 1) & (VNI_SLOTS - 1)
+                    self.vni_map[i].vni = self.net_vni[n]
+                    self.vni_map[i].network = <uint16_t>n
+            pthread_mutex_unlock(&self.lock)
+
+    def add_peer(self, uint16_t network, str remote) -> int:
+        """Add a remote VTEP (IPv4) to a network; returns the peer index."""
+        cdef uint32_t idx
+        cdef uint32_t addr = int.from_bytes(ipaddress.IPv4Address(remote).packed, "little")
+        if network < 1 or network > self.max_networks:
+            raise ValueError(f"network id {network} is out of range")
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            for idx in range(self.max_peers):
+                if not self.peers[idx].used:
+                    break
+            else:
+                raise OverflowError(f"all {self.max_peers} peers are in use")
+            self.peers[idx].addr = addr
+            self.peers[idx].network = network
+            memset(&self.pectr[<size_t>idx * PE_COUNT], 0, PE_COUNT * sizeof(uint64_t))
+            self.peers[idx].next_in_net = self.net_peer_head[network]
+            self.net_peer_head[network] = idx
+            self.peers[idx].used = 1
+            return idx
+        finally:
+            pthread_mutex_unlock(&self.lock)
+
+    def remove_peer(self, uint32_t idx) -> int:
+        """Remove a peer and the MACs learned behind it; returns how many."""
+        cdef int32_t *link
+        cdef uint32_t flushed = 0
+        if idx >= self.max_peers:
+            raise IndexError(f"peer index {idx} is out of range")
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            if self.peers[idx].used:
+                link = &self.net_peer_head[self.peers[idx].network]
+                while link[0] >= 0:
+                    if <uint32_t>link[0] == idx:
+                        link[0] = self.peers[idx].next_in_net
+                        break
+                    link = &self.peers[link[0]].next_in_net
+                self.peers[idx].used = 0
+                self.peers[idx].next_in_net = -1
+                flushed = mt_flush(&self.mt, 0, OUT_PEER | idx, True)
+            pthread_mutex_unlock(&self.lock)
+        return flushed
+
+    def peer_counters(self, uint32_t idx) -> dict:
+        if idx >= self.max_peers:
+            raise IndexError(f"peer index {idx} is out of range")
+        cdef uint64_t *c = &self.pectr[<size_t>idx * PE_COUNT]
+        return {name: c[i] for i, name in enumerate(PEER_COUNTER_NAMES)}
+
+    def vxlan_drops(self) -> dict:
+        return {VX_DROP_NAMES[r]: self.vx_drops[r] for r in range(1, VX_DROPS)}
 
     # ---- FDB -------------------------------------------------------------------------
 

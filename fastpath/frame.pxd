@@ -20,7 +20,8 @@ cdef enum drop_reason:
     DROP_SRC_MULTICAST = 3         # group bit set in the source MAC
     DROP_VLAN_TAGGED = 4           # 802.1Q/802.1ad tag on an access port
     DROP_SAME_PORT = 5             # destination was learned on the ingress port
-    DROP_REASONS = 6
+    DROP_TUNNEL_MTU = 6            # bound for a VXLAN peer but too big for the underlay
+    DROP_REASONS = 7
 
 cdef struct eth_info:
     const uint8_t *dst

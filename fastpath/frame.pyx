@@ -2,7 +2,7 @@
 """Ethernet II / 802.1Q parsing. See frame.pxd."""
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
-DROP_NAMES = ("none", "runt", "too_big", "src_multicast", "vlan_tagged", "same_port")
+DROP_NAMES = ("none", "runt", "too_big", "src_multicast", "vlan_tagged", "same_port", "tunnel_mtu")
 assert len(DROP_NAMES) == DROP_REASONS
 
 

@@ -1,6 +1,6 @@
 # The few kernel interfaces the forwarding loop uses, declared nogil so the
 # loop can call them with the GIL released.
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "<sys/epoll.h>" nogil:
     ctypedef union epoll_data_t:
@@ -58,3 +58,53 @@ cdef extern from "<errno.h>" nogil:
         EINTR
         EWOULDBLOCK
         ENOBUFS
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        uint32_t s_addr
+    struct sockaddr_in:
+        unsigned short sin_family
+        unsigned short sin_port
+        in_addr sin_addr
+    uint16_t htons(uint16_t)
+    uint16_t ntohs(uint16_t)
+    enum:
+        AF_INET
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+    struct mmsghdr:
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg(int fd, mmsghdr *vmessages, unsigned int vlen, int flags, timespec *tmo)
+    int sendmmsg(int fd, mmsghdr *vmessages, unsigned int vlen, int flags)
+    int setsockopt(int fd, int level, int optname, const void *optval, socklen_t optlen)
+    enum:
+        SOL_SOCKET
+        MSG_DONTWAIT
+        MSG_TRUNC
+
+cdef extern from "<linux/filter.h>" nogil:
+    struct sock_filter:
+        uint16_t code
+        uint8_t jt
+        uint8_t jf
+        uint32_t k
+    struct sock_fprog:
+        unsigned short len
+        sock_filter *filter
+    enum:
+        SO_ATTACH_FILTER

@@ -184,19 +184,31 @@ class SwitchSettings:
     vtep_ip: str | None = None
     vxlan_port: int = 4789
     underlay_mtu: int = 1500
+    vxlan_src_port_min: int = 49152
+    vxlan_src_port_max: int = 65535
     max_ports: int = 1024
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str = "switch") -> SwitchSettings:
-        allowed = {"mac_aging_s", "mac_table_size", "vtep_ip", "vxlan_port", "underlay_mtu", "max_ports"}
+        allowed = {"mac_aging_s", "mac_table_size", "vtep_ip", "vxlan_port", "underlay_mtu",
+                   "vxlan_src_port_min", "vxlan_src_port_max", "max_ports"}
         check_keys(where, data, allowed, set())
         d = cls()
+        lo = check_int(f"{where}.vxlan_src_port_min", data.get("vxlan_src_port_min", d.vxlan_src_port_min), 1, 65535)
+        hi = check_int(f"{where}.vxlan_src_port_max", data.get("vxlan_src_port_max", d.vxlan_src_port_max), 1, 65535)
+        if lo > hi:
+            raise InvalidArgument(f"{where}.vxlan_src_port_min: {lo} is above vxlan_src_port_max {hi}")
+        vtep = data.get("vtep_ip")
+        if vtep is not None and ipaddress.ip_address(check_ip(f"{where}.vtep_ip", vtep)).version != 4:
+            raise InvalidArgument(f"{where}.vtep_ip: {vtep!r} is not IPv4 (the underlay is IPv4 only)")
         return cls(
             mac_aging_s=check_int(f"{where}.mac_aging_s", data.get("mac_aging_s", d.mac_aging_s), 1, 86400 * 365),
             mac_table_size=check_int(f"{where}.mac_table_size", data.get("mac_table_size", d.mac_table_size), 16, 1 << 24),
             vtep_ip=None if data.get("vtep_ip") is None else check_ip(f"{where}.vtep_ip", data["vtep_ip"]),
             vxlan_port=check_int(f"{where}.vxlan_port", data.get("vxlan_port", d.vxlan_port), 1, 65535),
             underlay_mtu=check_int(f"{where}.underlay_mtu", data.get("underlay_mtu", d.underlay_mtu), 576, 65535),
+            vxlan_src_port_min=lo,
+            vxlan_src_port_max=hi,
             max_ports=check_int(f"{where}.max_ports", data.get("max_ports", d.max_ports), 2, 65000),
         )
 

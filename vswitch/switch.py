@@ -14,16 +14,18 @@ the datapath's tables and reads its counters.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import select
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fastpath import Datapath
+from fastpath import PEER_FLAG, Datapath
 
-from .errors import Conflict, InvalidArgument, NotFound
+from .errors import ConfigError, Conflict, InvalidArgument, NotFound
 from .model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings, check_mac, check_name
 from .netns import netns_identity, netns_path, resolve_netns
 from .tap import TapPort, open_tap
@@ -64,7 +66,8 @@ class Switch:
         self._networks: dict[str, _Network] = {}
         self._free_net_ids = list(range(4096, 0, -1))
         self._ports: dict[str, _Port] = {}
-        self._peers: list[PeerSpec] = []
+        self._peers: dict[PeerSpec, int] = {}  # -> datapath peer index
+        self._vxlan_sockets: list[socket.socket] = []
         self._static: dict[tuple[str, str], StaticFdbSpec] = {}
         self._loop_thread: threading.Thread | None = None
         self._watch_thread: threading.Thread | None = None
@@ -74,7 +77,9 @@ class Switch:
     # ---- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the forwarding loop and the port watcher."""
+        """Open the VTEP (if configured), start the forwarding loop and the port watcher."""
+        if self.settings.vtep_ip is not None:
+            self._open_vtep()
         self._loop_thread = threading.Thread(target=self._dp.run, name="datapath", daemon=True)
         self._loop_thread.start()
         self._watch_thread = threading.Thread(target=self._watch_ports, name="port-watch", daemon=True)
@@ -96,6 +101,27 @@ class Switch:
             self._ports.clear()
         os.close(self._wake_r)
         os.close(self._wake_w)
+        for sock in self._vxlan_sockets:
+            sock.close()
+
+    def _open_vtep(self) -> None:
+        s = self.settings
+        where = f"{s.vtep_ip}:{s.vxlan_port}"
+        rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        self._vxlan_sockets = [rx, tx]
+        try:
+            # Bursts of head-end-replicated floods arrive together: give the
+            # receive queue room (FORCE works as root, past rmem_max).
+            rx.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+            rx.bind((s.vtep_ip, s.vxlan_port))
+            tx.bind((s.vtep_ip, 0))
+            self._dp.set_vtep(rx.fileno(), tx.fileno(), s.vxlan_port, s.vxlan_src_port_min,
+                              s.vxlan_src_port_max, s.underlay_mtu)
+        except OSError as e:
+            raise ConfigError(f"cannot open the VXLAN endpoint on {where}: {e.strerror or e}") from None
+        log.info("VXLAN endpoint on %s, source ports %d-%d, underlay MTU %d",
+                 where, s.vxlan_src_port_min, s.vxlan_src_port_max, s.underlay_mtu)
 
     def apply(self, state: DesiredState, *, strict: bool = True) -> None:
         """Build the switch from a desired state (config or state file).
@@ -151,7 +177,10 @@ class Switch:
                     raise Conflict(f"VNI {spec.vni} is already used by network {other.spec.name!r}")
         if not self._free_net_ids:
             raise Conflict("no network ids left")
-        self._networks[spec.name] = _Network(spec, self._free_net_ids.pop())
+        net = _Network(spec, self._free_net_ids.pop())
+        if spec.vni is not None:
+            self._dp.set_network_vni(net.id, spec.vni)
+        self._networks[spec.name] = net
         log.info("network %s added (vni %s)", spec.name, spec.vni)
 
     def del_network(self, name: str) -> None:
@@ -164,6 +193,8 @@ class Switch:
             if peers:
                 raise Conflict(f"network {name!r} still has peers: {', '.join(peers)}")
             self._dp.fdb_flush(net.id, None, True)
+            if net.spec.vni is not None:
+                self._dp.set_network_vni(net.id, 0)
             del self._networks[name]
             self._free_net_ids.append(net.id)
             log.info("network %s deleted", name)
@@ -309,22 +340,34 @@ class Switch:
         net = self._network(spec.network)
         if net.spec.vni is None:
             raise InvalidArgument(f"network {spec.network!r} has no VNI: peers need a VXLAN network")
+        if ipaddress.ip_address(spec.remote).version != 4:
+            raise InvalidArgument(f"remote: {spec.remote!r} is not IPv4 (the underlay is IPv4 only)")
+        if self.settings.vtep_ip is None:
+            raise InvalidArgument("peers need a local VTEP address: set [switch] vtep_ip")
+        if spec.remote == self.settings.vtep_ip:
+            raise InvalidArgument(f"remote: {spec.remote} is this switch's own vtep_ip")
         if spec in self._peers:
             raise Conflict(f"peer {spec.remote} is already in network {spec.network!r}")
-        self._peers.append(spec)
+        self._peers[spec] = self._dp.add_peer(net.id, spec.remote)
+        log.info("peer %s added to network %s", spec.remote, spec.network)
 
     def del_peer(self, spec: PeerSpec) -> None:
         with self._lock:
-            if spec not in self._peers:
+            idx = self._peers.pop(spec, None)
+            if idx is None:
                 raise NotFound(f"peer {spec.remote} is not in network {spec.network!r}")
-            self._peers.remove(spec)
+            flushed = self._dp.remove_peer(idx)
+            log.info("peer %s removed from network %s (%d MACs flushed)", spec.remote, spec.network, flushed)
             self._changed()
 
     def list_peers(self, network: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
             if network is not None:
                 self._network(network)
-            return [p.to_dict() for p in self._peers if network is None or p.network == network]
+            return [self._peer_view(p, i) for p, i in self._peers.items() if network is None or p.network == network]
+
+    def _peer_view(self, spec: PeerSpec, idx: int) -> dict[str, Any]:
+        return {**spec.to_dict(), "counters": self._dp.peer_counters(idx)}
 
     # ---- FDB ---------------------------------------------------------------------------
 
@@ -334,6 +377,7 @@ class Switch:
             out = self._port(port).index if port is not None else None
             names = {n.id: n.spec.name for n in self._networks.values()}
             ports = {p.index: p.spec.name for p in self._ports.values()}
+            peers = {PEER_FLAG | i: p.remote for p, i in self._peers.items()}
         entries = []
         for nid, mac, o, static, age in self._dp.fdb_entries(net_id, out):
             if nid not in names:
@@ -342,7 +386,7 @@ class Switch:
                 "network": names[nid],
                 "mac": mac,
                 "port": ports.get(o),
-                "peer": None,
+                "peer": peers.get(o),
                 "static": static,
                 "age_s": None if static else round(age, 3),
             })
@@ -391,4 +435,12 @@ class Switch:
     def stats(self) -> dict[str, Any]:
         with self._lock:
             ports = {p.spec.name: self._dp.port_counters(p.index) for p in self._ports.values()}
-        return {"ports": ports, "fdb": self._dp.fdb_counters(), "loop": self._dp.loop_stats()}
+            peers = [{**p.to_dict(), **self._dp.peer_counters(i)} for p, i in self._peers.items()]
+        vxlan = {
+            "enabled": self.settings.vtep_ip is not None,
+            "vtep_ip": self.settings.vtep_ip,
+            "port": self.settings.vxlan_port,
+            "drops": self._dp.vxlan_drops(),
+            "peers": peers,
+        }
+        return {"ports": ports, "fdb": self._dp.fdb_counters(), "loop": self._dp.loop_stats(), "vxlan": vxlan}

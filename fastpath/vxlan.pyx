@@ -1,0 +1,39 @@
+# cython: language_level=3
+"""VXLAN header helpers and the flow hash behind the outer UDP source port."""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+from fastpath.frame cimport ETH_HLEN, load_be16
+
+
+cdef inline uint64_t _mix(uint64_t h, uint64_t v) noexcept nogil:
+    h ^= v
+    h *= 0x100000001b3ULL  # FNV-1a prime, one 64-bit word at a time
+    return h ^ (h >> 29)
+
+
+cdef uint32_t flow_hash(const uint8_t *frame, uint32_t length) noexcept nogil:
+    """Hash of the inner flow: MACs and ethertype, plus for IPv4 the addresses,
+    protocol and (unfragmented TCP/UDP) ports. RFC 7348 section 5 recommends
+    deriving the outer source port from such a hash so ECMP spreads flows
+    while each flow keeps one path (and its order)."""
+    cdef uint64_t h = 0xcbf29ce484222325ULL
+    cdef uint32_t i, ihl
+    cdef const uint8_t *ip
+    for i in range(ETH_HLEN):
+        h = _mix(h, frame[i])
+    if length >= ETH_HLEN + 20 and load_be16(frame + 12) == 0x0800:
+        ip = frame + ETH_HLEN
+        h = _mix(h, ip[9])
+        for i in range(12, 20):
+            h = _mix(h, ip[i])
+        ihl = (ip[0] & 0x0F) * 4
+        if ((ip[9] == 6 or ip[9] == 17) and (load_be16(ip + 6) & 0x3FFF) == 0
+                and ihl >= 20 and length >= ETH_HLEN + ihl + 4):
+            for i in range(4):
+                h = _mix(h, ip[ihl + i])
+    return <uint32_t>(h ^ (h >> 32))
+
+
+def source_port(bytes frame, uint16_t lo, uint16_t hi) -> int:
+    """The outer UDP source port the datapath picks for this inner frame."""
+    return lo + flow_hash(frame, <uint32_t>len(frame)) % (hi - lo + 1)

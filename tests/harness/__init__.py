@@ -1,0 +1,1 @@
+"""Helpers for traffic tests: namespaces, per-namespace frame agents, frame builders, waits."""

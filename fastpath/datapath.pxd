@@ -17,6 +17,13 @@ cdef enum:
     TXQ = 256                      # tunnel sends queued per batch, flushed with sendmmsg
     VNI_SLOTS = 8192               # VNI -> network map (open addressing, > 2 x max networks)
     NO_PORT = 0xFFFFFFFF           # in_port of a frame that came from the tunnel
+    EV_RING = 256                  # events kept for the control plane's log (oldest overwritten)
+
+cdef enum event_kind:
+    EV_MAC_MOVED = 1               # a: old output, b: new output
+    EV_TABLE_FULL = 2              # a: the output it came from
+    EV_UNKNOWN_PEER = 3            # a: sender's IPv4 (network order), b: VNI
+    EV_UNKNOWN_VNI = 4             # a: sender's IPv4, b: VNI
 
 cdef enum port_state:
     PORT_FREE = 0
@@ -30,7 +37,8 @@ cdef enum:  # port counters: PC_COUNT per port in one flat array
     PC_TX_BYTES = 3
     PC_FLOODED = 4                 # frames from this port that were flooded
     PC_TX_ERRORS = 5               # writes to this port that failed
-    PC_DROPS = 6                   # drops by frame.drop_reason follow
+    PC_DROPS = 6                   # drops by frame.drop_reason follow (DROP_REASONS of them)
+    PC_CAPTURE_DROPS = 13          # mirrored frames the capture reader was too slow for
     PC_COUNT = 16
 
 cdef enum:  # peer counters: PE_COUNT per peer
@@ -56,6 +64,13 @@ cdef struct port_t:
     uint16_t network
     uint8_t state
     int32_t next_in_net            # next port of the same network, -1 ends the list
+    int cap_fd                     # capture socket, -1 when nobody captures
+    uint8_t cap_dir                # CAP_IN | CAP_OUT
+
+cdef enum:
+    CAP_IN = 1
+    CAP_OUT = 2
+    CAP_HDR = 16                   # record header: u64 ns (realtime), u32 frame length, u8 direction, pad
 
 cdef struct peer_t:
     uint32_t addr                  # remote VTEP, IPv4 in network byte order
@@ -66,6 +81,12 @@ cdef struct peer_t:
 cdef struct vni_slot:
     uint32_t vni                   # 0: empty (VNIs start at 1 here)
     uint16_t network
+
+cdef struct dp_event:
+    uint64_t key                   # network << 48 | MAC, 0 when not about a MAC
+    uint32_t a
+    uint32_t b
+    uint8_t kind
 
 cdef struct frame_t:
     uint8_t *data                  # the Ethernet header; HEADROOM bytes are free before it
@@ -110,10 +131,14 @@ cdef class Datapath:
     cdef sockaddr_in txaddr[TXQ]
     cdef uint32_t txpeer[TXQ]
     cdef uint32_t txq_len
+    cdef dp_event evring[EV_RING]
+    cdef uint64_t ev_head
     cdef mmsghdr rxq[BATCH]
     cdef iovec rxiov[BATCH]
     cdef sockaddr_in rxaddr[BATCH]
 
+    cdef void _event(self, uint8_t kind, uint64_t key, uint32_t a, uint32_t b) noexcept nogil
+    cdef void _learn(self, uint16_t network, const uint8_t *src, uint32_t out, int64_t now) noexcept nogil
     cdef void _loop(self) noexcept nogil
     cdef void _rx_port(self, uint32_t idx, uint32_t events, int64_t now) noexcept nogil
     cdef void _rx_tunnel(self, int64_t now) noexcept nogil
@@ -121,6 +146,7 @@ cdef class Datapath:
     cdef int _decap(self, frame_t *f, const uint8_t *hdr, uint32_t length, uint32_t src, int64_t now) noexcept nogil
     cdef void _flood(self, frame_t *f, uint16_t network) noexcept nogil
     cdef void _tx(self, uint32_t idx, const uint8_t *data, uint32_t length) noexcept nogil
+    cdef void _mirror(self, uint32_t idx, uint8_t direction, const uint8_t *data, uint32_t length) noexcept nogil
     cdef void _tx_peer(self, uint32_t peer, frame_t *f, uint16_t network) noexcept nogil
     cdef void _flush_tunnel(self) noexcept nogil
     cdef uint16_t _vni_network(self, uint32_t vni) noexcept nogil

@@ -15,10 +15,11 @@ from libc.string cimport memset
 
 from fastpath.frame cimport (DROP_NONE, DROP_REASONS, DROP_SAME_PORT, DROP_TUNNEL_MTU, DROP_VLAN_TAGGED, ETH_HLEN,
                              drop_reason, eth_info, mac_is_group, parse_eth)
-from fastpath.mactable cimport (MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry, mac_key, mt_delete,
+from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry,
+                                mac_key, mt_delete, mt_result,
                                 mt_expired, mt_flush, mt_free, mt_init, mt_learn, mt_lookup, mt_peek,
                                 mt_set_static, mt_sweep)
-from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, EPOLL_CLOEXEC,
+from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, CLOCK_REALTIME, iovec, writev, EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, EPOLL_CLOEXEC,
                                 EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, MSG_DONTWAIT,
                                 SO_ATTACH_FILTER, SOL_SOCKET, clock_gettime, close, epoll_create1, epoll_ctl,
                                 epoll_event, epoll_wait, errno, eventfd, pthread_mutex_destroy, pthread_mutex_init,
@@ -43,6 +44,7 @@ cdef uint32_t ENCAP_LEN = UDP_HLEN + VXLAN_HLEN
 PEER_FLAG = <uint32_t>OUT_PEER
 VX_DROP_NAMES = ("ok", "truncated", "bad_flags", "unknown_vni", "unknown_peer", "inner_malformed")
 assert len(VX_DROP_NAMES) == VX_DROPS
+EVENT_KINDS = (None, "mac_moved", "table_full", "unknown_peer", "unknown_vni")
 PEER_COUNTER_NAMES = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "tx_errors")
 
 PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "flooded", "tx_errors")
@@ -246,13 +248,15 @@ cdef class Datapath:
         cdef drop_reason reason
         c[PC_RX_PACKETS] += 1
         c[PC_RX_BYTES] += f.len
+        if p.cap_dir & CAP_IN:
+            self._mirror(idx, CAP_IN, f.data, f.len)
         reason = parse_eth(f.data, f.len, p.mtu, &eth)
         if reason == DROP_NONE and eth.tagged:
             reason = DROP_VLAN_TAGGED    # every port is an access port
         if reason != DROP_NONE:
             c[PC_DROPS + <int>reason] += 1
             return
-        mt_learn(&self.mt, mac_key(p.network, eth.src), idx, now)
+        self._learn(p.network, eth.src, idx, now)
         if mac_is_group(eth.dst):
             self._flood(f, p.network)
             return
@@ -270,6 +274,28 @@ cdef class Datapath:
             self._tx(e.out, f.data, f.len)
         else:
             self._flood(f, p.network)
+
+    cdef void _learn(self, uint16_t network, const uint8_t *src, uint32_t out, int64_t now) noexcept nogil:
+        cdef uint64_t key = mac_key(network, src)
+        cdef mac_entry *e
+        cdef uint32_t before = OUT_NONE
+        cdef mt_result r
+        e = mt_peek(&self.mt, key)
+        if e != NULL:
+            before = e.out
+        r = mt_learn(&self.mt, key, out, now)
+        if r == MT_MOVED:
+            self._event(EV_MAC_MOVED, key, before, out)
+        elif r == MT_REFUSED:
+            self._event(EV_TABLE_FULL, key, out, 0)
+
+    cdef void _event(self, uint8_t kind, uint64_t key, uint32_t a, uint32_t b) noexcept nogil:
+        cdef dp_event *ev = &self.evring[self.ev_head & (EV_RING - 1)]
+        ev.kind = kind
+        ev.key = key
+        ev.a = a
+        ev.b = b
+        self.ev_head += 1
 
     cdef void _flood(self, frame_t *f, uint16_t network) noexcept nogil:
         """Send to every other port of the network and, for a frame from a
@@ -366,11 +392,13 @@ cdef class Datapath:
             return VX_BAD_FLAGS
         network = self._vni_network(vxlan_vni(hdr))
         if network == 0:
+            self._event(EV_UNKNOWN_VNI, 0, src, vxlan_vni(hdr))
             return VX_UNKNOWN_VNI
         peer = self.net_peer_head[network]
         while peer >= 0 and self.peers[peer].addr != src:
             peer = self.peers[peer].next_in_net
         if peer < 0:
+            self._event(EV_UNKNOWN_PEER, 0, src, vxlan_vni(hdr))
             return VX_UNKNOWN_PEER
         f.len = length - VXLAN_HLEN
         pc = &self.pectr[<size_t>peer * PE_COUNT]
@@ -378,7 +406,7 @@ cdef class Datapath:
         pc[PE_RX_BYTES] += f.len
         if parse_eth(f.data, f.len, self.tunnel_max_frame - ETH_HLEN, &eth) != DROP_NONE or eth.tagged:
             return VX_INNER_MALFORMED
-        mt_learn(&self.mt, mac_key(network, eth.src), OUT_PEER | <uint32_t>peer, now)
+        self._learn(network, eth.src, OUT_PEER | <uint32_t>peer, now)
         if mac_is_group(eth.dst):
             self._flood(f, network)
             return VX_OK
@@ -409,9 +437,34 @@ cdef class Datapath:
         if n == <ssize_t>length:
             c[PC_TX_PACKETS] += 1
             c[PC_TX_BYTES] += length
+            if self.ports[idx].cap_dir & CAP_OUT:
+                self._mirror(idx, CAP_OUT, data, length)
         else:
             # Never wait for a slow receiver: the frame is dropped and counted.
             c[PC_TX_ERRORS] += 1
+
+    cdef void _mirror(self, uint32_t idx, uint8_t direction, const uint8_t *data, uint32_t length) noexcept nogil:
+        """Copy a frame to the port's capture socket, never waiting for it:
+        when the reader falls behind, the copy is dropped and counted."""
+        cdef uint8_t hdr[CAP_HDR]
+        cdef iovec iov[2]
+        cdef timespec ts
+        cdef uint64_t ns
+        cdef int i
+        clock_gettime(CLOCK_REALTIME, &ts)
+        ns = <uint64_t>ts.tv_sec * 1000000000ULL + <uint64_t>ts.tv_nsec
+        for i in range(8):
+            hdr[i] = (ns >> (8 * i)) & 0xFF
+        for i in range(4):
+            hdr[8 + i] = (length >> (8 * i)) & 0xFF
+        hdr[12] = direction
+        hdr[13] = hdr[14] = hdr[15] = 0
+        iov[0].iov_base = hdr
+        iov[0].iov_len = CAP_HDR
+        iov[1].iov_base = <void *>data
+        iov[1].iov_len = length
+        if writev(self.ports[idx].cap_fd, iov, 2) < 0:
+            self.pctr[<size_t>idx * PC_COUNT + PC_CAPTURE_DROPS] += 1
 
     cdef void _port_down(self, uint32_t idx) noexcept nogil:
         cdef uint64_t one = 1
@@ -456,6 +509,8 @@ cdef class Datapath:
             p.fd = fd
             p.mtu = mtu
             p.network = network
+            p.cap_fd = -1
+            p.cap_dir = 0
             memset(&self.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
             ev.events = EPOLLIN
             ev.data.u64 = (<uint64_t>p.gen << 32) | idx
@@ -480,6 +535,8 @@ cdef class Datapath:
                     epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.ports[idx].fd, NULL)
                 self._unlink(idx)
                 mt_flush(&self.mt, 0, idx, True)
+                self.ports[idx].cap_fd = -1
+                self.ports[idx].cap_dir = 0
                 self.ports[idx].state = PORT_FREE
                 self.ports[idx].gen += 1
                 self.ports[idx].fd = -1
@@ -509,7 +566,25 @@ cdef class Datapath:
         cdef uint64_t *c = &self.pctr[<size_t>idx * PC_COUNT]
         out = {name: c[i] for i, name in enumerate(PORT_COUNTER_NAMES)}
         out["drops"] = {DROP_NAMES[r]: c[PC_DROPS + r] for r in range(1, DROP_REASONS)}
+        out["capture_dropped"] = c[PC_CAPTURE_DROPS]
         return out
+
+    def set_capture(self, uint32_t idx, int fd, bint rx, bint tx) -> None:
+        """Mirror the port's received and/or sent frames to fd (a datagram
+        socket: one CAP_HDR-led record per message); fd -1 stops it."""
+        self._check_index(idx)
+        if fd >= 0:
+            os.set_blocking(fd, False)
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+            if self.ports[idx].state == PORT_FREE:
+                fd = -2
+            else:
+                self.ports[idx].cap_fd = fd
+                self.ports[idx].cap_dir = 0 if fd < 0 else ((CAP_IN if rx else 0) | (CAP_OUT if tx else 0))
+            pthread_mutex_unlock(&self.lock)
+        if fd == -2:
+            raise LookupError(f"port index {idx} is not in use")
 
     def loop_stats(self) -> dict:
         hist = [self.stats[LS_HIST + b] for b in range(HIST_BUCKETS)]
@@ -638,6 +713,28 @@ cdef class Datapath:
 
     def vxlan_drops(self) -> dict:
         return {VX_DROP_NAMES[r]: self.vx_drops[r] for r in range(1, VX_DROPS)}
+
+    # ---- events ----------------------------------------------------------------------
+
+    def events(self, uint64_t since) -> tuple:
+        """(events after sequence number `since`, next since, events lost to
+        overwriting). Each event is (kind, network, mac or None, a, b) with
+        kind one of EVENT_KINDS."""
+        cdef uint64_t head, start, i
+        cdef dp_event ev
+        out = []
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            head = self.ev_head
+            start = max(since, head - EV_RING) if head > EV_RING else since
+            for i in range(start, head):
+                ev = self.evring[i & (EV_RING - 1)]
+                out.append((EVENT_KINDS[ev.kind], key_network(ev.key),
+                            format_mac(ev.key) if ev.key else None, ev.a, ev.b))
+        finally:
+            pthread_mutex_unlock(&self.lock)
+        return out, head, start - since
 
     # ---- FDB -------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ cdef extern from "<time.h>" nogil:
     int clock_gettime(int clk_id, timespec *tp)
     enum:
         CLOCK_MONOTONIC
+        CLOCK_REALTIME
 
 cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void *buf, size_t count)
@@ -63,6 +64,7 @@ cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
         void *iov_base
         size_t iov_len
+    ssize_t writev(int fd, const iovec *iov, int iovcnt)
 
 cdef extern from "<netinet/in.h>" nogil:
     struct in_addr:

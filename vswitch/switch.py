@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 from fastpath import PEER_FLAG, Datapath
 
+from .capture import Capture
+from .eventlog import EventLog
 from .errors import ConfigError, Conflict, InvalidArgument, NotFound
 from .model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings, check_mac, check_name
 from .netns import netns_identity, netns_path, resolve_netns
@@ -51,6 +53,7 @@ class _Port:
     mtu: int
     netns_path: str
     netns_id: tuple[int, int] | None
+    capture: Capture | None = None
 
 
 class Switch:
@@ -73,6 +76,8 @@ class Switch:
         self._watch_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()  # wakes the port watcher at stop
+        self._events = EventLog(self._out_name)
+        self._event_seq = 0
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -264,6 +269,8 @@ class Switch:
             self._changed()
 
     def _drop_port(self, port: _Port, *, destroy: bool) -> None:
+        if port.capture is not None:
+            port.capture.close()
         self._dp.remove_port(port.index)
         for key in [k for k, e in self._static.items() if e.port == port.spec.name]:
             del self._static[key]
@@ -323,10 +330,24 @@ class Switch:
                 ]
                 for port in gone:
                     why = "its interface went away" if port.index in dead else f"netns {port.spec.netns} is gone"
-                    log.warning("port %s removed: %s", port.spec.name, why)
+                    log.warning("port %s down and removed: %s", port.spec.name, why)
                     self._drop_port(port, destroy=False)
                 if gone:
                     self._changed()
+            self._log_events()
+
+    def _log_events(self) -> None:
+        events, self._event_seq, lost = self._dp.events(self._event_seq)
+        self._events.lost(lost)
+        with self._lock:
+            names = {n.id: n.spec.name for n in self._networks.values()}
+        for kind, net_id, mac, a, b in events:
+            self._events.record(kind, names.get(net_id), mac, a, b)
+
+    def _out_name(self, out: int) -> str:
+        with self._lock:
+            d = self._describe_out(out)
+        return f"port {d['port']}" if "port" in d else f"peer {d['peer']}"
 
     # ---- peers -------------------------------------------------------------------------
 
@@ -429,6 +450,124 @@ class Switch:
                 raise NotFound(f"no FDB entry for {mac} in network {network!r}")
             if static is not None:
                 self._changed()
+
+    # ---- capture -----------------------------------------------------------------------
+
+    def start_capture(self, name: str, direction: str = "both") -> Capture:
+        """Mirror a port's frames; the caller reads Capture.records() and closes it."""
+        if direction not in ("in", "out", "both"):
+            raise InvalidArgument(f"direction: {direction!r} is not one of in, out, both")
+        with self._lock:
+            port = self._port(name)
+            if port.capture is not None:
+                raise Conflict(f"port {name!r} is already being captured")
+
+            def stop() -> None:
+                with self._lock:
+                    if port.capture is not None and self._ports.get(name) is port:
+                        self._dp.set_capture(port.index, -1, False, False)
+                    port.capture = None
+
+            port.capture = Capture(lambda fd, rx, tx: self._dp.set_capture(port.index, fd, rx, tx), stop, direction)
+            log.info("capture started on port %s (%s)", name, direction)
+            return port.capture
+
+    def has_port(self, name: str) -> bool:
+        with self._lock:
+            return name in self._ports
+
+    # ---- trace -------------------------------------------------------------------------
+
+    def trace(self, in_port: str, dst: str, src: str | None = None, vlan: int | None = None) -> dict[str, Any]:
+        """What the switch would do right now with a frame from in_port to dst, and why.
+
+        Read from the live tables and the same rules the loop applies; nothing
+        is learned or aged by asking. The frame's size is not considered.
+        """
+        dst = check_mac("dst", dst, unicast=False)
+        src_mac = None if src is None else check_mac("src", src, unicast=False)
+        if vlan is not None and (isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 4095):
+            raise InvalidArgument(f"vlan: {vlan!r} is not a VLAN ID (0-4095)")
+        with self._lock:
+            port = self._port(in_port)
+            net = self._networks[port.spec.network]
+            src_mac = src_mac or port.tap.mac
+            steps = [f"frame {src_mac} -> {dst} enters port {in_port} (network {net.spec.name}"
+                     + (f", VNI {net.spec.vni})" if net.spec.vni is not None else ")")]
+            result: dict[str, Any] = {
+                "in_port": in_port, "network": net.spec.name, "vni": net.spec.vni, "src": src_mac, "dst": dst,
+                "vlan": vlan, "learn": None, "lookup": None, "outputs": {"ports": [], "peers": []},
+            }
+
+            def verdict(action: str, reason: str | None = None) -> dict[str, Any]:
+                result["action"] = action
+                result["reason"] = reason
+                if reason is not None:
+                    steps.append(f"drop: {reason}")
+                result["steps"] = steps
+                return result
+
+            if self._dp.port_state(port.index) != "up":
+                return verdict("drop", "port_down")
+            if int(src_mac[:2], 16) & 1:
+                return verdict("drop", "src_multicast")
+            if vlan is not None:
+                steps.append(f"802.1Q tag {vlan} on an access port")
+                return verdict("drop", "vlan_tagged")
+            result["learn"] = self._trace_learn(net, port, src_mac)
+            steps.append(f"learn: {result['learn']['result']}")
+            if int(dst[:2], 16) & 1:
+                steps.append("destination is broadcast/multicast: flood")
+                return self._trace_flood(net, port, result, steps, verdict)
+            hit = self._dp.fdb_lookup(net.id, dst)
+            if hit is None:
+                result["lookup"] = {"hit": False}
+                steps.append("destination unknown in the FDB: flood")
+                return self._trace_flood(net, port, result, steps, verdict)
+            out, static, age = hit
+            entry = self._describe_out(out)
+            result["lookup"] = {"hit": True, "static": static, "age_s": None if static else round(age, 3), **entry}
+            steps.append(f"FDB hit: {dst} -> {entry} ({'static' if static else f'learned {age:.1f}s ago'})")
+            if entry.get("port") == in_port:
+                return verdict("drop", "same_port")
+            if entry.get("port"):
+                result["outputs"]["ports"] = [entry["port"]]
+            else:
+                result["outputs"]["peers"] = [entry["peer"]]
+            steps.append(f"output: {entry}")
+            return verdict("output")
+
+    def _trace_learn(self, net: _Network, port: _Port, src: str) -> dict[str, Any]:
+        hit = self._dp.fdb_lookup(net.id, src)
+        if hit is None:
+            full = self._dp.fdb_counters()["entries"] >= self._dp.mac_table_size
+            return {"result": "refused: MAC table full" if full else f"new entry on port {port.spec.name}"}
+        out, static, _ = hit
+        current = self._describe_out(out)
+        if current.get("port") == port.spec.name:
+            return {"result": "refresh", **current}
+        if static:
+            return {"result": f"static entry kept on {current}", **current}
+        return {"result": f"move from {current} to port {port.spec.name}", **current}
+
+    def _describe_out(self, out: int) -> dict[str, Any]:
+        for p in self._ports.values():
+            if p.index == out:
+                return {"port": p.spec.name}
+        for spec, idx in self._peers.items():
+            if PEER_FLAG | idx == out:
+                return {"peer": spec.remote}
+        return {"port": None}
+
+    def _trace_flood(self, net: _Network, port: _Port, result: dict[str, Any], steps: list[str],
+                     verdict: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+        name = net.spec.name
+        ports = sorted(p.spec.name for p in self._ports.values()
+                       if p.spec.network == name and p is not port and self._dp.port_state(p.index) == "up")
+        peers = [p.remote for p in self._peers if p.network == name]
+        result["outputs"] = {"ports": ports, "peers": peers}
+        steps.append(f"flood to ports [{', '.join(ports)}]" + (f" and peers [{', '.join(peers)}]" if peers else ""))
+        return verdict("flood")
 
     # ---- counters ----------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .api import ApiServer
 from .config import load_config
-from .errors import VswitchError
+from .errors import ConfigError, VswitchError
 from .metrics import ApiRequestCounter, serve_metrics
 from .model import DesiredState, SwitchSettings
 from .state import StateStore
@@ -89,24 +89,29 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
 
-    switch.start()
+    metrics_server = None
     try:
+        switch.start()
         if saved is not None:
             log.info("restoring state from %s", args.state_dir)
             switch.apply(saved, strict=False)
         else:
             switch.apply(seed, strict=True)
         host, port = args.metrics
-        metrics_server, bound = serve_metrics(switch, api_requests, host, port)
+        try:
+            metrics_server, bound = serve_metrics(switch, api_requests, host, port)
+        except OSError as e:
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
         log.info("metrics on http://%s:%d/metrics", host, bound)
         api.start()
         log.info("vswitchd ready: %d networks, %d ports; API on %s",
                  len(switch.list_networks()), len(switch.list_ports()), args.api_socket)
         stop.wait()
         log.info("stopping")
-        api.close()
     finally:
+        api.close()
         switch.stop()
-    metrics_server.shutdown()
+        if metrics_server is not None:
+            metrics_server.shutdown()
     log.info("stopped")
     return 0

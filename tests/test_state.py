@@ -1,0 +1,145 @@
+"""The state file: round trip, atomic saves, and refusal of anything it cannot read back."""
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from vswitch.errors import ConfigError
+from vswitch.model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec
+from vswitch.state import STATE_VERSION, StateStore
+
+STATE = DesiredState(
+    networks=[NetworkSpec("blue", 100), NetworkSpec("red")],
+    ports=[
+        PortSpec("c1", "blue", "c1"),
+        PortSpec("c2", "blue", "/proc/1/ns/net", ifname="veth9", mac="02:00:00:00:00:02", ip="10.1.0.2/24", mtu=1450),
+    ],
+    peers=[PeerSpec("blue", "192.0.2.2"), PeerSpec("blue", "2001:db8::2")],
+    static_fdb=[StaticFdbSpec("blue", "02:00:00:00:00:09", "c1")],
+)
+
+
+def _valid_doc() -> dict:
+    return {
+        "version": STATE_VERSION,
+        "networks": [{"name": "blue", "vni": 100}],
+        "ports": [{"name": "c1", "network": "blue", "netns": "c1"}],
+        "peers": [{"network": "blue", "remote": "192.0.2.2"}],
+        "static_fdb": [{"network": "blue", "mac": "02:00:00:00:00:09", "port": "c1"}],
+    }
+
+
+def test_load_without_a_file_is_none(tmp_path: Path) -> None:
+    assert StateStore(tmp_path / "state").load() is None
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    store.save(STATE)
+    assert StateStore(tmp_path / "state").load() == STATE
+
+
+def test_empty_state_round_trips(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.save(DesiredState())
+    assert store.load() == DesiredState()
+
+
+def test_file_layout(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.save(STATE)
+    doc = json.loads((tmp_path / "state.json").read_text())
+    assert doc["version"] == 1
+    assert set(doc) == {"version", "networks", "ports", "peers", "static_fdb"}
+    assert doc["ports"][0] == {"name": "c1", "network": "blue", "netns": "c1", "ifname": "eth0"}
+
+
+def test_save_creates_a_private_dir_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    state_dir = tmp_path / "a" / "state"
+    store = StateStore(state_dir)
+    for n in range(5):
+        store.save(DesiredState(networks=[NetworkSpec(f"n{i}") for i in range(n)]))
+    assert stat.S_IMODE(state_dir.stat().st_mode) == 0o700
+    assert [p.name for p in state_dir.iterdir()] == ["state.json"]
+    assert stat.S_IMODE((state_dir / "state.json").stat().st_mode) == 0o600
+    loaded = store.load()
+    assert loaded is not None and len(loaded.networks) == 4
+
+
+def test_save_replaces_the_previous_state(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.save(STATE)
+    store.save(DesiredState(networks=[NetworkSpec("green", 7)]))
+    assert store.load() == DesiredState(networks=[NetworkSpec("green", 7)])
+
+
+def test_failed_save_leaves_no_temp_file(tmp_path: Path) -> None:
+    # A directory where the file should be makes the final rename fail.
+    (tmp_path / "state.json").mkdir()
+    (tmp_path / "state.json" / "keep").write_text("x")
+    with pytest.raises(OSError):
+        StateStore(tmp_path).save(STATE)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+    assert (tmp_path / "state.json" / "keep").read_text() == "x"
+
+
+def _doc_with(**changes: object) -> str:
+    doc = _valid_doc()
+    doc.update(changes)
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        pytest.param('{"version": 1, "networks": [', "not valid JSON", id="truncated-json"),
+        pytest.param("", "not valid JSON", id="empty-file"),
+        pytest.param("[]", "expected a JSON object", id="not-an-object"),
+        pytest.param(_doc_with(version=2), "version: 2 is not supported", id="newer-version"),
+        pytest.param(json.dumps({"networks": []}), "version: None is not supported", id="no-version"),
+        pytest.param(_doc_with(version="1"), "version: '1' is not supported", id="version-as-string"),
+        pytest.param(_doc_with(ports={"name": "c1"}), "ports: expected a list, got dict", id="section-not-a-list"),
+        pytest.param(_doc_with(extra=[]), "unknown key 'extra'", id="unknown-section"),
+        pytest.param(
+            _doc_with(networks=[{"name": "blue", "vni": 1 << 24}]), "networks[0].vni: 16777216 is out of range", id="vni-out-of-range"
+        ),
+        pytest.param(
+            _doc_with(static_fdb=[{"network": "blue", "mac": "zz:00:00:00:00:01", "port": "c1"}]),
+            "static_fdb[0].mac: 'zz:00:00:00:00:01' is not a MAC address",
+            id="bad-mac",
+        ),
+        pytest.param(
+            _doc_with(ports=[{"name": "c1", "network": "blue", "netns": "c1", "ip": "10.1.0.300/24"}]),
+            "ports[0].ip: '10.1.0.300/24'",
+            id="bad-cidr",
+        ),
+        pytest.param(_doc_with(peers=[{"network": "blue"}]), "peers[0]: missing required key 'remote'", id="missing-key"),
+        pytest.param(_doc_with(networks=["blue"]), "networks[0]: expected a table/object, got str", id="item-not-an-object"),
+    ],
+)
+def test_unreadable_state_is_refused_and_left_alone(tmp_path: Path, content: str, expected: str) -> None:
+    path = tmp_path / "state.json"
+    path.write_text(content)
+    with pytest.raises(ConfigError) as err:
+        StateStore(tmp_path).load()
+    message = str(err.value)
+    assert str(path) in message
+    assert expected in message
+    assert "\n" not in message
+    assert path.read_text() == content
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_valid_document_used_by_the_corruption_cases_loads(tmp_path: Path) -> None:
+    (tmp_path / "state.json").write_text(json.dumps(_valid_doc()))
+    state = StateStore(tmp_path).load()
+    assert state is not None and state.networks == [NetworkSpec("blue", 100)]
+
+
+def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "state.json").mkdir()  # a directory where the file should be
+    with pytest.raises(ConfigError, match="cannot read"):
+        StateStore(tmp_path).load()

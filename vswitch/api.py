@@ -1,0 +1,509 @@
+"""The control API: HTTP/1.1 + JSON on a Unix socket (``curl --unix-socket`` works).
+
+Each request is checked in full (route, method, length, JSON, values parsed into
+the model's specs) before the switch is called, so a bad request changes nothing.
+Every error body is ``{"error": <kind>, "detail": <one line>}``.
+"""
+from __future__ import annotations
+
+import errno
+import http.server
+import json
+import logging
+import os
+import socket
+import socketserver
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import parse_qs, unquote
+
+from .errors import Conflict, ConfigError, InvalidArgument, NotFound, VswitchError
+from .model import NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, check_keys, check_mac, check_name
+from .switch import Switch
+
+log = logging.getLogger("vswitch.api")
+
+MAX_BODY = 64 * 1024
+UNMATCHED = "unmatched"  # metrics label for paths that match no route (raw paths would explode cardinality)
+
+MetricsHook = Callable[[str, int], None]
+
+_STATUS_OF: dict[type[VswitchError], int] = {InvalidArgument: 400, NotFound: 404, Conflict: 409}
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+        self.headers = headers or {}
+
+
+@dataclass
+class Request:
+    switch: Switch
+    params: dict[str, str]  # path parameters, already URL-decoded
+    query: dict[str, str]
+    body: Any  # decoded JSON of a POST body
+    has_body: bool  # a POST body was sent (`null` is a body, an empty one is not)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no detail)"
+
+
+def _object(req: Request) -> dict[str, Any]:
+    if not req.has_body:
+        raise InvalidArgument("request body is empty; expected a JSON object")
+    if not isinstance(req.body, dict):
+        raise InvalidArgument(f"request body must be a JSON object, got {_json_type(req.body)}")
+    return req.body
+
+
+def _parse_length(value: str) -> int | None:
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _query(req: Request, allowed: tuple[str, ...]) -> dict[str, str | None]:
+    return {key: (None if req.query.get(key) is None else check_name(key, req.query[key])) for key in allowed}
+
+
+# Handlers: each returns (status, JSON payload or None for 204).
+
+
+def _health(req: Request) -> tuple[int, Any]:
+    return 200, {"status": "ok"}
+
+
+def _networks_list(req: Request) -> tuple[int, Any]:
+    return 200, req.switch.list_networks()
+
+
+def _network_add(req: Request) -> tuple[int, Any]:
+    return 201, req.switch.add_network(NetworkSpec.parse(_object(req)))
+
+
+def _network_get(req: Request) -> tuple[int, Any]:
+    return 200, req.switch.get_network(check_name("network", req.params["name"]))
+
+
+def _network_del(req: Request) -> tuple[int, Any]:
+    req.switch.del_network(check_name("network", req.params["name"]))
+    return 204, None
+
+
+def _ports_list(req: Request) -> tuple[int, Any]:
+    return 200, req.switch.list_ports()
+
+
+def _port_add(req: Request) -> tuple[int, Any]:
+    return 201, req.switch.add_port(PortSpec.parse(_object(req)))
+
+
+def _port_get(req: Request) -> tuple[int, Any]:
+    return 200, req.switch.get_port(check_name("port", req.params["name"]))
+
+
+def _port_del(req: Request) -> tuple[int, Any]:
+    req.switch.del_port(check_name("port", req.params["name"]))
+    return 204, None
+
+
+def _peers_list(req: Request) -> tuple[int, Any]:
+    return 200, req.switch.list_peers(**_query(req, ("network",)))
+
+
+def _peer_add(req: Request) -> tuple[int, Any]:
+    return 201, req.switch.add_peer(PeerSpec.parse(_object(req)))
+
+
+def _peer_del(req: Request) -> tuple[int, Any]:
+    req.switch.del_peer(PeerSpec.parse(dict(req.params)))
+    return 204, None
+
+
+def _fdb_list(req: Request) -> tuple[int, Any]:
+    return 200, req.switch.fdb_list(**_query(req, ("network", "port")))
+
+
+def _fdb_add(req: Request) -> tuple[int, Any]:
+    return 201, req.switch.fdb_add(StaticFdbSpec.parse(_object(req)))
+
+
+def _fdb_del(req: Request) -> tuple[int, Any]:
+    network = check_name("network", req.params["network"])
+    req.switch.fdb_del(network, check_mac("mac", req.params["mac"]))
+    return 204, None
+
+
+def _fdb_flush(req: Request) -> tuple[int, Any]:
+    body = _object(req) if req.has_body else {}
+    check_keys("flush", body, {"network", "port"}, set())
+    filters = {key: None if body.get(key) is None else check_name(f"flush.{key}", body[key]) for key in ("network", "port")}
+    return 200, {"flushed": req.switch.fdb_flush(**filters)}
+
+
+def _stats(req: Request) -> tuple[int, Any]:
+    return 200, req.switch.stats()
+
+
+def _openapi(req: Request) -> tuple[int, Any]:
+    return 200, openapi_document()
+
+
+Handler = Callable[[Request], tuple[int, Any]]
+
+# Route template -> method -> (handler, allowed query parameters). Literal
+# templates come before templated ones of the same shape so they win.
+ROUTES: dict[str, dict[str, tuple[Handler, tuple[str, ...]]]] = {
+    "/v1/health": {"GET": (_health, ())},
+    "/v1/networks": {"GET": (_networks_list, ()), "POST": (_network_add, ())},
+    "/v1/networks/{name}": {"GET": (_network_get, ()), "DELETE": (_network_del, ())},
+    "/v1/ports": {"GET": (_ports_list, ()), "POST": (_port_add, ())},
+    "/v1/ports/{name}": {"GET": (_port_get, ()), "DELETE": (_port_del, ())},
+    "/v1/peers": {"GET": (_peers_list, ("network",)), "POST": (_peer_add, ())},
+    "/v1/peers/{network}/{remote}": {"DELETE": (_peer_del, ())},
+    "/v1/fdb": {"GET": (_fdb_list, ("network", "port")), "POST": (_fdb_add, ())},
+    "/v1/fdb/flush": {"POST": (_fdb_flush, ())},
+    "/v1/fdb/{network}/{mac}": {"DELETE": (_fdb_del, ())},
+    "/v1/stats": {"GET": (_stats, ())},
+    "/v1/openapi.json": {"GET": (_openapi, ())},
+}
+
+
+def match_route(path: str) -> tuple[str, dict[str, str]] | None:
+    """(template, decoded path parameters) for a raw path without its query, or None."""
+    # Split before decoding so an encoded '/' stays inside its segment.
+    segments = path.split("/")
+    for template in ROUTES:
+        parts = template.split("/")
+        if len(parts) != len(segments):
+            continue
+        params: dict[str, str] = {}
+        for part, seg in zip(parts, segments):
+            if part.startswith("{"):
+                if not seg:
+                    break
+                params[part[1:-1]] = unquote(seg, errors="strict")
+            elif part != seg:
+                break
+        else:
+            return template, params
+    return None
+
+
+@cache
+def openapi_document() -> Any:
+    return json.loads(resources.files("vswitch").joinpath("openapi.json").read_bytes())
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive; every response carries Content-Length
+    # Nobody speaks HTTP/0.9: a malformed request line still gets a status line and headers.
+    default_request_version = "HTTP/1.0"
+    timeout = 60  # idle keep-alive connections must not pin a thread forever
+    server: _Server
+    _template = UNMATCHED
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    # Every method reaches the router so a known path answers 405 with Allow.
+    do_POST = do_DELETE = do_PUT = do_PATCH = do_HEAD = do_OPTIONS = do_GET
+
+    def _dispatch(self) -> None:
+        started = time.monotonic()
+        self._template = UNMATCHED
+        headers: dict[str, str] = {}
+        try:
+            req, handler = self._parse()
+            status, payload = handler(req)
+        except HttpError as e:
+            status, payload, headers = e.status, {"error": e.error, "detail": e.detail}, e.headers
+        except VswitchError as e:
+            status = next((code for cls, code in _STATUS_OF.items() if isinstance(e, cls)), 500)
+            payload = {"error": e.kind, "detail": _one_line(str(e))}
+        except Exception as e:
+            log.exception("%s %s failed", self.command, self.path)
+            status, headers = 500, {}
+            payload = {"error": "internal", "detail": f"internal error ({type(e).__name__}); see the vswitchd log"}
+        self._respond(status, payload, headers)
+        log.debug("%s %s -> %d (%.1f ms)", self.command, self.path, status, (time.monotonic() - started) * 1000)
+        self.server.report(self._template, status)
+
+    def _parse(self) -> tuple[Request, Handler]:
+        raw_path, _, raw_query = self.path.partition("?")
+        try:
+            matched = match_route(raw_path)
+        except UnicodeDecodeError:
+            matched = None
+        if matched is None:
+            self._refuse_body()
+            raise HttpError(404, "not_found", f"no such resource: {_one_line(raw_path)[:200]}")
+        template, params = matched
+        self._template = template  # reported under its template from here on, whatever goes wrong next
+        methods = ROUTES[template]
+        if self.command not in methods:
+            self._refuse_body()
+            allow = ", ".join(methods)
+            raise HttpError(405, "method_not_allowed", f"{self.command} is not allowed on {template} (allowed: {allow})", {"Allow": allow})
+        handler, allowed_query = methods[self.command]
+        has_body, body = self._read_body()
+        query = self._parse_query(raw_query, allowed_query)
+        return Request(self.server.switch, params, query, body, has_body), handler
+
+    def _parse_query(self, raw: str, allowed: tuple[str, ...]) -> dict[str, str]:
+        try:
+            pairs = parse_qs(raw, keep_blank_values=True, strict_parsing=bool(raw), errors="strict")
+        except (ValueError, UnicodeDecodeError):
+            raise HttpError(400, "invalid_argument", f"malformed query string {raw[:200]!r}") from None
+        for key, values in pairs.items():
+            if key not in allowed:
+                expected = ", ".join(allowed) if allowed else "none"
+                raise HttpError(400, "invalid_argument", f"unknown query parameter {key!r} (allowed: {expected})")
+            if len(values) > 1:
+                raise HttpError(400, "invalid_argument", f"query parameter {key!r} given {len(values)} times")
+        return {key: values[0] for key, values in pairs.items()}
+
+    def _content_length(self) -> int | None:
+        if "Transfer-Encoding" in self.headers:
+            self.close_connection = True
+            raise HttpError(411, "length_required", "chunked request bodies are not supported; send Content-Length")
+        value = self.headers.get("Content-Length")
+        if value is None:
+            return None
+        length = _parse_length(value)
+        if length is None:
+            self.close_connection = True
+            raise HttpError(400, "bad_request", f"Content-Length {value[:40]!r} is not a non-negative integer")
+        return length
+
+    def _read_body(self) -> tuple[bool, Any]:
+        """(whether a POST body was sent, its decoded JSON); other methods' bodies are read and ignored."""
+        length = self._content_length()
+        if length is None:
+            if self.command == "POST":
+                raise HttpError(411, "length_required", "POST needs a Content-Length header")
+            return False, None
+        if length > MAX_BODY:
+            # The body is never read, so the connection cannot carry another request.
+            self.close_connection = True
+            raise HttpError(413, "payload_too_large", f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
+        try:
+            data = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise HttpError(408, "request_timeout", f"request body not received within {self.timeout} s") from None
+        if len(data) < length:
+            self.close_connection = True
+            raise HttpError(400, "bad_request", f"request body ended after {len(data)} of {length} bytes")
+        if self.command != "POST" or not data:
+            return False, None
+        try:
+            return True, json.loads(data)
+        except (ValueError, RecursionError) as e:
+            raise HttpError(400, "bad_request", f"request body is not valid JSON: {_one_line(str(e))}") from None
+
+    def _refuse_body(self) -> None:
+        """An error answered before the body was read: drop the connection instead of parsing the body as a request."""
+        if "Transfer-Encoding" in self.headers or self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+            self.close_connection = True
+
+    def _respond(self, status: int, payload: Any, headers: dict[str, str]) -> None:
+        body = b"" if status == 204 else json.dumps(payload, indent=None).encode() + b"\n"
+        self.send_response(status)
+        if body:
+            self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in headers.items():
+            self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def handle_expect_100(self) -> bool:
+        # Do not invite a body that will be refused anyway.
+        length = _parse_length(self.headers.get("Content-Length", ""))
+        if length is not None and length > MAX_BODY:
+            return True
+        return super().handle_expect_100()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        # Reached for requests the stdlib rejects before dispatch (bad request
+        # line, oversized headers, unknown method): answer in the API's format.
+        self.close_connection = True
+        reason = message or self.responses.get(code, ("error",))[0]
+        body = json.dumps({"error": "bad_request" if code == 400 else "http_error", "detail": _one_line(reason)}).encode() + b"\n"
+        self.send_response(code, message)
+        self.send_header("Connection", "close")
+        if self.command != "HEAD" and code >= 200 and code not in (204, 304):
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.end_headers()
+        self.server.report(UNMATCHED, code)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass  # _dispatch logs one line per request with its duration
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("api: " + format, *args)
+
+    def version_string(self) -> str:
+        return "vswitchd"
+
+    def address_string(self) -> str:
+        return "unix"  # peers on a Unix socket have no address
+
+
+class _Server(socketserver.ThreadingUnixStreamServer):
+    daemon_threads = True
+    block_on_close = False
+    # A Unix socket refuses connect() with EAGAIN once the backlog is full
+    # (clients with a timeout never queue), so bursts of clients need room.
+    request_queue_size = socket.SOMAXCONN
+
+    def __init__(self, path: str, switch: Switch, metrics_hook: MetricsHook | None) -> None:
+        super().__init__(path, _Handler, bind_and_activate=False)
+        self.switch = switch
+        self.metrics_hook = metrics_hook
+        self.conns: set[socket.socket] = set()
+        self.conns_lock = threading.Lock()
+
+    def report(self, template: str, status: int) -> None:
+        if self.metrics_hook is None:
+            return
+        try:
+            self.metrics_hook(template, status)
+        except Exception:
+            log.exception("metrics hook failed for %s %d", template, status)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.conns_lock:
+            self.conns.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.conns_lock:
+            self.conns.discard(request)
+        super().shutdown_request(request)
+
+    def drop_connections(self) -> None:
+        with self.conns_lock:
+            conns = list(self.conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("api connection error", exc_info=True)
+
+
+class ApiServer:
+    """Serves the control API for ``switch`` on ``socket_path`` (mode 0600).
+
+    ``bind()`` claims the socket and fails with ConfigError if another vswitchd
+    answers on it; call it before touching any state so a second daemon stops
+    before disturbing the first one. ``start()`` binds if needed and serves in
+    a daemon thread; ``close()`` stops serving and removes the socket.
+    """
+
+    def __init__(self, switch: Switch, socket_path: Path, metrics_hook: MetricsHook | None = None) -> None:
+        self.switch = switch
+        self.socket_path = Path(socket_path)
+        self.metrics_hook = metrics_hook
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self._inode: int | None = None
+
+    def bind(self) -> None:
+        if self._server is not None:
+            return
+        openapi_document()  # a broken package fails here, not on the first request
+        path = self.socket_path
+        if not path.parent.is_dir():
+            path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            os.chmod(path.parent, 0o755)
+        _remove_stale_socket(path)
+        server = _Server(str(path), self.switch, self.metrics_hook)
+        # The umask makes the socket 0600 from its creation: there is no window
+        # in which another user could connect.
+        old_umask = os.umask(0o177)
+        try:
+            server.server_bind()
+        except OSError as e:
+            server.server_close()
+            raise ConfigError(f"cannot bind the API socket {path}: {e.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o600)
+        self._inode = os.stat(path).st_ino
+        server.server_activate()
+        self._server = server
+
+    def start(self) -> None:
+        self.bind()
+        assert self._server is not None
+        self._thread = threading.Thread(target=self._server.serve_forever, name="vswitch-api", daemon=True)
+        self._thread.start()
+        log.info("control API listening on %s", self.socket_path)
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        if self._thread is not None:
+            server.shutdown()
+            self._thread.join()
+            self._thread = None
+        server.server_close()
+        server.drop_connections()
+        # Remove the socket only if it is still ours (not one a successor bound).
+        try:
+            if os.stat(self.socket_path).st_ino == self._inode:
+                self.socket_path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """Removes a socket nobody listens on; refuses if one answers or the path is not a socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise ConfigError(f"API socket path {path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(2.0)
+    try:
+        probe.connect(str(path))
+    except OSError as e:
+        if e.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise ConfigError(f"cannot probe the API socket {path}: {e.strerror or e}") from None
+        log.info("removing stale API socket %s", path)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        return
+    finally:
+        probe.close()
+    raise ConfigError(f"another vswitchd is serving {path}")

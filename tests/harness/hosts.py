@@ -66,8 +66,8 @@ def toml_table(header: str, items: dict[str, Any]) -> str:
 class HostVswitchd(Vswitchd):
     """A vswitchd running inside `netns`; its API socket and files stay on the shared filesystem."""
 
-    def __init__(self, netns: Netns, tmp_path: Path, config: str | None = None, extra_args: Sequence[str] = ()) -> None:
-        super().__init__(tmp_path, config=config, extra_args=extra_args)
+    def __init__(self, netns: Netns, tmp_path: Path, config: str) -> None:
+        super().__init__(tmp_path, config=config)
         self.netns = netns
 
     @property
@@ -87,6 +87,7 @@ class Container:
     ip: str  # with prefix length, e.g. 10.1.0.1/24
     host: Host
     ifname: str = CONTAINER_IF
+    mtu: int | None = None  # the port's MTU; None: vswitchd's default for the network
     agent: Agent | None = None
 
     @property
@@ -136,7 +137,7 @@ class Container:
     def port_config(self) -> str:
         return toml_table("[[port]]", {
             "name": self.name, "netns": self.ns.name, "network": self.network,
-            "ifname": self.ifname, "mac": self.mac, "ip": self.ip,
+            "ifname": self.ifname, "mac": self.mac, "ip": self.ip, "mtu": self.mtu,
         })
 
 
@@ -165,10 +166,12 @@ class Host:
         assert link is not None, f"{self.name} has no {UNDERLAY_IF}"
         return link["address"]
 
-    def add_container(self, name: str, network: str, ip: str, mac: str | None = None, ifname: str = CONTAINER_IF) -> Container:
+    def add_container(
+        self, name: str, network: str, ip: str, mac: str | None = None, ifname: str = CONTAINER_IF, mtu: int | None = None
+    ) -> Container:
         """Make the container's namespace; its port goes into the config of start()."""
         mac = mac or self.lab.next_mac()
-        container = Container(name, network, self.lab.netns_factory(), mac, ip, self, ifname)
+        container = Container(name, network, self.lab.netns_factory(), mac, ip, self, ifname, mtu)
         self.containers[name] = container
         return container
 
@@ -184,10 +187,9 @@ class Host:
         networks: dict[str, int | None],
         peers: Sequence[tuple[str, str]],
         switch: dict[str, Any] | None = None,
-        capture: bool = True,
     ) -> HostVswitchd:
-        """Start this host's vswitchd with these networks, its containers' ports and `peers`
-        ((network, remote ip) pairs); with `capture`, start capturing in every container."""
+        """Start this host's vswitchd with these networks, its containers' ports, `peers`
+        ((network, remote ip) pairs) and extra [switch] settings; capture in every container."""
         if self.daemon is not None:
             raise RuntimeError(f"{self.name} already has a vswitchd")
         workdir = self.lab.tmp_path / f"{self.name}-vswitchd"
@@ -197,8 +199,7 @@ class Host:
         for c in self.containers.values():
             # A ready daemon has attached every TAP: the interface is up with carrier.
             assert c.ns.link_is_up(c.ifname), f"{c.name} on {self.name}: {c.ifname} is not up: {c.link()}"
-            if capture:
-                c.capture()
+            c.capture()
         return self.daemon
 
     def ctl(self, *args: str, check: bool = True) -> Any:
@@ -293,14 +294,11 @@ class Lab:
     def add_hosts(self, n: int) -> list[Host]:
         return [self.add_host() for _ in range(n)]
 
-    def start_mesh(self, networks: dict[str, int | None], switch: dict[str, Any] | None = None,
-                   hosts: Sequence[Host] | None = None) -> None:
-        """Start a vswitchd on each of `hosts` (default: all), every one a peer of every
-        other for each network with a VNI."""
-        members = list(self.hosts if hosts is None else hosts)
-        for host in members:
+    def start_mesh(self, networks: dict[str, int | None], switch: dict[str, Any] | None = None) -> None:
+        """Start a vswitchd on every host, each a peer of every other in each network with a VNI."""
+        for host in self.hosts:
             peers = [(n, other.ip) for n, vni in networks.items() if vni is not None
-                     for other in members if other is not host]
+                     for other in self.hosts if other is not host]
             host.start(networks, peers, switch)
 
     def inject(self, frames: Sequence[bytes]) -> None:
@@ -319,14 +317,8 @@ class Lab:
         sport: int = 49152,
     ) -> bytes:
         """A VXLAN packet to `to`'s VTEP as the underlay bridge would send it (any source IP)."""
-        bridge_mac = self.underlay_ns.link(BRIDGE)["address"]
-        return bytes(
-            Ether(src=bridge_mac, dst=to.mac)
-            / IP(src=src_ip, dst=to.ip)
-            / UDP(sport=sport, dport=VXLAN_PORT, chksum=0)
-            / VXLAN(flags=flags, vni=vni)
-            / Raw(inner)
-        )
+        # Raw, not Ether, after VXLAN: scapy would otherwise set the VXLAN-GPE bits.
+        return self.udp_frame(to, bytes(VXLAN(flags=flags, vni=vni) / Raw(inner)), src_ip=src_ip, sport=sport)
 
     def udp_frame(self, to: Host, payload: bytes, src_ip: str = BRIDGE_IP, sport: int = 49152) -> bytes:
         """A UDP datagram to `to`'s VXLAN port with an arbitrary payload (e.g. a truncated header)."""
@@ -341,15 +333,17 @@ class Lab:
     def close(self) -> None:
         """Stop every vswitchd (SIGTERM, then SIGKILL); raises after all if one ignored SIGTERM."""
         errors = []
-        for host in reversed(self.hosts):
-            daemon = host.daemon
-            if daemon is None:
-                continue
+        daemons = [(h, h.daemon) for h in reversed(self.hosts) if h.daemon is not None and h.daemon.proc is not None]
+        # Signal all first: each takes a while to wind down its threads.
+        for _host, daemon in daemons:
+            if daemon.running():
+                daemon.proc.send_signal(signal.SIGTERM)
+        for host, daemon in daemons:
             try:
-                if daemon.running():
-                    daemon.stop(signal.SIGTERM, timeout=DAEMON_STOP_TIMEOUT)
-            except Exception as e:  # stop the others before reporting
-                errors.append(f"{host.name}: {e}")
+                daemon.proc.wait(DAEMON_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                why = f"vswitchd ignored SIGTERM for {DAEMON_STOP_TIMEOUT:g} s"
+                errors.append(f"{host.name}: {why}; stderr:\n{daemon.run_stderr}")
             finally:
                 daemon.kill()
         if errors:

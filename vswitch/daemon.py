@@ -109,9 +109,13 @@ def run(args: argparse.Namespace) -> int:
         stop.wait()
         log.info("stopping")
     finally:
+        # Each server's shutdown waits out its poll interval: wait for both at once.
+        metrics_stop = threading.Thread(target=metrics_server.shutdown) if metrics_server else None
+        if metrics_stop is not None:
+            metrics_stop.start()
         api.close()
         switch.stop()
-        if metrics_server is not None:
-            metrics_server.shutdown()
+        if metrics_stop is not None:
+            metrics_stop.join()
     log.info("stopped")
     return 0

@@ -2,6 +2,7 @@
 # and the lock that the control plane takes to change them.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from fastpath.frame cimport VNET_HLEN, vnet_info
 from fastpath.mactable cimport mac_table
 from fastpath.posix_io cimport iovec, mmsghdr, pthread_mutex_t, sockaddr_in
 from fastpath.vxlan cimport VX_DROPS
@@ -38,7 +39,7 @@ cdef enum:  # port counters: PC_COUNT per port in one flat array
     PC_FLOODED = 4                 # frames from this port that were flooded
     PC_TX_ERRORS = 5               # writes to this port that failed
     PC_DROPS = 6                   # drops by frame.drop_reason follow (DROP_REASONS of them)
-    PC_CAPTURE_DROPS = 13          # mirrored frames the capture reader was too slow for
+    PC_CAPTURE_DROPS = 15          # mirrored frames the capture reader was too slow for
     PC_COUNT = 16
 
 cdef enum:  # peer counters: PE_COUNT per peer
@@ -64,6 +65,7 @@ cdef struct port_t:
     uint16_t network
     uint8_t state
     int32_t next_in_net            # next port of the same network, -1 ends the list
+    uint8_t vnet                   # frames on this fd are led by a virtio-net header
     int cap_fd                     # capture socket, -1 when nobody captures
     uint8_t cap_dir                # CAP_IN | CAP_OUT
 
@@ -93,6 +95,8 @@ cdef struct frame_t:
     uint32_t len
     uint32_t in_port               # NO_PORT when it came from the tunnel
     uint32_t encap_vni             # VNI whose headers sit in the headroom, 0: none yet
+    vnet_info vi                   # offload state; all zero for a plain frame
+    uint8_t vnet[VNET_HLEN]        # the header as read, written back in front for vnet ports
 
 
 cdef class Datapath:
@@ -145,7 +149,8 @@ cdef class Datapath:
     cdef void _forward(self, frame_t *f, int64_t now) noexcept nogil
     cdef int _decap(self, frame_t *f, const uint8_t *hdr, uint32_t length, uint32_t src, int64_t now) noexcept nogil
     cdef void _flood(self, frame_t *f, uint16_t network) noexcept nogil
-    cdef void _tx(self, uint32_t idx, const uint8_t *data, uint32_t length) noexcept nogil
+    cdef void _tx(self, uint32_t idx, frame_t *f) noexcept nogil
+    cdef bint _plain(self, frame_t *f) noexcept nogil
     cdef void _mirror(self, uint32_t idx, uint8_t direction, const uint8_t *data, uint32_t length) noexcept nogil
     cdef void _tx_peer(self, uint32_t peer, frame_t *f, uint16_t network) noexcept nogil
     cdef void _flush_tunnel(self) noexcept nogil

@@ -11,10 +11,11 @@ has one writer, the loop, and 64-bit aligned loads do not tear.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
-from fastpath.frame cimport (DROP_NONE, DROP_REASONS, DROP_SAME_PORT, DROP_TUNNEL_MTU, DROP_VLAN_TAGGED, ETH_HLEN,
-                             drop_reason, eth_info, mac_is_group, parse_eth)
+from fastpath.frame cimport (DROP_BAD_VNET, DROP_GSO_UNSUPPORTED, DROP_NONE, DROP_REASONS, DROP_SAME_PORT,
+                             DROP_TUNNEL_MTU, DROP_VLAN_TAGGED, ETH_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_HLEN,
+                             complete_csum, drop_reason, eth_info, mac_is_group, parse_eth, parse_vnet)
 from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry,
                                 mac_key, mt_delete, mt_result,
                                 mt_expired, mt_flush, mt_free, mt_init, mt_learn, mt_lookup, mt_peek,
@@ -209,8 +210,11 @@ cdef class Datapath:
         cdef uint32_t i, nread = 0
         cdef ssize_t n
         cdef bint dead = False
+        cdef frame_t *f
+        cdef uint32_t lead = VNET_HLEN if p.vnet else 0
         while nread < BATCH:
-            n = read(p.fd, self.frames[nread].data - 0, FRAME_ROOM)
+            f = &self.frames[nread]
+            n = read(p.fd, f.data - lead, FRAME_ROOM + lead)
             if n < 0:
                 if errno == EAGAIN:  # EWOULDBLOCK is the same value on Linux
                     break
@@ -221,9 +225,15 @@ cdef class Datapath:
             if n == 0 and events & (EPOLLHUP | EPOLLERR):
                 dead = True          # end of file on a socket whose peer closed
                 break
-            self.frames[nread].len = <uint32_t>n
-            self.frames[nread].in_port = idx
-            self.frames[nread].encap_vni = 0
+            if lead:
+                if n < lead:
+                    n = lead  # a frame too short for its header: an empty, runt frame
+                memcpy(f.vnet, f.data - lead, VNET_HLEN)
+            else:
+                memset(f.vnet, 0, VNET_HLEN)
+            f.len = <uint32_t>(n - lead)
+            f.in_port = idx
+            f.encap_vni = 0
             nread += 1
         for i in range(nread):
             self._forward(&self.frames[i], now)
@@ -250,7 +260,11 @@ cdef class Datapath:
         c[PC_RX_BYTES] += f.len
         if p.cap_dir & CAP_IN:
             self._mirror(idx, CAP_IN, f.data, f.len)
-        reason = parse_eth(f.data, f.len, p.mtu, &eth)
+        if not parse_vnet(f.vnet, f.len, &f.vi):
+            c[PC_DROPS + DROP_BAD_VNET] += 1
+            return
+        # A TSO super-frame is as long as 64 KB: the MTU bounds its segments.
+        reason = parse_eth(f.data, f.len, p.mtu if f.vi.gso_type == VNET_GSO_NONE else FRAME_ROOM, &eth)
         if reason == DROP_NONE and eth.tagged:
             reason = DROP_VLAN_TAGGED    # every port is an access port
         if reason != DROP_NONE:
@@ -266,12 +280,14 @@ cdef class Datapath:
         elif e.out == idx:
             c[PC_DROPS + DROP_SAME_PORT] += 1
         elif e.out & OUT_PEER:
-            if f.len > self.tunnel_max_frame:
+            if not self._plain(f):
+                c[PC_DROPS + DROP_GSO_UNSUPPORTED] += 1
+            elif f.len > self.tunnel_max_frame:
                 c[PC_DROPS + DROP_TUNNEL_MTU] += 1
             else:
                 self._tx_peer(e.out & ~OUT_PEER, f, p.network)
         elif e.out < self.max_ports and self.ports[e.out].state == PORT_UP:
-            self._tx(e.out, f.data, f.len)
+            self._tx(e.out, f)
         else:
             self._flood(f, p.network)
 
@@ -302,14 +318,18 @@ cdef class Datapath:
         local port, to every peer of its VNI (head-end replication). A frame
         from the tunnel never goes back into it (split horizon)."""
         cdef int32_t q = self.net_head[network]
+        if f.in_port != NO_PORT:
+            self.pctr[<size_t>f.in_port * PC_COUNT + PC_FLOODED] += 1
         while q >= 0:
             if <uint32_t>q != f.in_port and self.ports[q].state == PORT_UP:
-                self._tx(q, f.data, f.len)
+                self._tx(q, f)
             q = self.ports[q].next_in_net
         if f.in_port == NO_PORT:
             return
-        self.pctr[<size_t>f.in_port * PC_COUNT + PC_FLOODED] += 1
         q = self.net_peer_head[network] if self.vx_tx_fd >= 0 else -1
+        if q >= 0 and not self._plain(f):
+            self.pctr[<size_t>f.in_port * PC_COUNT + PC_DROPS + DROP_GSO_UNSUPPORTED] += 1
+            return
         if q >= 0 and f.len > self.tunnel_max_frame:
             self.pctr[<size_t>f.in_port * PC_COUNT + PC_DROPS + DROP_TUNNEL_MTU] += 1
             return
@@ -373,6 +393,8 @@ cdef class Datapath:
             f = &self.frames[k]
             f.in_port = NO_PORT
             f.encap_vni = 0
+            memset(f.vnet, 0, VNET_HLEN)
+            memset(&f.vi, 0, sizeof(f.vi))
             reason = self._decap(f, f.data - VXLAN_HLEN, self.rxq[k].msg_len, self.rxaddr[k].sin_addr.s_addr, now)
             if reason != VX_OK:
                 self.vx_drops[reason] += 1
@@ -416,7 +438,7 @@ cdef class Datapath:
         elif e.out & OUT_PEER:
             pass  # behind another tunnel: split horizon
         elif e.out < self.max_ports and self.ports[e.out].state == PORT_UP:
-            self._tx(e.out, f.data, f.len)
+            self._tx(e.out, f)
         else:
             self._flood(f, network)
         return VX_OK
@@ -429,16 +451,41 @@ cdef class Datapath:
             i = (i + 1) & (VNI_SLOTS - 1)
         return 0
 
-    cdef void _tx(self, uint32_t idx, const uint8_t *data, uint32_t length) noexcept nogil:
+    cdef bint _plain(self, frame_t *f) noexcept nogil:
+        """Make the frame whole for an output without offloads: complete a
+        partial checksum in place. False for a TSO super-frame, which such an
+        output cannot take (segmenting it is the offload issue's work)."""
+        if f.vi.gso_type != VNET_GSO_NONE:
+            return False
+        if f.vi.flags & VNET_F_NEEDS_CSUM:
+            complete_csum(f.data, f.len, &f.vi)
+            f.vi.flags &= ~VNET_F_NEEDS_CSUM
+            f.vnet[0] &= ~VNET_F_NEEDS_CSUM
+        return True
+
+    cdef void _tx(self, uint32_t idx, frame_t *f) noexcept nogil:
+        cdef port_t *q = &self.ports[idx]
         cdef uint64_t *c = &self.pctr[<size_t>idx * PC_COUNT]
-        cdef ssize_t n = write(self.ports[idx].fd, data, length)
+        cdef const uint8_t *start = f.data
+        cdef uint32_t length = f.len
+        cdef ssize_t n
+        if q.vnet:
+            # The header goes back in front of the frame (tunnel headers may
+            # have been written over that headroom since it was read).
+            memcpy(f.data - VNET_HLEN, f.vnet, VNET_HLEN)
+            start = f.data - VNET_HLEN
+            length = f.len + VNET_HLEN
+        elif not self._plain(f):
+            c[PC_DROPS + DROP_GSO_UNSUPPORTED] += 1
+            return
+        n = write(q.fd, start, length)
         if n < 0 and errno == EINTR:
-            n = write(self.ports[idx].fd, data, length)
+            n = write(q.fd, start, length)
         if n == <ssize_t>length:
             c[PC_TX_PACKETS] += 1
-            c[PC_TX_BYTES] += length
-            if self.ports[idx].cap_dir & CAP_OUT:
-                self._mirror(idx, CAP_OUT, data, length)
+            c[PC_TX_BYTES] += f.len
+            if q.cap_dir & CAP_OUT:
+                self._mirror(idx, CAP_OUT, f.data, f.len)
         else:
             # Never wait for a slow receiver: the frame is dropped and counted.
             c[PC_TX_ERRORS] += 1
@@ -484,7 +531,7 @@ cdef class Datapath:
 
     # ---- ports ---------------------------------------------------------------------
 
-    def add_port(self, int fd, uint16_t network, uint32_t mtu=1500) -> int:
+    def add_port(self, int fd, uint16_t network, uint32_t mtu=1500, bint vnet_hdr=False) -> int:
         """Attach an fd that keeps frame boundaries (a TAP, a socketpair end) to
         `network` (1..max_networks); returns the port index. The fd is made
         non-blocking and stays owned by the caller."""
@@ -509,6 +556,7 @@ cdef class Datapath:
             p.fd = fd
             p.mtu = mtu
             p.network = network
+            p.vnet = vnet_hdr
             p.cap_fd = -1
             p.cap_dir = 0
             memset(&self.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))

@@ -21,7 +21,37 @@ cdef enum drop_reason:
     DROP_VLAN_TAGGED = 4           # 802.1Q/802.1ad tag on an access port
     DROP_SAME_PORT = 5             # destination was learned on the ingress port
     DROP_TUNNEL_MTU = 6            # bound for a VXLAN peer but too big for the underlay
-    DROP_REASONS = 7
+    DROP_BAD_VNET = 7              # a virtio-net header that contradicts its frame
+    DROP_GSO_UNSUPPORTED = 8       # a TSO super-frame bound where it cannot be segmented
+    DROP_REASONS = 9
+
+# The virtio-net header that leads each frame on a TAP opened with
+# IFF_VNET_HDR (virtio spec 5.1.6, struct virtio_net_hdr; 12 bytes with
+# num_buffers, as set by TUNSETVNETHDRSZ). Little-endian on this kernel.
+cdef enum:
+    VNET_HLEN = 12
+    VNET_F_NEEDS_CSUM = 1          # checksum from csum_start, stored at +csum_offset, is partial
+    VNET_F_DATA_VALID = 2
+    VNET_GSO_NONE = 0
+    VNET_GSO_TCPV4 = 1
+    VNET_GSO_UDP = 3
+    VNET_GSO_TCPV6 = 4
+    VNET_GSO_UDP_L4 = 5
+    VNET_GSO_ECN = 0x80
+
+cdef struct vnet_info:
+    uint8_t flags
+    uint8_t gso_type               # without the ECN bit
+    uint16_t hdr_len
+    uint16_t gso_size
+    uint16_t csum_start
+    uint16_t csum_offset
+
+cdef inline uint16_t load_le16(const uint8_t *p) noexcept nogil:
+    return <uint16_t>(p[0] | (p[1] << 8))
+
+cdef bint parse_vnet(const uint8_t *hdr, uint32_t frame_len, vnet_info *out) noexcept nogil
+cdef void complete_csum(uint8_t *frame, uint32_t length, const vnet_info *v) noexcept nogil
 
 cdef struct eth_info:
     const uint8_t *dst

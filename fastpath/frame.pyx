@@ -1,8 +1,9 @@
 # cython: language_level=3
 """Ethernet II / 802.1Q parsing. See frame.pxd."""
-from libc.stdint cimport uint8_t, uint16_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
-DROP_NAMES = ("none", "runt", "too_big", "src_multicast", "vlan_tagged", "same_port", "tunnel_mtu")
+DROP_NAMES = ("none", "runt", "too_big", "src_multicast", "vlan_tagged", "same_port", "tunnel_mtu", "bad_vnet_hdr",
+              "gso_unsupported")
 assert len(DROP_NAMES) == DROP_REASONS
 
 
@@ -35,6 +36,46 @@ cdef drop_reason parse_eth(const uint8_t *p, uint32_t length, uint32_t mtu, eth_
     if mac_is_group(out.src):
         return DROP_SRC_MULTICAST
     return DROP_NONE
+
+
+cdef bint parse_vnet(const uint8_t *hdr, uint32_t frame_len, vnet_info *out) noexcept nogil:
+    """Read and check a virtio-net header against the frame behind it.
+    False when it lies: an unknown GSO type, a GSO frame with gso_size 0 or
+    a header length past its end, a checksum range outside the frame."""
+    out.flags = hdr[0]
+    out.gso_type = hdr[1] & ~VNET_GSO_ECN
+    out.hdr_len = load_le16(hdr + 2)
+    out.gso_size = load_le16(hdr + 4)
+    out.csum_start = load_le16(hdr + 6)
+    out.csum_offset = load_le16(hdr + 8)
+    if out.flags & VNET_F_NEEDS_CSUM:
+        if <uint32_t>out.csum_start + out.csum_offset + 2 > frame_len:
+            return False
+    if out.gso_type == VNET_GSO_NONE:
+        return True
+    if (out.gso_type != VNET_GSO_TCPV4 and out.gso_type != VNET_GSO_TCPV6
+            and out.gso_type != VNET_GSO_UDP and out.gso_type != VNET_GSO_UDP_L4):
+        return False
+    return out.gso_size > 0 and out.hdr_len <= frame_len and (out.flags & VNET_F_NEEDS_CSUM) != 0
+
+
+cdef void complete_csum(uint8_t *frame, uint32_t length, const vnet_info *v) noexcept nogil:
+    """Finish a partial checksum in software (RFC 1071): the field already
+    holds the pseudo-header sum; add the bytes from csum_start to the end."""
+    cdef uint64_t s = 0
+    cdef uint32_t i = v.csum_start
+    while i + 1 < length:
+        s += (<uint32_t>frame[i] << 8) | frame[i + 1]
+        i += 2
+    if i < length:
+        s += <uint32_t>frame[i] << 8
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    s = ~s & 0xFFFF
+    if s == 0 and v.csum_offset == 6:
+        s = 0xFFFF  # RFC 768: a UDP checksum that computes to zero is sent as all ones
+    frame[v.csum_start + v.csum_offset] = (s >> 8) & 0xFF
+    frame[v.csum_start + v.csum_offset + 1] = s & 0xFF
 
 
 def parse(bytes frame, uint32_t mtu=1500) -> dict:

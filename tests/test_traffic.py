@@ -194,7 +194,8 @@ def test_bad_frames_are_dropped_and_counted(lan: Lan) -> None:
     for host in (h1, h2, h3, h4):
         assert [f for f in host.agent.frames(IFNAME) if f in bad.values()] == []
     c = lan.counters()["p1"]
-    assert c["drops"] == {"runt": 0, "too_big": 1, "src_multicast": 1, "vlan_tagged": 1, "same_port": 1, "tunnel_mtu": 0}
+    assert c["drops"] == {"runt": 0, "too_big": 1, "src_multicast": 1, "vlan_tagged": 1, "same_port": 1, "tunnel_mtu": 0, "bad_vnet_hdr": 0,
+                          "gso_unsupported": 0}
     assert (c["rx_packets"], c["flooded"], c["tx_packets"]) == (6, 2, 0)
     assert ("blue", "01:00:5e:00:00:01") not in lan.fdb()
 

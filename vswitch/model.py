@@ -187,17 +187,21 @@ class SwitchSettings:
     vxlan_src_port_min: int = 49152
     vxlan_src_port_max: int = 65535
     max_ports: int = 1024
+    offloads: bool = True
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str = "switch") -> SwitchSettings:
         allowed = {"mac_aging_s", "mac_table_size", "vtep_ip", "vxlan_port", "underlay_mtu",
-                   "vxlan_src_port_min", "vxlan_src_port_max", "max_ports"}
+                   "vxlan_src_port_min", "vxlan_src_port_max", "max_ports", "offloads"}
         check_keys(where, data, allowed, set())
         d = cls()
         lo = check_int(f"{where}.vxlan_src_port_min", data.get("vxlan_src_port_min", d.vxlan_src_port_min), 1, 65535)
         hi = check_int(f"{where}.vxlan_src_port_max", data.get("vxlan_src_port_max", d.vxlan_src_port_max), 1, 65535)
         if lo > hi:
             raise InvalidArgument(f"{where}.vxlan_src_port_min: {lo} is above vxlan_src_port_max {hi}")
+        offloads = data.get("offloads", d.offloads)
+        if not isinstance(offloads, bool):
+            raise InvalidArgument(f"{where}.offloads: {offloads!r} is not true or false")
         vtep = data.get("vtep_ip")
         if vtep is not None and ipaddress.ip_address(check_ip(f"{where}.vtep_ip", vtep)).version != 4:
             raise InvalidArgument(f"{where}.vtep_ip: {vtep!r} is not IPv4 (the underlay is IPv4 only)")
@@ -209,6 +213,7 @@ class SwitchSettings:
             underlay_mtu=check_int(f"{where}.underlay_mtu", data.get("underlay_mtu", d.underlay_mtu), 576, 65535),
             vxlan_src_port_min=lo,
             vxlan_src_port_max=hi,
+            offloads=offloads,
             max_ports=check_int(f"{where}.max_ports", data.get("max_ports", d.max_ports), 2, 65000),
         )
 

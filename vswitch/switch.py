@@ -30,7 +30,7 @@ from .eventlog import EventLog
 from .errors import ConfigError, Conflict, InvalidArgument, NotFound
 from .model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings, check_mac, check_name
 from .netns import netns_identity, netns_path, resolve_netns
-from .tap import TapPort, open_tap
+from .tap import TSO_OFFLOADS, TapPort, open_tap
 
 log = logging.getLogger("vswitch.switch")
 
@@ -249,9 +249,14 @@ class Switch:
             if other.netns_path == path and other.spec.ifname == spec.ifname:
                 raise Conflict(f"port {other.spec.name!r} already uses {spec.ifname} in netns {spec.netns}")
         mtu = spec.mtu or self._default_mtu(net)
-        tap = open_tap(path, spec.ifname, mac=spec.mac, ip=spec.ip, mtu=mtu)
+        vnet = self.settings.offloads
+        # TSO super-frames can cross between local ports as they are; a
+        # network with a VNI takes none, since they are not segmented for
+        # the tunnel (yet).
+        offloads = TSO_OFFLOADS if vnet and net.spec.vni is None else 0
+        tap = open_tap(path, spec.ifname, mac=spec.mac, ip=spec.ip, mtu=mtu, vnet_hdr=vnet, offloads=offloads)
         try:
-            index = self._dp.add_port(tap.fd, net.id, mtu)
+            index = self._dp.add_port(tap.fd, net.id, mtu, vnet)
         except Exception as e:
             tap.destroy() if tap.created else tap.close()
             raise Conflict(f"port {spec.name!r} cannot be attached: {e}") from e

@@ -8,6 +8,7 @@ addresses and routes. Only destroy() removes it.
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import os
 import socket
@@ -18,6 +19,14 @@ from .errors import Conflict, InvalidArgument
 from .netns import netns_label, resolve_netns, run_in_netns
 
 IFLA_TUN_TYPE_TAP = 2  # IFLA_TUN_TYPE: 1 = TUN, 2 = TAP
+
+# <linux/if_tun.h>: pytun wraps neither ioctl.
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+# What a port takes when it may receive TSO super-frames from its container.
+TSO_OFFLOADS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+VNET_HDR_LEN = 12  # struct virtio_net_hdr_mrg_rxbuf: the layout the datapath reads
 
 
 class TapPort:
@@ -84,7 +93,14 @@ def _configure(ipr: IPRoute, idx: int, mac: str | None, ip: str | None, mtu: int
     return str(ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS"))
 
 
-def _open_in_ns(path: str, ifname: str, flags: int, mac: str | None, ip: str | None, mtu: int | None) -> TapPort:
+def _set_offloads(fd: int, vnet_hdr: bool, offloads: int) -> None:
+    if vnet_hdr:
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, VNET_HDR_LEN.to_bytes(4, "little"))
+    fcntl.ioctl(fd, TUNSETOFFLOAD, offloads)
+
+
+def _open_in_ns(path: str, ifname: str, flags: int, mac: str | None, ip: str | None, mtu: int | None,
+                offloads: int) -> TapPort:
     where = f"netns {netns_label(path)}"
     ipr = IPRoute()
     try:
@@ -102,6 +118,9 @@ def _open_in_ns(path: str, ifname: str, flags: int, mac: str | None, ip: str | N
         try:
             os.set_inheritable(dev.fileno(), False)  # a child holding it would pin the namespace
             os.set_blocking(dev.fileno(), False)
+            # Always set: a re-attached TAP keeps the offloads of its last
+            # owner, and frames that need them are garbage without the header.
+            _set_offloads(dev.fileno(), bool(flags & pytun.IFF_VNET_HDR), offloads)
             dev.persist(True)
             idx = ipr.link_lookup(ifname=ifname)[0]
             try:
@@ -127,13 +146,18 @@ def open_tap(
     ip: str | None = None,
     mtu: int | None = None,
     vnet_hdr: bool = False,
+    offloads: int = 0,
 ) -> TapPort:
     """Create (or re-attach to) the persistent TAP `ifname` inside a namespace and configure it.
 
     Raises InvalidArgument when the namespace does not exist or the kernel
     refuses the MAC/IP/MTU, Conflict when the name is taken by a non-TAP
-    interface or the TAP is already held open.
+    interface or the TAP is already held open. With vnet_hdr, every frame on
+    the fd is led by a 12-byte virtio-net header, and `offloads` (TUN_F_*)
+    says which super-frames and partial checksums the container may send.
     """
     path = resolve_netns(netns_path)
     flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
-    return run_in_netns(path, _open_in_ns, path, ifname, flags, mac, ip, mtu)
+    if offloads and not vnet_hdr:
+        raise ValueError("offloads need the virtio-net header (vnet_hdr=True)")
+    return run_in_netns(path, _open_in_ns, path, ifname, flags, mac, ip, mtu, offloads)

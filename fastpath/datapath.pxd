@@ -3,6 +3,7 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath.frame cimport VNET_HLEN, vnet_info
+from fastpath.gso cimport GSO_ERRORS, seg_t
 from fastpath.mactable cimport mac_table
 from fastpath.posix_io cimport iovec, mmsghdr, pthread_mutex_t, sockaddr_in
 from fastpath.vxlan cimport VX_DROPS
@@ -55,7 +56,13 @@ cdef enum:  # loop statistics
     LS_FRAMES = 1                  # frames fully handled (read, decided, written)
     LS_BATCHES = 2
     LS_SWEPT = 3                   # expired entries removed by the sweep
-    LS_HIST = 4                    # HIST_BUCKETS counters follow
+    LS_SUPERFRAMES_IN = 4          # TSO super-frames read from ports
+    LS_SUPERFRAMES_OUT = 5         # ...written whole to ports
+    LS_SEGMENTED = 6               # ...cut into segments for the tunnel
+    LS_SEGMENTS = 7                # segments those produced
+    LS_CSUM_COMPLETED = 8          # partial checksums completed in software
+    LS_GSO_ERRORS = 9              # GSO_ERRORS counters follow, by gso error
+    LS_HIST = LS_GSO_ERRORS + GSO_ERRORS   # HIST_BUCKETS counters follow
     LS_COUNT = LS_HIST + HIST_BUCKETS
 
 cdef struct port_t:
@@ -137,6 +144,9 @@ cdef class Datapath:
     cdef uint32_t txq_len
     cdef dp_event evring[EV_RING]
     cdef uint64_t ev_head
+    cdef uint8_t *gso_scratch
+    cdef uint32_t gso_scratch_len
+    cdef seg_t segs[TXQ]
     cdef mmsghdr rxq[BATCH]
     cdef iovec rxiov[BATCH]
     cdef sockaddr_in rxaddr[BATCH]
@@ -154,6 +164,8 @@ cdef class Datapath:
     cdef void _mirror(self, uint32_t idx, uint8_t direction, const uint8_t *data, uint32_t length) noexcept nogil
     cdef void _tx_peer(self, uint32_t peer, frame_t *f, uint16_t network) noexcept nogil
     cdef void _flush_tunnel(self) noexcept nogil
+    cdef void _tx_peers_gso(self, frame_t *f, uint16_t network, int32_t only_peer) noexcept nogil
+    cdef void _queue_tunnel(self, uint32_t peer, uint8_t *hdr, uint32_t length) noexcept nogil
     cdef uint16_t _vni_network(self, uint32_t vni) noexcept nogil
     cdef void _port_down(self, uint32_t idx) noexcept nogil
     cdef void _unlink(self, uint32_t idx) noexcept nogil

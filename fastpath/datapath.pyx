@@ -16,6 +16,7 @@ from libc.string cimport memcpy, memset
 from fastpath.frame cimport (DROP_BAD_VNET, DROP_GSO_UNSUPPORTED, DROP_NONE, DROP_REASONS, DROP_SAME_PORT,
                              DROP_TUNNEL_MTU, DROP_VLAN_TAGGED, ETH_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_HLEN,
                              complete_csum, drop_reason, eth_info, mac_is_group, parse_eth, parse_vnet)
+from fastpath.gso cimport GSO_ERRORS, GSO_SEG_ROOM, gso_segment
 from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry,
                                 mac_key, mt_delete, mt_result,
                                 mt_expired, mt_flush, mt_free, mt_init, mt_learn, mt_lookup, mt_peek,
@@ -45,6 +46,7 @@ cdef uint32_t ENCAP_LEN = UDP_HLEN + VXLAN_HLEN
 PEER_FLAG = <uint32_t>OUT_PEER
 VX_DROP_NAMES = ("ok", "truncated", "bad_flags", "unknown_vni", "unknown_peer", "inner_malformed")
 assert len(VX_DROP_NAMES) == VX_DROPS
+GSO_ERROR_NAMES = ("ok", "unsupported", "malformed", "too_many_segments")
 EVENT_KINDS = (None, "mac_moved", "table_full", "unknown_peer", "unknown_vni")
 PEER_COUNTER_NAMES = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "tx_errors")
 
@@ -90,13 +92,15 @@ cdef class Datapath:
         self.pctr = <uint64_t *>calloc(<size_t>max_ports * PC_COUNT, sizeof(uint64_t))
         self.net_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
         self.bufmem = <uint8_t *>malloc(<size_t>BATCH * BUF_SIZE)
+        self.gso_scratch_len = FRAME_ROOM + TXQ * GSO_SEG_ROOM
+        self.gso_scratch = <uint8_t *>malloc(self.gso_scratch_len)
         self.max_peers = max_peers
         self.peers = <peer_t *>calloc(max_peers, sizeof(peer_t))
         self.pectr = <uint64_t *>calloc(<size_t>max_peers * PE_COUNT, sizeof(uint64_t))
         self.net_peer_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
         self.net_vni = <uint32_t *>calloc(max_networks + 1, sizeof(uint32_t))
         if not (self.ports and self.pctr and self.net_head and self.bufmem and self.peers and self.pectr
-                and self.net_peer_head and self.net_vni):
+                and self.net_peer_head and self.net_vni and self.gso_scratch):
             raise MemoryError("cannot allocate the datapath tables")
         for i in range(max_networks + 1):
             self.net_head[i] = -1
@@ -152,6 +156,7 @@ cdef class Datapath:
         free(self.pectr)
         free(self.net_peer_head)
         free(self.net_vni)
+        free(self.gso_scratch)
 
     # ---- the loop (GIL released) -------------------------------------------------
 
@@ -263,6 +268,8 @@ cdef class Datapath:
         if not parse_vnet(f.vnet, f.len, &f.vi):
             c[PC_DROPS + DROP_BAD_VNET] += 1
             return
+        if f.vi.gso_type != VNET_GSO_NONE:
+            self.stats[LS_SUPERFRAMES_IN] += 1
         # A TSO super-frame is as long as 64 KB: the MTU bounds its segments.
         reason = parse_eth(f.data, f.len, p.mtu if f.vi.gso_type == VNET_GSO_NONE else FRAME_ROOM, &eth)
         if reason == DROP_NONE and eth.tagged:
@@ -280,7 +287,9 @@ cdef class Datapath:
         elif e.out == idx:
             c[PC_DROPS + DROP_SAME_PORT] += 1
         elif e.out & OUT_PEER:
-            if not self._plain(f):
+            if f.vi.gso_type != VNET_GSO_NONE:
+                self._tx_peers_gso(f, p.network, e.out & ~OUT_PEER)
+            elif not self._plain(f):
                 c[PC_DROPS + DROP_GSO_UNSUPPORTED] += 1
             elif f.len > self.tunnel_max_frame:
                 c[PC_DROPS + DROP_TUNNEL_MTU] += 1
@@ -327,9 +336,11 @@ cdef class Datapath:
         if f.in_port == NO_PORT:
             return
         q = self.net_peer_head[network] if self.vx_tx_fd >= 0 else -1
-        if q >= 0 and not self._plain(f):
-            self.pctr[<size_t>f.in_port * PC_COUNT + PC_DROPS + DROP_GSO_UNSUPPORTED] += 1
+        if q >= 0 and f.vi.gso_type != VNET_GSO_NONE:
+            self._tx_peers_gso(f, network, -1)
             return
+        if q >= 0:
+            self._plain(f)
         if q >= 0 and f.len > self.tunnel_max_frame:
             self.pctr[<size_t>f.in_port * PC_COUNT + PC_DROPS + DROP_TUNNEL_MTU] += 1
             return
@@ -351,13 +362,55 @@ cdef class Datapath:
                       self.vx_port, <uint16_t>(f.len + ENCAP_LEN))
             vxlan_write(hdr + UDP_HLEN, vni)
             f.encap_vni = vni
+        self._queue_tunnel(peer, hdr, f.len + ENCAP_LEN)
+
+    cdef void _queue_tunnel(self, uint32_t peer, uint8_t *hdr, uint32_t length) noexcept nogil:
+        cdef uint32_t n = self.txq_len
         self.txiov[n].iov_base = hdr
-        self.txiov[n].iov_len = f.len + ENCAP_LEN
+        self.txiov[n].iov_len = length
         self.txaddr[n].sin_addr.s_addr = self.peers[peer].addr
         self.txpeer[n] = peer
         self.txq_len = n + 1
         if self.txq_len == TXQ:
             self._flush_tunnel()
+
+    cdef void _tx_peers_gso(self, frame_t *f, uint16_t network, int32_t only_peer) noexcept nogil:
+        """Cut a TSO super-frame into MSS-sized frames and send each, VXLAN-
+        encapsulated, to one peer (only_peer >= 0) or to every peer of the
+        network. The segments live in one scratch area, so they are sent
+        before the next super-frame can be cut."""
+        cdef uint32_t vni = self.net_vni[network]
+        cdef uint64_t *c = &self.pctr[<size_t>f.in_port * PC_COUNT]
+        cdef int nseg, i
+        cdef int32_t q
+        cdef uint16_t sport
+        cdef uint8_t *hdr
+        if vni == 0 or self.vx_tx_fd < 0:
+            return
+        nseg = gso_segment(f.data, f.len, &f.vi, self.gso_scratch, self.gso_scratch_len, self.segs, TXQ)
+        if nseg < 0:
+            self.stats[LS_GSO_ERRORS - nseg] += 1
+            c[PC_DROPS + DROP_GSO_UNSUPPORTED] += 1
+            return
+        self.stats[LS_SEGMENTED] += 1
+        self.stats[LS_SEGMENTS] += nseg
+        # One source port for the whole flow: its segments keep one path.
+        sport = self.sport_lo + flow_hash(f.data, f.len) % (self.sport_hi - self.sport_lo + 1)
+        for i in range(nseg):
+            if self.segs[i].len > self.tunnel_max_frame:
+                c[PC_DROPS + DROP_TUNNEL_MTU] += 1
+                return
+        for i in range(nseg):
+            hdr = self.segs[i].data - ENCAP_LEN
+            udp_write(hdr, sport, self.vx_port, <uint16_t>(self.segs[i].len + ENCAP_LEN))
+            vxlan_write(hdr + UDP_HLEN, vni)
+        q = only_peer if only_peer >= 0 else self.net_peer_head[network]
+        while q >= 0:
+            if self.peers[q].used:
+                for i in range(nseg):
+                    self._queue_tunnel(q, self.segs[i].data - ENCAP_LEN, self.segs[i].len + ENCAP_LEN)
+            q = -1 if only_peer >= 0 else self.peers[q].next_in_net
+        self._flush_tunnel()
 
     cdef void _flush_tunnel(self) noexcept nogil:
         cdef uint32_t i = 0, k, peer
@@ -459,6 +512,7 @@ cdef class Datapath:
             return False
         if f.vi.flags & VNET_F_NEEDS_CSUM:
             complete_csum(f.data, f.len, &f.vi)
+            self.stats[LS_CSUM_COMPLETED] += 1
             f.vi.flags &= ~VNET_F_NEEDS_CSUM
             f.vnet[0] &= ~VNET_F_NEEDS_CSUM
         return True
@@ -484,6 +538,8 @@ cdef class Datapath:
         if n == <ssize_t>length:
             c[PC_TX_PACKETS] += 1
             c[PC_TX_BYTES] += f.len
+            if f.vi.gso_type != VNET_GSO_NONE:
+                self.stats[LS_SUPERFRAMES_OUT] += 1
             if q.cap_dir & CAP_OUT:
                 self._mirror(idx, CAP_OUT, f.data, f.len)
         else:
@@ -641,6 +697,14 @@ cdef class Datapath:
             "frames": self.stats[LS_FRAMES],
             "batches": self.stats[LS_BATCHES],
             "batch_histogram": list(zip(HIST_BOUNDS + (None,), hist)),
+            "offload": {
+                "superframes_in": self.stats[LS_SUPERFRAMES_IN],
+                "superframes_out": self.stats[LS_SUPERFRAMES_OUT],
+                "segmented": self.stats[LS_SEGMENTED],
+                "segments": self.stats[LS_SEGMENTS],
+                "csum_completed": self.stats[LS_CSUM_COMPLETED],
+                "gso_errors": {GSO_ERROR_NAMES[e]: self.stats[LS_GSO_ERRORS + e] for e in range(1, GSO_ERRORS)},
+            },
             "running": bool(self.running),
         }
 

@@ -250,10 +250,9 @@ class Switch:
                 raise Conflict(f"port {other.spec.name!r} already uses {spec.ifname} in netns {spec.netns}")
         mtu = spec.mtu or self._default_mtu(net)
         vnet = self.settings.offloads
-        # TSO super-frames can cross between local ports as they are; a
-        # network with a VNI takes none, since they are not segmented for
-        # the tunnel (yet).
-        offloads = TSO_OFFLOADS if vnet and net.spec.vni is None else 0
+        # TSO super-frames cross between local ports as they are, and are
+        # cut into segments in the loop when bound for a VXLAN peer.
+        offloads = TSO_OFFLOADS if vnet else 0
         tap = open_tap(path, spec.ifname, mac=spec.mac, ip=spec.ip, mtu=mtu, vnet_hdr=vnet, offloads=offloads)
         try:
             index = self._dp.add_port(tap.fd, net.id, mtu, vnet)

@@ -302,13 +302,8 @@ cdef class Datapath:
 
     cdef void _learn(self, uint16_t network, const uint8_t *src, uint32_t out, int64_t now) noexcept nogil:
         cdef uint64_t key = mac_key(network, src)
-        cdef mac_entry *e
         cdef uint32_t before = OUT_NONE
-        cdef mt_result r
-        e = mt_peek(&self.mt, key)
-        if e != NULL:
-            before = e.out
-        r = mt_learn(&self.mt, key, out, now)
+        cdef mt_result r = mt_learn(&self.mt, key, out, now, &before)
         if r == MT_MOVED:
             self._event(EV_MAC_MOVED, key, before, out)
         elif r == MT_REFUSED:

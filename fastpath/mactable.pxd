@@ -54,7 +54,7 @@ cdef inline uint16_t key_network(uint64_t key) noexcept nogil:
 
 cdef int mt_init(mac_table *t, uint32_t capacity, int64_t aging_ms, uint64_t seed) except -1
 cdef void mt_free(mac_table *t) noexcept nogil
-cdef mt_result mt_learn(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms) noexcept nogil
+cdef mt_result mt_learn(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms, uint32_t *moved_from) noexcept nogil
 cdef mac_entry *mt_lookup(mac_table *t, uint64_t key, int64_t now_ms) noexcept nogil
 cdef mac_entry *mt_peek(mac_table *t, uint64_t key) noexcept nogil
 cdef int mt_set_static(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms) noexcept nogil

@@ -80,7 +80,9 @@ cdef void _remove_at(mac_table *t, uint64_t i) noexcept nogil:
     t.count -= 1
 
 
-cdef mt_result mt_learn(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms) noexcept nogil:
+cdef mt_result mt_learn(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms, uint32_t *moved_from) noexcept nogil:
+    """Learn that key was seen on out; on MT_MOVED, *moved_from (if not NULL)
+    gets the output the entry named before."""
     cdef uint64_t i = _home(t, key)
     cdef mac_entry *e
     while t.slots[i].key != 0:
@@ -97,6 +99,8 @@ cdef mt_result mt_learn(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms
                 return MT_LEARNED
             e.last_seen_ms = now_ms
             if e.out != out:
+                if moved_from != NULL:
+                    moved_from[0] = e.out
                 e.out = out
                 t.moved += 1
                 return MT_MOVED
@@ -237,7 +241,7 @@ cdef class MacTable:
 
     def learn(self, uint16_t network, mac, uint32_t out, int64_t now_ms) -> str:
         cdef bytes m = parse_mac(mac)
-        return RESULTS[mt_learn(&self.t, mac_key(network, m), out, now_ms)]
+        return RESULTS[mt_learn(&self.t, mac_key(network, m), out, now_ms, NULL)]
 
     def lookup(self, uint16_t network, mac, int64_t now_ms):
         """Output index, or None for a miss (an expired entry is removed and counted)."""
@@ -296,6 +300,6 @@ cdef class MacTable:
         with nogil:
             for r in range(rounds):
                 k = (r % n_keys) + 1
-                if mt_learn(&self.t, (<uint64_t>network << 48) | k, <uint32_t>(k & 7), now_ms) == MT_LEARNED:
+                if mt_learn(&self.t, (<uint64_t>network << 48) | k, <uint32_t>(k & 7), now_ms, NULL) == MT_LEARNED:
                     learned += 1
         return learned

@@ -37,7 +37,7 @@ if DEBUG:
 else:
     compile_args += ["-O2"]
 
-MODULES = ["mactable", "frame", "vxlan", "gso", "datapath"]
+MODULES = ["mactable", "frame", "vxlan", "gso", "gro", "datapath"]
 
 extensions = [
     Extension(

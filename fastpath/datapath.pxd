@@ -3,6 +3,7 @@
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath.frame cimport VNET_HLEN, vnet_info
+from fastpath.gro cimport gro_state
 from fastpath.gso cimport GSO_ERRORS, seg_t
 from fastpath.mactable cimport mac_table
 from fastpath.posix_io cimport iovec, mmsghdr, pthread_mutex_t, sockaddr_in
@@ -61,7 +62,9 @@ cdef enum:  # loop statistics
     LS_SEGMENTED = 6               # ...cut into segments for the tunnel
     LS_SEGMENTS = 7                # segments those produced
     LS_CSUM_COMPLETED = 8          # partial checksums completed in software
-    LS_GSO_ERRORS = 9              # GSO_ERRORS counters follow, by gso error
+    LS_GRO_RUNS = 9                # super-frames rebuilt from tunnel segments
+    LS_GRO_COALESCED = 10          # segments folded into them (beyond each run's first)
+    LS_GSO_ERRORS = 11             # GSO_ERRORS counters follow, by gso error
     LS_HIST = LS_GSO_ERRORS + GSO_ERRORS   # HIST_BUCKETS counters follow
     LS_COUNT = LS_HIST + HIST_BUCKETS
 
@@ -144,6 +147,9 @@ cdef class Datapath:
     cdef uint32_t txq_len
     cdef dp_event evring[EV_RING]
     cdef uint64_t ev_head
+    cdef gro_state gro
+    cdef frame_t gro_frame
+    cdef uint8_t *gro_mem
     cdef uint8_t *gso_scratch
     cdef uint32_t gso_scratch_len
     cdef seg_t segs[TXQ]
@@ -164,6 +170,7 @@ cdef class Datapath:
     cdef void _mirror(self, uint32_t idx, uint8_t direction, const uint8_t *data, uint32_t length) noexcept nogil
     cdef void _tx_peer(self, uint32_t peer, frame_t *f, uint16_t network) noexcept nogil
     cdef void _flush_tunnel(self) noexcept nogil
+    cdef void _gro_flush(self) noexcept nogil
     cdef void _tx_peers_gso(self, frame_t *f, uint16_t network, int32_t only_peer) noexcept nogil
     cdef void _queue_tunnel(self, uint32_t peer, uint8_t *hdr, uint32_t length) noexcept nogil
     cdef uint16_t _vni_network(self, uint32_t vni) noexcept nogil

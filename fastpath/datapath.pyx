@@ -16,6 +16,7 @@ from libc.string cimport memcpy, memset
 from fastpath.frame cimport (DROP_BAD_VNET, DROP_GSO_UNSUPPORTED, DROP_NONE, DROP_REASONS, DROP_SAME_PORT,
                              DROP_TUNNEL_MTU, DROP_VLAN_TAGGED, ETH_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_HLEN,
                              complete_csum, drop_reason, eth_info, mac_is_group, parse_eth, parse_vnet)
+from fastpath.gro cimport gro_append, gro_finish, gro_start
 from fastpath.gso cimport GSO_ERRORS, GSO_SEG_ROOM, gso_segment
 from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry,
                                 mac_key, mt_delete, mt_result,
@@ -94,13 +95,21 @@ cdef class Datapath:
         self.bufmem = <uint8_t *>malloc(<size_t>BATCH * BUF_SIZE)
         self.gso_scratch_len = FRAME_ROOM + TXQ * GSO_SEG_ROOM
         self.gso_scratch = <uint8_t *>malloc(self.gso_scratch_len)
+        self.gro_mem = <uint8_t *>malloc(BUF_SIZE)
+        memset(&self.gro, 0, sizeof(self.gro))
+        memset(&self.gro_frame, 0, sizeof(self.gro_frame))
+        if self.gro_mem != NULL:
+            self.gro.buf = self.gro_mem + HEADROOM
+            self.gro.cap = 0xFFFF + ETH_HLEN
+            self.gro_frame.data = self.gro.buf
+            self.gro_frame.in_port = NO_PORT
         self.max_peers = max_peers
         self.peers = <peer_t *>calloc(max_peers, sizeof(peer_t))
         self.pectr = <uint64_t *>calloc(<size_t>max_peers * PE_COUNT, sizeof(uint64_t))
         self.net_peer_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
         self.net_vni = <uint32_t *>calloc(max_networks + 1, sizeof(uint32_t))
         if not (self.ports and self.pctr and self.net_head and self.bufmem and self.peers and self.pectr
-                and self.net_peer_head and self.net_vni and self.gso_scratch):
+                and self.net_peer_head and self.net_vni and self.gso_scratch and self.gro_mem):
             raise MemoryError("cannot allocate the datapath tables")
         for i in range(max_networks + 1):
             self.net_head[i] = -1
@@ -157,6 +166,7 @@ cdef class Datapath:
         free(self.net_peer_head)
         free(self.net_vni)
         free(self.gso_scratch)
+        free(self.gro_mem)
 
     # ---- the loop (GIL released) -------------------------------------------------
 
@@ -446,6 +456,7 @@ cdef class Datapath:
             reason = self._decap(f, f.data - VXLAN_HLEN, self.rxq[k].msg_len, self.rxaddr[k].sin_addr.s_addr, now)
             if reason != VX_OK:
                 self.vx_drops[reason] += 1
+        self._gro_flush()
         self.stats[LS_BATCHES] += 1
         self.stats[LS_HIST + hist_bucket(n)] += 1
         self.stats[LS_FRAMES] += n
@@ -477,10 +488,20 @@ cdef class Datapath:
         if parse_eth(f.data, f.len, self.tunnel_max_frame - ETH_HLEN, &eth) != DROP_NONE or eth.tagged:
             return VX_INNER_MALFORMED
         self._learn(network, eth.src, OUT_PEER | <uint32_t>peer, now)
-        if mac_is_group(eth.dst):
-            self._flood(f, network)
+        e = NULL if mac_is_group(eth.dst) else mt_lookup(&self.mt, mac_key(network, eth.dst), now)
+        if (e != NULL and e.out < self.max_ports and self.ports[e.out].state == PORT_UP
+                and self.ports[e.out].vnet):
+            # Consecutive segments of one TCP flow to a port with offloads
+            # become one super-frame again: one write instead of dozens.
+            if gro_append(&self.gro, f.data, f.len, e.out):
+                self.stats[LS_GRO_COALESCED] += 1
+                return VX_OK
+            self._gro_flush()
+            if gro_start(&self.gro, f.data, f.len, e.out):
+                return VX_OK
+            self._tx(e.out, f)
             return VX_OK
-        e = mt_lookup(&self.mt, mac_key(network, eth.dst), now)
+        self._gro_flush()  # what went before goes out first: order is kept
         if e == NULL:
             self._flood(f, network)
         elif e.out & OUT_PEER:
@@ -490,6 +511,19 @@ cdef class Datapath:
         else:
             self._flood(f, network)
         return VX_OK
+
+    cdef void _gro_flush(self) noexcept nogil:
+        cdef frame_t *g = &self.gro_frame
+        cdef uint32_t out = self.gro.out
+        if self.gro.len == 0:
+            return
+        if self.gro.nseg > 1:
+            self.stats[LS_GRO_RUNS] += 1
+        g.len = gro_finish(&self.gro, g.vnet)
+        g.encap_vni = 0
+        parse_vnet(g.vnet, g.len, &g.vi)
+        if self.ports[out].state == PORT_UP:
+            self._tx(out, g)
 
     cdef uint16_t _vni_network(self, uint32_t vni) noexcept nogil:
         cdef uint32_t i = (vni * 2654435761U) & (VNI_SLOTS - 1)
@@ -698,6 +732,8 @@ cdef class Datapath:
                 "segmented": self.stats[LS_SEGMENTED],
                 "segments": self.stats[LS_SEGMENTS],
                 "csum_completed": self.stats[LS_CSUM_COMPLETED],
+                "gro_superframes": self.stats[LS_GRO_RUNS],
+                "gro_coalesced": self.stats[LS_GRO_COALESCED],
                 "gso_errors": {GSO_ERROR_NAMES[e]: self.stats[LS_GSO_ERRORS + e] for e in range(1, GSO_ERRORS)},
             },
             "running": bool(self.running),

@@ -165,7 +165,7 @@ cdef int gso_segment(const uint8_t *frame, uint32_t length, const vnet_info *v, 
     hlen = l4 + thl
     payload = length - hlen
 
-    nseg = 1 if payload == 0 else (payload + mss - 1) / mss
+    nseg = 1 if payload == 0 else (payload + mss - 1) // mss
     if nseg > max_segs:
         return -GSO_ERR_TOO_MANY
     last_chunk = payload - (nseg - 1) * mss
@@ -200,7 +200,7 @@ cdef int gso_segment(const uint8_t *frame, uint32_t length, const vnet_info *v, 
             if i + 1 < nseg:
                 d[l4 + 13] &= ~(TCP_FIN | TCP_PSH)
             if i > 0:
-                pass
+                d[l4 + 13] &= ~TCP_CWR
         else:
             _store_be16(d + l4 + 4, UDP_HLEN + chunk)
 
@@ -219,7 +219,7 @@ def segment(bytes frame, bytes vnet, max_segs: int | None = None, scratch_len: i
     segments (Ethernet frames), for tests and benchmarks. By default max_segs
     and the scratch buffer are large enough for any gso_size."""
     cdef vnet_info v
-    cdef uint32_t n, room, i
+    cdef uint32_t n, room
     cdef int r
     cdef const uint8_t *fp = frame
     cdef uint32_t flen = <uint32_t>len(frame)

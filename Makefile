@@ -102,3 +102,16 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV) .hypothesis
+
+# Benchmarks side by side with the Linux bridge and Open vSwitch (bench/run.py,
+# ~10 minutes, as root): it apt-get installs iperf3, iputils-ping and
+# openvswitch-switch itself; the plotting libraries go into the venv.
+BENCH_REQ_STAMP := $(VENV)/bench-requirements.stamp
+
+$(BENCH_REQ_STAMP): bench/requirements.txt | $(VENV_CFG)
+	$(PIP) install -q -r bench/requirements.txt
+	touch $@
+
+.PHONY: bench
+bench: build $(BENCH_REQ_STAMP)
+	$(VENV_PY) bench/run.py

@@ -1,0 +1,240 @@
+"""vswitch side by side with the Linux bridge and Open vSwitch: `make bench` (as root).
+
+    .venv/bin/python bench/run.py [--quick] [--out DIR] [--only SECTION,...]
+
+Installs what it needs with apt-get (iperf3, iputils-ping, openvswitch-switch),
+then measures, on this machine and in this one run:
+- same host: two containers through vswitch (each of its modes), Open vSwitch's
+  userspace datapath (TSO off and on) and the Linux bridge with veth pairs;
+- two hosts over VXLAN: vswitch, the kernel vxlan device + bridge, and Open
+  vSwitch's userspace VXLAN;
+- GET /v1/stats latency of vswitchd's control API, idle and under UDP load;
+- vswitchd at 1, 8, 64 and 256 ports with 100k learned FDB entries;
+- the fastpath microbenchmarks (bench/micro.py).
+It writes results.json, results.md and PNG plots to bench/results/<date>/
+(a --quick run, one 2 s run per figure, to a scratch directory instead).
+Everything it creates is removed on exit, Ctrl-C included.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import report
+import topologies
+from api_latency import measure as api_measure, report as api_report
+from lab import ROOT, VENV_PY, BenchError, Lab, interrupt_on_signals, run
+from scale import measure as scale_measure
+from traffic import PING_ADAPTIVE_COUNT, PING_INTERVAL_COUNT, Runner, measure, start_server
+
+DEB_PACKAGES = ["iproute2", "iperf3", "iputils-ping", "openvswitch-switch"]
+SECTIONS = ("same_host", "vxlan", "api", "scale", "micro")
+FLAT_RATIO = 0.7  # lookups at 1M entries at least this fraction of the rate at 1k: "flat"
+MAC_SLOT_BYTES = 24  # fastpath/mactable.pxd: mac_entry; slots = 2 x capacity, rounded up to a power of two
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def install_packages() -> None:
+    def missing() -> list[str]:
+        return [p for p in DEB_PACKAGES
+                if run(["dpkg-query", "-W", "-f=${Status}", p], check=False).strip() != "install ok installed"]
+    need = missing()
+    if not need:
+        return
+    log(f"bench: apt-get install {' '.join(need)}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-q", "-y"]
+    install = [*apt, "install", "--no-install-recommends", *need]
+    if subprocess.run(install, env=env, stdin=subprocess.DEVNULL).returncode != 0:
+        subprocess.run([*apt, "update"], env=env, stdin=subprocess.DEVNULL, check=True)
+        subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=True)
+    if missing():
+        raise BenchError(f"still missing after apt-get: {' '.join(missing())}")
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.machine())
+    mem_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
+    caches = {}
+    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        level, kind = (idx / "level").read_text().strip(), (idx / "type").read_text().strip()
+        if kind in ("Unified", "Data"):
+            caches[f"L{level}"] = (idx / "size").read_text().strip()
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "memory_gib": mem_kib / 2**20,
+            "caches": caches, "loadavg_start": loadavg()}
+
+
+def loadavg() -> str:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def versions() -> dict[str, str]:
+    def first(argv: list[str]) -> str:
+        out = run(argv, check=False)
+        return out.splitlines()[0] if out else "?"
+    commit = run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=False).strip() or "?"
+    dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], check=False).strip()
+    return {"vswitch": commit + (" + uncommitted changes" if dirty else ""),
+            "Open vSwitch": first(["ovs-vswitchd", "--version"]).split()[-1],
+            "iperf3": first(["iperf3", "--version"]).split()[1],
+            "iputils": first(["ping", "-V"]).split()[-1],
+            "kernel": platform.release(), "Python": platform.python_version()}
+
+
+def topology(name: str, setups: list[Any], runs: int, seconds: float,
+             extra: Callable[[Runner], None] | None = None) -> dict[str, Any]:
+    """Build each switch's topology in turn, measure it, take it down. `extra(runner)`
+    runs on vswitch's default setup before it is taken down."""
+    out = []
+    for i, s in enumerate(setups):
+        log(f"  {s.label}")
+        entry: dict[str, Any] = {"key": s.key, "label": s.label, "is_vswitch": s.is_vswitch}
+        try:
+            with Lab(f"{name[:2]}{i}") as lab:
+                topo = s.build(lab)
+                topologies.reachable(topo)
+                entry["switch_pids"] = len(topo.switch_pids)
+                runner = Runner(lab, topo, start_server(lab, topo))
+                entry |= measure(runner, runs, seconds, log)
+                if extra and s.key == "vswitch":
+                    extra(runner)
+        except BenchError as e:
+            entry["error"] = str(e)
+            log(f"    not measured: {e}")
+        out.append(entry)
+    return {"setups": out, "ratios": report.ratios(out)}
+
+
+def mac_table_flatness(micro: dict[str, Any], caches: dict[str, str]) -> str:
+    rows = micro["mac_table"]
+    small, big = rows[0], rows[-1]
+    r = big["lookup_per_s"] / small["lookup_per_s"]
+    what = (f"Lookups at {big['entries']:,} entries run at {r:.2f}× the rate at {small['entries']:,} "
+            f"({big['lookup_per_s'] / 1e6:.1f}M/s against {small['lookup_per_s'] / 1e6:.1f}M/s)")
+    if r >= FLAT_RATIO:
+        return what + ": the curve is flat."
+    slots = 1 << (2 * big["entries"] - 1).bit_length()
+    table_mib = slots * MAC_SLOT_BYTES / 2**20
+    cache = ", ".join(f"{k} {v}" for k, v in sorted(caches.items())) or "unknown"
+    return (what + f": the curve is not flat. The probes per lookup do not change with size (at least 2 slots per "
+            f"entry at every size, so about the same load factor); what changes is memory: {big['entries']:,} entries "
+            f"take {slots:,} slots of {MAC_SLOT_BYTES} B = {table_mib:.0f} MiB, more than the caches ({cache}), "
+            "and the hash spreads consecutive keys over the whole table, so nearly every lookup misses the cache "
+            "at this size while the smallest table stays in cache.")
+
+
+def micro(quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="vswitch-bench-micro-") as d:
+        out = Path(d) / "micro.json"
+        argv = [str(VENV_PY), str(ROOT / "bench" / "micro.py"), "--json", str(out)] + (["--quick"] if quick else [])
+        p = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+        if p.returncode != 0 or not out.exists():
+            raise BenchError(f"bench/micro.py exited {p.returncode}: {p.stderr.strip()[-300:]}")
+        log("    " + p.stdout.strip().replace("\n", "\n    "))
+        return json.loads(out.read_text())
+
+
+def findings(res: dict[str, Any]) -> list[str]:
+    out = []
+    for topo in ("same_host", "vxlan"):
+        for s in res.get(topo, {}).get("setups", []):
+            if "error" in s:
+                out.append(f"{s['label']}: not measured: {s['error']}")
+    for g in res.get("goals", []):
+        if g["met"] is False:
+            out.append(f"Goal missed ({g['topology']}): {g['figure']} is {g['ratio']:.2f}× {g['peer']}, target {g['target']}.")
+    if "micro" in res and "flatness" in res["micro"]:
+        out.append(res["micro"]["flatness"])
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="vswitch benchmarks side by side with the Linux bridge and Open vSwitch")
+    ap.add_argument("--quick", action="store_true", help="1 run of 2 s per figure, results to a scratch directory")
+    ap.add_argument("--out", type=Path, help="results directory (default bench/results/<date>/)")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    args = ap.parse_args()
+    only = set(args.only.split(","))
+    if only - set(SECTIONS):
+        ap.error(f"--only: unknown section(s) {', '.join(sorted(only - set(SECTIONS)))}")
+    if os.geteuid() != 0:
+        log("bench: must run as root (namespaces, TAP devices, Open vSwitch)")
+        return 1
+    interrupt_on_signals()
+    started = time.monotonic()
+    date = datetime.date.today().isoformat()
+    out_dir = args.out or (Path(tempfile.gettempdir()) / f"vswitch-bench-quick-{date}" if args.quick
+                           else ROOT / "bench" / "results" / date)
+    runs, seconds = (1, 2.0) if args.quick else (3, 5.0)
+    try:
+        install_packages()
+        res: dict[str, Any] = {
+            "date": date, "quick": args.quick, "runs": runs, "seconds": seconds,
+            "ping_counts": f"ping -A -c {PING_ADAPTIVE_COUNT}, ping -i 0.01 -c {PING_INTERVAL_COUNT}",
+            "machine": machine_info(), "versions": versions(),
+        }
+        log(f"bench: {res['machine']['cpu']}, {res['machine']['cores']} cores, kernel {res['machine']['kernel']}; "
+            f"{runs} run(s) of {seconds:g} s per figure")
+
+        def api(runner: Runner) -> None:
+            log("  control API latency (GET /v1/stats), idle and under UDP load")
+            try:
+                res["api_latency"] = api_measure(runner, seconds)
+                log("    " + api_report(res["api_latency"]).replace("\n", "\n    "))
+            except BenchError as e:
+                res["api_latency"] = {"error": str(e)}
+                log(f"    not measured: {e}")
+
+        if "same_host" in only:
+            log("same host: two containers through one switch")
+            res["same_host"] = topology("same_host", topologies.SAME_HOST, runs, seconds, api if "api" in only else None)
+        if "vxlan" in only:
+            log("two hosts over VXLAN")
+            res["vxlan"] = topology("vxlan", topologies.VXLAN, runs, seconds)
+        if "scale" in only:
+            log("scale: vswitchd with 1, 8, 64, 256 ports and 100k learned FDB entries")
+            res["scale"] = scale_measure(1, seconds, log)
+            res["scale_note"] = (f"Throughput here is one TCP run of {seconds:g} s per point, not a median, "
+                                 "to keep the whole benchmark within 15 minutes.")
+        if "micro" in only:
+            log("fastpath microbenchmarks (bench/micro.py)")
+            try:
+                res["micro"] = micro(args.quick)
+                res["micro"]["flatness"] = mac_table_flatness(res["micro"], res["machine"]["caches"])
+            except (BenchError, subprocess.TimeoutExpired) as e:
+                res["micro"] = {"error": str(e)}
+        res["goals"] = report.goals(res)
+        res["findings"] = findings(res)
+        res["machine"]["loadavg_end"] = loadavg()
+        res["duration_s"] = time.monotonic() - started
+        out_dir.mkdir(parents=True, exist_ok=True)
+        res["plots"] = report.plots(res, out_dir)
+        md = report.markdown(res)
+        (out_dir / "results.md").write_text(md)
+        (out_dir / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    except KeyboardInterrupt:
+        log("bench: interrupted; everything it created has been removed")
+        return 130
+    except BenchError as e:
+        log(f"bench: {e}")
+        return 1
+    log("\n" + md)
+    log(f"bench: done in {res['duration_s'] / 60:.1f} min; results in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

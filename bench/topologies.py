@@ -1,0 +1,230 @@
+"""The topologies under test, each built inside a Lab and torn down with it.
+
+Same host: two container namespaces c1 and c2 (eth0, 10.77.0.1 and .2/24)
+joined by the switch under test. Two hosts: namespaces h1 and h2 joined by a
+veth underlay (ul0, 192.0.2.1 and .2/24, MTU 1500), each with a container
+behind it whose eth0 has MTU 1450 (1500 less VXLAN's 50 bytes); the switch on
+each host carries the containers' frames as VXLAN, VNI 100, UDP 4789.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable
+
+from lab import VENV_PY, BenchError, Lab, Netns, wait_for
+from ovs import Ovs
+
+from vswitch.client import ApiError, Client
+from vswitch.model import SwitchSettings
+
+NET = "10.77.0."
+PREFIX = 24
+MACS = {1: "02:00:00:77:00:01", 2: "02:00:00:77:00:02"}
+UNDERLAY = "192.0.2."  # TEST-NET-1, only ever inside the lab's namespaces
+UNDERLAY_MTU = 1500
+VXLAN_MTU = UNDERLAY_MTU - 50
+VNI = 100
+VXLAN_PORT = 4789
+START_TIMEOUT_S = 60.0
+
+
+@dataclass
+class Topo:
+    client: Netns
+    server: Netns
+    server_ip: str
+    switch_pids: list[int] = field(default_factory=list)  # empty: the switch is the kernel
+    api_socket: Path | None = None  # vswitchd's, for the API latency figures
+    notes: list[str] = field(default_factory=list)
+
+
+def containers(lab: Lab) -> tuple[Netns, Netns]:
+    return lab.netns("c1"), lab.netns("c2")
+
+
+def address(ns: Netns, i: int, mtu: int) -> None:
+    """Give a container's eth0 (already there) its MAC, MTU and address, and bring it up."""
+    ns.ip("link", "set", "eth0", "address", MACS[i], "mtu", str(mtu))
+    ns.ip("addr", "add", f"{NET}{i}/{PREFIX}", "dev", "eth0")
+    ns.ip("link", "set", "eth0", "up")
+
+
+def reachable(topo: Topo, timeout: float = 15.0) -> None:
+    """Wait for the first reply across the switch (this also fills ARP caches and the FDB)."""
+    def replied() -> bool:
+        out = topo.client.exec("ping", "-n", "-c", "1", "-W", "1", topo.server_ip, check=False, timeout=5)
+        return " 1 received" in out
+    wait_for(f"ping {topo.server_ip} from {topo.client.name}", replied, timeout=timeout, interval=0.2)
+
+
+# ---- vswitch -------------------------------------------------------------------------------
+
+def toml(header: str, items: dict[str, object]) -> str:
+    return header + "\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in items.items()) + "\n"
+
+
+def port_toml(name: str, ns: Netns, i: int | None = None, ifname: str = "eth0") -> str:
+    items: dict[str, object] = {"name": name, "netns": ns.name, "network": "bench", "ifname": ifname}
+    if i is not None:
+        items |= {"mac": MACS[i], "ip": f"{NET}{i}/{PREFIX}"}
+    return toml("[[port]]", items)
+
+
+def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None) -> tuple[subprocess.Popen, Path]:
+    """vswitchd with this config (in `host`'s namespace if given); returns once its API answers,
+    which the daemon does only after every configured port is attached."""
+    d = lab.dir / name
+    d.mkdir()
+    (d / "vswitch.toml").write_text(config)
+    sock = d / "api.sock"
+    argv = [str(VENV_PY), "-m", "vswitch", "--config", str(d / "vswitch.toml"), "--api-socket", str(sock),
+            "--state-dir", str(d / "state"), "--metrics", "127.0.0.1:0", "--log-level", "warning"]
+    proc = lab.spawn(name, host.cmd(*argv) if host else argv)
+    client = Client(sock, timeout=5.0)
+
+    def healthy() -> bool:
+        if proc.poll() is not None:
+            raise BenchError(f"{name} exited {proc.returncode}: {lab.log_tail(name)}")
+        try:
+            return client.request("GET", "/v1/health") == {"status": "ok"}
+        except ApiError:
+            return False
+    wait_for(f"{name} API", healthy, timeout=START_TIMEOUT_S)
+    return proc, sock
+
+
+def vswitch_same_host(lab: Lab, switch: dict[str, object] | None = None) -> Topo:
+    c1, c2 = containers(lab)
+    config = (toml("[switch]", switch or {}) + toml("[[network]]", {"name": "bench"})
+              + port_toml("c1", c1, 1) + port_toml("c2", c2, 2))
+    proc, sock = start_vswitchd(lab, "vswitchd", config)
+    for c in (c1, c2):
+        c.ip("link", "set", "eth0", "up")
+    return Topo(c1, c2, f"{NET}2", [proc.pid], api_socket=sock)
+
+
+# ---- Open vSwitch, userspace datapath -----------------------------------------------------
+
+def ovs_same_host(lab: Lab, tso: bool) -> Topo:
+    c1, c2 = containers(lab)
+    ovs = Ovs(lab, lab.netns("sw"), "ovs", tso)
+    ovs.add_bridge("br0")
+    for i, c in ((1, c1), (2, c2)):
+        ovs.add_tap_into("br0", f"p{i}", c)
+        address(c, i, 1500)
+    return Topo(c1, c2, f"{NET}2", [ovs.pid])
+
+
+# ---- Linux bridge + veth, as Docker does it -----------------------------------------------
+
+def linux_bridge_same_host(lab: Lab) -> Topo:
+    c1, c2 = containers(lab)
+    sw = lab.netns("sw")
+    sw.ip("link", "add", "br0", "type", "bridge")
+    sw.ip("link", "set", "br0", "up")
+    for i, c in ((1, c1), (2, c2)):
+        sw.ip("link", "add", f"v{i}", "type", "veth", "peer", "name", "eth0", "netns", c.name)
+        sw.ip("link", "set", f"v{i}", "master", "br0", "up")
+        address(c, i, 1500)
+    return Topo(c1, c2, f"{NET}2")
+
+
+# ---- two hosts over VXLAN ---------------------------------------------------------------------
+
+def underlay(lab: Lab) -> tuple[Netns, Netns]:
+    h1, h2 = lab.netns("h1"), lab.netns("h2")
+    h1.ip("link", "add", "ul0", "mtu", str(UNDERLAY_MTU), "type", "veth",
+          "peer", "name", "ul0", "netns", h2.name, "mtu", str(UNDERLAY_MTU))
+    for h in (h1, h2):
+        h.ip("link", "set", "ul0", "up")
+    return h1, h2
+
+
+def vswitch_vxlan(lab: Lab) -> Topo:
+    hosts = underlay(lab)
+    cs = containers(lab)
+    pids = []
+    for i, (h, c) in enumerate(zip(hosts, cs), start=1):
+        h.ip("addr", "add", f"{UNDERLAY}{i}/24", "dev", "ul0")
+        config = (toml("[switch]", {"vtep_ip": f"{UNDERLAY}{i}", "underlay_mtu": UNDERLAY_MTU})
+                  + toml("[[network]]", {"name": "bench", "vni": VNI}) + port_toml(f"c{i}", c, i)
+                  + toml("[[peer]]", {"network": "bench", "remote": f"{UNDERLAY}{3 - i}"}))
+        proc, _ = start_vswitchd(lab, f"vswitchd-h{i}", config, host=h)
+        c.ip("link", "set", "eth0", "up")
+        pids.append(proc.pid)
+    return Topo(cs[0], cs[1], f"{NET}2", pids)
+
+
+def kernel_vxlan(lab: Lab) -> Topo:
+    hosts = underlay(lab)
+    cs = containers(lab)
+    for i, (h, c) in enumerate(zip(hosts, cs), start=1):
+        h.ip("addr", "add", f"{UNDERLAY}{i}/24", "dev", "ul0")
+        h.ip("link", "add", "vx0", "type", "vxlan", "id", str(VNI), "local", f"{UNDERLAY}{i}",
+             "remote", f"{UNDERLAY}{3 - i}", "dstport", str(VXLAN_PORT), "dev", "ul0")
+        h.ip("link", "add", "br0", "type", "bridge")
+        h.ip("link", "add", "v0", "mtu", str(VXLAN_MTU), "type", "veth", "peer", "name", "eth0", "netns", c.name)
+        for dev in ("vx0", "v0"):
+            h.ip("link", "set", dev, "master", "br0", "up")
+        h.ip("link", "set", "br0", "up")
+        address(c, i, VXLAN_MTU)
+    return Topo(cs[0], cs[1], f"{NET}2")
+
+
+def ovs_vxlan(lab: Lab, tso: bool) -> Topo:
+    """Per host: br-phy holds the underlay port and, on its internal port, the VTEP address (so
+    OVS's own routing and ARP resolve the remote VTEP); br-int holds the container's TAP and a
+    vxlan port to the other host."""
+    hosts = underlay(lab)
+    cs = containers(lab)
+    pids = []
+    for i, (h, c) in enumerate(zip(hosts, cs), start=1):
+        ovs = Ovs(lab, h, f"ovs-h{i}", tso)
+        ovs.add_bridge("br-phy")
+        ovs.vsctl("add-port", "br-phy", "ul0")
+        h.ip("addr", "add", f"{UNDERLAY}{i}/24", "dev", "br-phy")
+        h.ip("link", "set", "br-phy", "up")
+        ovs.add_bridge("br-int")
+        ovs.vsctl("add-port", "br-int", "vx0", "--", "set", "Interface", "vx0", "type=vxlan",
+                  f"options:remote_ip={UNDERLAY}{3 - i}", f"options:key={VNI}")
+        ovs.add_tap_into("br-int", "c", c)
+        address(c, i, VXLAN_MTU)
+        pids.append(ovs.pid)
+    return Topo(cs[0], cs[1], f"{NET}2", pids)
+
+
+@dataclass
+class Setup:
+    key: str
+    label: str
+    build: Callable[[Lab], Topo]
+    is_vswitch: bool = False
+
+
+def vswitch_modes() -> list[Setup]:
+    """vswitch in its default mode, and in each other mode the installed version has."""
+    if "offloads" not in {f.name for f in fields(SwitchSettings)}:
+        return [Setup("vswitch", "vswitch", vswitch_same_host, is_vswitch=True)]
+    on = SwitchSettings().offloads
+    return [
+        Setup("vswitch", f"vswitch, offloads {'on' if on else 'off'} (default)", vswitch_same_host, is_vswitch=True),
+        Setup(f"vswitch_offloads_{'off' if on else 'on'}", f"vswitch, offloads {'off' if on else 'on'}",
+              lambda lab: vswitch_same_host(lab, {"offloads": not on}), is_vswitch=True),
+    ]
+
+
+SAME_HOST = [
+    *vswitch_modes(),
+    Setup("ovs", "OVS userspace, TSO off", lambda lab: ovs_same_host(lab, tso=False)),
+    Setup("ovs_tso", "OVS userspace, TSO on", lambda lab: ovs_same_host(lab, tso=True)),
+    Setup("linux_bridge", "Linux bridge + veth", linux_bridge_same_host),
+]
+
+VXLAN = [
+    Setup("vswitch", "vswitch VXLAN", vswitch_vxlan, is_vswitch=True),
+    Setup("kernel_vxlan", "kernel vxlan + bridge", kernel_vxlan),
+    Setup("ovs", "OVS userspace VXLAN, TSO off", lambda lab: ovs_vxlan(lab, tso=False)),
+]

@@ -12,7 +12,7 @@ PYTEST := $(VENV_PY) -m pytest -q -ra -p no:cacheprovider
 
 # Debian packages the tests and the demo use (ping, captures, and the
 # reference switches and Prometheus that later tests compare against).
-DEB_PACKAGES := iproute2 iputils-ping tcpdump tshark prometheus openvswitch-switch
+DEB_PACKAGES := iproute2 iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch
 
 EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.h)
 # C files that cythonize writes beside each .pyx; their directives differ

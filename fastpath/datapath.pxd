@@ -19,6 +19,11 @@ cdef enum:
     HIST_BUCKETS = 7               # frames per batch: 1, 2-3, 4-7, 8-15, 16-31, 32-63, 64+
     TXQ = 256                      # tunnel sends queued per batch, flushed with sendmmsg
     VNI_SLOTS = 8192               # VNI -> network map (open addressing, > 2 x max networks)
+    GSO_SOCKETS = 16               # UDP sockets for kernel UDP segmentation, one per source port
+    SOL_UDP = 17                   # <netinet/udp.h>
+    UDP_SEGMENT = 103
+    UDP_GSO_MAX = 64               # segments per UDP_SEGMENT send (the kernel's limit is 64 or more)
+    UDP_GSO_BYTES = 65000          # UDP payload per UDP_SEGMENT send (an IPv4 packet's limit, less headers)
     NO_PORT = 0xFFFFFFFF           # in_port of a frame that came from the tunnel
     EV_RING = 256                  # events kept for the control plane's log (oldest overwritten)
 
@@ -150,6 +155,10 @@ cdef class Datapath:
     cdef gro_state gro
     cdef frame_t gro_frame
     cdef uint8_t *gro_mem
+    cdef int gso_fds[GSO_SOCKETS]
+    cdef uint16_t gso_ports[GSO_SOCKETS]
+    cdef uint32_t n_gso
+    cdef uint8_t *gso_train               # segments laid end to end, each behind its VXLAN header
     cdef uint8_t *gso_scratch
     cdef uint32_t gso_scratch_len
     cdef seg_t segs[TXQ]
@@ -173,6 +182,8 @@ cdef class Datapath:
     cdef void _gro_flush(self) noexcept nogil
     cdef void _tx_peers_gso(self, frame_t *f, uint16_t network, int32_t only_peer) noexcept nogil
     cdef void _queue_tunnel(self, uint32_t peer, uint8_t *hdr, uint32_t length) noexcept nogil
+    cdef uint16_t _sport(self, frame_t *f) noexcept nogil
+    cdef void _send_train(self, int nseg, uint32_t vni, uint32_t hash_idx, int32_t peer) noexcept nogil
     cdef uint16_t _vni_network(self, uint32_t vni) noexcept nogil
     cdef void _port_down(self, uint32_t idx) noexcept nogil
     cdef void _unlink(self, uint32_t idx) noexcept nogil

@@ -22,7 +22,8 @@ from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_P
                                 mac_key, mt_delete, mt_result,
                                 mt_expired, mt_flush, mt_free, mt_init, mt_learn, mt_lookup, mt_peek,
                                 mt_set_static, mt_sweep)
-from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, CLOCK_REALTIME, iovec, writev, EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, EPOLL_CLOEXEC,
+from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, CLOCK_REALTIME, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN,
+                                CMSG_SPACE, cmsghdr, htons, iovec, msghdr, sendmsg, writev, EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, EPOLL_CLOEXEC,
                                 EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, MSG_DONTWAIT,
                                 SO_ATTACH_FILTER, SOL_SOCKET, clock_gettime, close, epoll_create1, epoll_ctl,
                                 epoll_event, epoll_wait, errno, eventfd, pthread_mutex_destroy, pthread_mutex_init,
@@ -62,6 +63,19 @@ cdef inline int64_t now_ms() noexcept nogil:
     return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
 
 
+def drop_all_input(int fd) -> None:
+    """Attach a filter that accepts nothing to a socket only used to send."""
+    cdef sock_filter drop_all[1]
+    cdef sock_fprog prog
+    drop_all[0].code = 0x06  # BPF_RET | BPF_K: return 0 bytes, i.e. drop
+    drop_all[0].jt = drop_all[0].jf = 0
+    drop_all[0].k = 0
+    prog.len = 1
+    prog.filter = drop_all
+    if setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0:
+        raise OSError(errno, f"cannot attach a filter to fd {fd}: {os.strerror(errno)}")
+
+
 cdef inline uint32_t hist_bucket(uint32_t n) noexcept nogil:
     cdef uint32_t b = 0
     while n > 1 and b < HIST_BUCKETS - 1:
@@ -96,6 +110,8 @@ cdef class Datapath:
         self.gso_scratch_len = FRAME_ROOM + TXQ * GSO_SEG_ROOM
         self.gso_scratch = <uint8_t *>malloc(self.gso_scratch_len)
         self.gro_mem = <uint8_t *>malloc(BUF_SIZE)
+        self.gso_train = <uint8_t *>malloc(FRAME_ROOM + TXQ * (VXLAN_HLEN + GSO_SEG_ROOM))
+        self.n_gso = 0
         memset(&self.gro, 0, sizeof(self.gro))
         memset(&self.gro_frame, 0, sizeof(self.gro_frame))
         if self.gro_mem != NULL:
@@ -109,7 +125,7 @@ cdef class Datapath:
         self.net_peer_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
         self.net_vni = <uint32_t *>calloc(max_networks + 1, sizeof(uint32_t))
         if not (self.ports and self.pctr and self.net_head and self.bufmem and self.peers and self.pectr
-                and self.net_peer_head and self.net_vni and self.gso_scratch and self.gro_mem):
+                and self.net_peer_head and self.net_vni and self.gso_scratch and self.gro_mem and self.gso_train):
             raise MemoryError("cannot allocate the datapath tables")
         for i in range(max_networks + 1):
             self.net_head[i] = -1
@@ -167,6 +183,7 @@ cdef class Datapath:
         free(self.net_vni)
         free(self.gso_scratch)
         free(self.gro_mem)
+        free(self.gso_train)
 
     # ---- the loop (GIL released) -------------------------------------------------
 
@@ -363,11 +380,70 @@ cdef class Datapath:
             return
         if f.encap_vni != vni:
             # Written once per frame into its headroom, shared by every peer.
-            udp_write(hdr, self.sport_lo + flow_hash(f.data, f.len) % (self.sport_hi - self.sport_lo + 1),
-                      self.vx_port, <uint16_t>(f.len + ENCAP_LEN))
+            udp_write(hdr, self._sport(f), self.vx_port, <uint16_t>(f.len + ENCAP_LEN))
             vxlan_write(hdr + UDP_HLEN, vni)
             f.encap_vni = vni
         self._queue_tunnel(peer, hdr, f.len + ENCAP_LEN)
+
+    cdef uint16_t _sport(self, frame_t *f) noexcept nogil:
+        """The outer UDP source port of the frame's flow (RFC 7348 section 5).
+        With kernel UDP segmentation in use, a flow's port must be one its
+        super-frames can also leave from, so the hash picks among those."""
+        cdef uint32_t h = flow_hash(f.data, f.len)
+        if self.n_gso:
+            return self.gso_ports[h % self.n_gso]
+        return self.sport_lo + h % (self.sport_hi - self.sport_lo + 1)
+
+    cdef void _send_train(self, int nseg, uint32_t vni, uint32_t hash_idx, int32_t peer) noexcept nogil:
+        """Send segments as UDP_SEGMENT trains from the flow's UDP socket: the
+        kernel cuts each train into datagrams late, for one pass through the
+        stack. Every segment but the last has the same length (GSO output),
+        as UDP_SEGMENT requires. A refused train counts against the peer."""
+        cdef uint8_t *p = self.gso_train
+        cdef uint32_t i, size = VXLAN_HLEN + self.segs[0].len, first = 0, count, length
+        cdef uint64_t ctrl[4]
+        cdef uint16_t seg_size = <uint16_t>size
+        cdef msghdr msg
+        cdef iovec iov
+        cdef sockaddr_in dst
+        cdef cmsghdr *cm
+        cdef ssize_t sent
+        cdef uint64_t *pc = &self.pectr[<size_t>peer * PE_COUNT]
+        for i in range(<uint32_t>nseg):
+            vxlan_write(p, vni)
+            memcpy(p + VXLAN_HLEN, self.segs[i].data, self.segs[i].len)
+            p += VXLAN_HLEN + self.segs[i].len
+        memset(&dst, 0, sizeof(dst))
+        dst.sin_family = AF_INET
+        dst.sin_port = htons(self.vx_port)
+        dst.sin_addr.s_addr = self.peers[peer].addr
+        while first < <uint32_t>nseg:
+            count = min(<uint32_t>nseg - first, UDP_GSO_MAX, UDP_GSO_BYTES // size)
+            length = (count - 1) * size + VXLAN_HLEN + self.segs[first + count - 1].len
+            iov.iov_base = self.gso_train + first * size
+            iov.iov_len = length
+            memset(&msg, 0, sizeof(msg))
+            msg.msg_name = &dst
+            msg.msg_namelen = sizeof(dst)
+            msg.msg_iov = &iov
+            msg.msg_iovlen = 1
+            msg.msg_control = ctrl
+            msg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
+            cm = CMSG_FIRSTHDR(&msg)
+            cm.cmsg_level = SOL_UDP
+            cm.cmsg_type = UDP_SEGMENT
+            cm.cmsg_len = CMSG_LEN(sizeof(uint16_t))
+            memcpy(CMSG_DATA(cm), &seg_size, sizeof(uint16_t))
+            sent = sendmsg(self.gso_fds[hash_idx], &msg, MSG_DONTWAIT)
+            if sent < 0 and errno == EINTR:
+                continue
+            if sent < 0:
+                pc[PE_TX_ERRORS] += count
+            else:
+                pc[PE_TX_PACKETS] += count
+                for i in range(first, first + count):
+                    pc[PE_TX_BYTES] += self.segs[i].len
+            first += count
 
     cdef void _queue_tunnel(self, uint32_t peer, uint8_t *hdr, uint32_t length) noexcept nogil:
         cdef uint32_t n = self.txq_len
@@ -389,6 +465,7 @@ cdef class Datapath:
         cdef int nseg, i
         cdef int32_t q
         cdef uint16_t sport
+        cdef uint32_t hash_idx
         cdef uint8_t *hdr
         if vni == 0 or self.vx_tx_fd < 0:
             return
@@ -399,12 +476,21 @@ cdef class Datapath:
             return
         self.stats[LS_SEGMENTED] += 1
         self.stats[LS_SEGMENTS] += nseg
-        # One source port for the whole flow: its segments keep one path.
-        sport = self.sport_lo + flow_hash(f.data, f.len) % (self.sport_hi - self.sport_lo + 1)
         for i in range(nseg):
             if self.segs[i].len > self.tunnel_max_frame:
                 c[PC_DROPS + DROP_TUNNEL_MTU] += 1
                 return
+        if self.n_gso and nseg > 1:
+            self._flush_tunnel()  # what is queued goes first
+            hash_idx = flow_hash(f.data, f.len) % self.n_gso
+            q = only_peer if only_peer >= 0 else self.net_peer_head[network]
+            while q >= 0:
+                if self.peers[q].used:
+                    self._send_train(nseg, vni, hash_idx, q)
+                q = -1 if only_peer >= 0 else self.peers[q].next_in_net
+            return
+        # One source port for the whole flow: its segments keep one path.
+        sport = self._sport(f)
         for i in range(nseg):
             hdr = self.segs[i].data - ENCAP_LEN
             udp_write(hdr, sport, self.vx_port, <uint16_t>(self.segs[i].len + ENCAP_LEN))
@@ -748,23 +834,14 @@ cdef class Datapath:
         address, so each packet can carry its own UDP source port. Both stay
         owned by the caller."""
         cdef epoll_event ev
-        # A raw UDP socket also receives a copy of every UDP datagram; a
-        # filter that accepts nothing keeps those copies from piling up.
-        cdef sock_filter drop_all[1]
-        cdef sock_fprog prog
         if not 0 < sport_lo <= sport_hi:
             raise ValueError("the UDP source port range is empty")
         if underlay_mtu < 576 or underlay_mtu > 65535:
             raise ValueError("underlay MTU out of range")
         if self.vx_rx_fd >= 0:
             raise RuntimeError("the VTEP is already set")
-        drop_all[0].code = 0x06  # BPF_RET | BPF_K
-        drop_all[0].jt = drop_all[0].jf = 0
-        drop_all[0].k = 0
-        prog.len = 1
-        prog.filter = drop_all
-        if setsockopt(tx_fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0:
-            raise OSError(errno, f"cannot filter the VXLAN send socket: {os.strerror(errno)}")
+        # A raw UDP socket also receives a copy of every UDP datagram.
+        drop_all_input(tx_fd)
         os.set_blocking(rx_fd, False)
         os.set_blocking(tx_fd, False)
         with nogil:
@@ -780,6 +857,26 @@ cdef class Datapath:
                 raise OSError(errno, f"epoll_ctl(ADD) of the VXLAN socket failed: {os.strerror(errno)}")
             self.vx_rx_fd = rx_fd
             self.vx_tx_fd = tx_fd
+        finally:
+            pthread_mutex_unlock(&self.lock)
+
+    def set_udp_gso_sockets(self, list socks) -> None:
+        """[(fd, source port)] of UDP sockets bound to the VTEP address, for
+        sending super-frames with UDP_SEGMENT (the caller checked the kernel
+        has it). Flows then take their outer source port from these ports."""
+        cdef uint32_t i
+        if len(socks) > GSO_SOCKETS:
+            raise ValueError(f"at most {GSO_SOCKETS} UDP GSO sockets")
+        for fd, _ in socks:
+            drop_all_input(fd)  # send-only: nothing may pile up in their queues
+            os.set_blocking(fd, False)
+        with nogil:
+            pthread_mutex_lock(&self.lock)
+        try:
+            for i, (fd, port) in enumerate(socks):
+                self.gso_fds[i] = fd
+                self.gso_ports[i] = port
+            self.n_gso = len(socks)
         finally:
             pthread_mutex_unlock(&self.lock)
 

@@ -91,6 +91,15 @@ cdef extern from "<sys/socket.h>" nogil:
     struct mmsghdr:
         msghdr msg_hdr
         unsigned int msg_len
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+    cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
+    size_t CMSG_LEN(size_t length)
+    size_t CMSG_SPACE(size_t length)
+    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     int recvmmsg(int fd, mmsghdr *vmessages, unsigned int vlen, int flags, timespec *tmo)
     int sendmmsg(int fd, mmsghdr *vmessages, unsigned int vlen, int flags)
     int setsockopt(int fd, int level, int optname, const void *optval, socklen_t optlen)

@@ -34,6 +34,8 @@ from .tap import TSO_OFFLOADS, TapPort, open_tap
 
 log = logging.getLogger("vswitch.switch")
 
+UDP_GSO_SOCKETS = 16
+UDP_SEGMENT = 103  # <netinet/udp.h>, not in the socket module
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348)
 DEFAULT_MTU = 1500
 NETNS_CHECK_INTERVAL_S = 0.5
@@ -125,8 +127,39 @@ class Switch:
                               s.vxlan_src_port_max, s.underlay_mtu)
         except OSError as e:
             raise ConfigError(f"cannot open the VXLAN endpoint on {where}: {e.strerror or e}") from None
-        log.info("VXLAN endpoint on %s, source ports %d-%d, underlay MTU %d",
-                 where, s.vxlan_src_port_min, s.vxlan_src_port_max, s.underlay_mtu)
+        gso = self._open_udp_gso_sockets()
+        log.info("VXLAN endpoint on %s, source ports %s, underlay MTU %d, %s",
+                 where, f"{s.vxlan_src_port_min}-{s.vxlan_src_port_max}" if not gso else
+                 f"{len(gso)} of {s.vxlan_src_port_min}-{s.vxlan_src_port_max}", s.underlay_mtu,
+                 "super-frames sent with UDP_SEGMENT" if gso else "no UDP_SEGMENT: segments sent with sendmmsg")
+
+    def _open_udp_gso_sockets(self) -> list[socket.socket]:
+        """UDP sockets on spread-out source ports, from which super-frames leave
+        as UDP_SEGMENT trains: the kernel cuts them late, in one pass through
+        the stack. A flow's outer source port is then one of these ports, so
+        all of its packets keep one path. Ports already taken are skipped."""
+        s = self.settings
+        span = s.vxlan_src_port_max - s.vxlan_src_port_min + 1
+        n = min(UDP_GSO_SOCKETS, span)
+        socks = []
+        for i in range(n):
+            port = s.vxlan_src_port_min + i * span // n
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                # Fails where the kernel lacks it. These datagrams carry a UDP
+                # checksum (the kernel refuses UDP_SEGMENT without one); RFC
+                # 7348 lets a receiver take either.
+                sock.setsockopt(socket.SOL_UDP, UDP_SEGMENT, 0)
+                sock.bind((s.vtep_ip, port))
+            except OSError as e:
+                log.debug("no UDP GSO socket on port %d: %s", port, e)
+                sock.close()
+                continue
+            socks.append(sock)
+        if socks:
+            self._dp.set_udp_gso_sockets([(sock.fileno(), sock.getsockname()[1]) for sock in socks])
+            self._vxlan_sockets += socks
+        return socks
 
     def apply(self, state: DesiredState, *, strict: bool = True) -> None:
         """Build the switch from a desired state (config or state file).

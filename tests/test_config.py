@@ -24,7 +24,7 @@ name = "red"
 
 [[port]]
 name = "c1"
-netns = "c1"
+netns = "vst-cfg-absent"
 network = "blue"
 ifname = "eth0"
 mac = "02:00:00:00:00:01"
@@ -33,7 +33,7 @@ mtu = 1400
 
 [[port]]
 name = "c2"
-netns = "/proc/1/ns/net"
+netns = "/proc/self/ns/net"
 network = "red"
 
 [[peer]]
@@ -69,8 +69,8 @@ def test_full_config_round_trips(tmp_path: Path) -> None:
     assert state == DesiredState(
         networks=[NetworkSpec("blue", 100), NetworkSpec("red")],
         ports=[
-            PortSpec("c1", "blue", "c1", "eth0", "02:00:00:00:00:01", "10.1.0.1/24", 1400),
-            PortSpec("c2", "red", "/proc/1/ns/net"),
+            PortSpec("c1", "blue", "vst-cfg-absent", "eth0", "02:00:00:00:00:01", "10.1.0.1/24", 1400),
+            PortSpec("c2", "red", "/proc/self/ns/net"),
         ],
         peers=[PeerSpec("blue", "192.0.2.2")],
         static_fdb=[StaticFdbSpec("blue", "02:00:00:00:00:aa", "c1")],
@@ -155,8 +155,8 @@ def test_reference_error_is_a_config_error(tmp_path: Path) -> None:
 
 def test_missing_namespace_checked_only_on_request(tmp_path: Path) -> None:
     path = write(tmp_path, FULL)
-    load_config(path)  # c1 need not exist yet
-    with pytest.raises(ConfigError, match=r"port\[0\]\.netns: 'c1' does not exist \(no /run/netns/c1\)"):
+    load_config(path)  # the namespace need not exist yet
+    with pytest.raises(ConfigError, match=r"port\[0\]\.netns: 'vst-cfg-absent' does not exist \(no /run/netns/vst-cfg-absent\)"):
         load_config(path, check_netns=True)
 
 

@@ -29,7 +29,7 @@ MODE_FILE := $(BUILD)/ext-mode
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: deps build debug test demo clean distclean
+.PHONY: deps build debug test demo demo-vxlan clean distclean
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -95,6 +95,9 @@ test: deps build
 
 demo: deps build
 	bash tools/demo.sh
+
+demo-vxlan: deps build
+	bash tools/demo_vxlan.sh
 
 clean:
 	rm -rf $(BUILD) *.egg-info fastpath/*.so $(GENERATED_C) fastpath/*.html

@@ -1,4 +1,4 @@
-"""Fastpath microbenchmarks (no root): MAC table rates and the loop's cost per frame.
+"""Fastpath microbenchmarks: MAC table rates and the loop's cost per frame.
 
     .venv/bin/python bench/micro.py [--quick] [--json OUT]
 
@@ -8,21 +8,29 @@
   own CPU time (from /proc) divided by the frames it handled, for known
   unicast and for floods to 4, 16 and 64 ports. Senders and sinks run in
   other threads and are not counted.
+- As root (the VTEP sends from a raw socket), the same for VXLAN on
+  loopback: frames from a port encapsulated to one peer, and datagrams from
+  that peer decapsulated to the port.
 - The same decisions made by the pure-Python model in tests/model.py, to
   show what compilation buys (decision only, no I/O: the fairest case for
-  Python).
+  Python). It has no VXLAN, so the VXLAN cases have no Python figure.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import platform
+import select
 import socket
+import struct
 import sys
+import termios
 import threading
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
@@ -32,11 +40,32 @@ from model import ModelSwitch  # noqa: E402
 from rawframes import BROADCAST, eth, mac  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NETWORK = 1
+VTEP, PEER = "127.0.0.1", "127.0.0.2"  # both on lo: all of 127/8 is local
+VNI = 5001
+SO_RCVBUFFORCE = 33  # not in the socket module; lets root pass rmem_max
 
 
-def thread_cpu_s(tid: int) -> float:
-    fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+def thread_cpu_s(t: threading.Thread) -> float:
+    if t.native_id is None:
+        raise RuntimeError(f"thread {t.name} has not started")
+    fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def queued(sock: socket.socket, request: int) -> int:
+    """FIONREAD: bytes waiting to be read from sock (for UDP, the next
+    datagram's); TIOCOUTQ: bytes sent on it that the other end has not read."""
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), request, b"\0" * 4))[0]
 
 
 def mac_table(sizes: list[int], rounds: int) -> list[dict]:
@@ -62,67 +91,189 @@ def mac_table(sizes: list[int], rounds: int) -> list[dict]:
     return out
 
 
-class Pump:
-    """A sender thread per input port and a sink thread draining the outputs."""
+class Sink(threading.Thread):
+    """Drains sockets until close(), counting the messages read."""
 
-    def __init__(self, dp: Datapath, fanout: int) -> None:
-        self.dp = dp
-        self.pairs = []
-        for i in range(fanout + 1):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            for s in (ours, theirs):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            dp.add_port(theirs.fileno(), 1)
-            self.pairs.append((ours, theirs))
-        self.stop = threading.Event()
-
-    def sink(self) -> None:
-        import select
-        socks = [o for o, _ in self.pairs[1:]]
+    def __init__(self, socks: list[socket.socket]) -> None:
+        super().__init__(daemon=True)
+        self.socks = socks
+        self.count = 0
+        self.done = threading.Event()
         for s in socks:
             s.setblocking(False)
-        while not self.stop.is_set():
-            for s in select.select(socks, [], [], 0.1)[0]:
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for s in select.select(self.socks, [], [], 0.1)[0]:
                 try:
                     while True:
                         s.recv(2048)
+                        self.count += 1
                 except BlockingIOError:
                     pass
 
-    def send(self, frame: bytes, seconds: float) -> None:
-        s = self.pairs[0][0]
+    def close(self) -> None:
+        self.done.set()
+        self.join()
+
+
+class Rig:
+    """A datapath whose loop runs in a thread, with the sockets and sink threads
+    around it. Leaving the `with` block stops the loop and the sinks and closes
+    every socket, in that order (the datapath uses the fds until it stops)."""
+
+    def __init__(self) -> None:
+        self.dp = Datapath(max_ports=128, mac_table_size=4096)
+        self.loop = threading.Thread(target=self.dp.run, daemon=True)
+        self.socks: list[socket.socket] = []
+        self.sinks: list[Sink] = []
+
+    def __enter__(self) -> Rig:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.loop.is_alive():
+            self.dp.stop()
+            self.loop.join()
+        for sink in self.sinks:
+            sink.close()
+        for s in self.socks:
+            s.close()
+
+    def sock(self, family: int, kind: int, proto: int = 0) -> socket.socket:
+        s = socket.socket(family, kind, proto)
+        self.socks.append(s)
+        return s
+
+    def port(self) -> tuple[socket.socket, int]:
+        """A socketpair port in NETWORK: our end of it and the port index."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.socks += [ours, theirs]
+        for s in (ours, theirs):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        return ours, self.dp.add_port(theirs.fileno(), NETWORK)
+
+    def sink(self, socks: list[socket.socket]) -> Sink:
+        sink = Sink(socks)
+        self.sinks.append(sink)
+        sink.start()
+        return sink
+
+    def cost(self, sock: socket.socket, msg: bytes, seconds: float) -> tuple[int, float]:
+        """Send msg on sock for `seconds`: the frames the loop handled
+        meanwhile and the CPU seconds its thread spent."""
+        f0, c0 = self.dp.loop_stats()["frames"], thread_cpu_s(self.loop)
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             for _ in range(256):
-                s.send(frame)
+                sock.send(msg)
+        f1, c1 = self.dp.loop_stats()["frames"], thread_cpu_s(self.loop)
+        return f1 - f0, c1 - c0
+
+    def settle(self, sock: socket.socket, request: int, what: str) -> None:
+        """Wait until the loop has read everything queued on sock (see
+        queued()) and finished the batch in hand, so that no frame of one
+        case is counted in the next."""
+        if not wait_until(lambda: queued(sock, request) == 0):
+            raise RuntimeError(f"the loop left {what} unread for 5 s")
+        self.dp.fdb_lookup(NETWORK, BROADCAST)  # takes the lock the loop holds for a whole batch
 
 
-def loop_cost(fanout: int, known: bool, seconds: float) -> dict:
-    dp = Datapath(max_ports=128, mac_table_size=4096)
-    pump = Pump(dp, fanout)
-    loop = threading.Thread(target=dp.run, daemon=True)
-    loop.start()
-    sink = threading.Thread(target=pump.sink, daemon=True)
-    sink.start()
-    if known:  # teach the table where mac(2) lives
-        pump.pairs[1][0].send(eth(BROADCAST, mac(2)))
-    frame = eth(mac(2) if known else BROADCAST, mac(1), b"x" * 50)
-    time.sleep(0.2)
-    f0, c0 = dp.loop_stats()["frames"], thread_cpu_s(loop.native_id)
-    pump.send(frame, seconds)
-    f1, c1 = dp.loop_stats()["frames"], thread_cpu_s(loop.native_id)
-    pump.stop.set()
-    dp.stop()
-    loop.join()
-    sink.join()
-    for a, b in pump.pairs:
-        a.close()
-        b.close()
-    frames = f1 - f0
-    tx = "1 port" if known else f"{fanout} ports"
-    return {"case": "known unicast" if known else f"flood to {fanout}", "outputs": tx, "frames": frames,
-            "loop_cpu_ns_per_frame": (c1 - c0) * 1e9 / max(frames, 1)}
+def entry(case: str, outputs: str, frames: int, cpu_s: float, **extra: Any) -> dict[str, Any]:
+    return {"case": case, "outputs": outputs, "frames": frames,
+            "loop_cpu_ns_per_frame": cpu_s * 1e9 / max(frames, 1), **extra}
+
+
+def loop_cost(fanout: int, known: bool, seconds: float) -> dict[str, Any]:
+    with Rig() as rig:
+        ports = [rig.port() for _ in range(fanout + 1)]
+        rig.loop.start()
+        rig.sink([ours for ours, _ in ports[1:]])
+        if known:  # teach the table where mac(2) lives
+            ports[1][0].send(eth(BROADCAST, mac(2)))
+            if not wait_until(lambda: rig.dp.fdb_lookup(NETWORK, mac(2)) is not None):
+                raise RuntimeError("mac(2) was not learned within 5 s")
+        frame = eth(mac(2) if known else BROADCAST, mac(1), b"x" * 50)
+        frames, cpu = rig.cost(ports[0][0], frame, seconds)
+    return entry("known unicast" if known else f"flood to {fanout}", "1 port" if known else f"{fanout} ports",
+                 frames, cpu)
+
+
+def open_vtep(rig: Rig) -> tuple[int, socket.socket, socket.socket]:
+    """Terminate VXLAN at VTEP on a UDP port that is also free at PEER (not
+    4789, which a real switch on this host may hold); returns the port, the
+    VTEP's receiving socket and a socket bound to the port at PEER, where
+    encapsulated frames arrive."""
+    for _ in range(10):
+        rx, peer = rig.sock(socket.AF_INET, socket.SOCK_DGRAM), rig.sock(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.bind((VTEP, 0))
+        port = rx.getsockname()[1]
+        try:
+            peer.bind((PEER, port))
+        except OSError:
+            rx.close()
+            peer.close()
+            continue
+        break
+    else:
+        raise RuntimeError(f"no UDP port free on both {VTEP} and {PEER} after 10 tries")
+    # Both ends take bursts faster than their reader: room for them.
+    for s in (rx, peer):
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+    tx = rig.sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    tx.bind((VTEP, 0))
+    rig.dp.set_vtep(rx.fileno(), tx.fileno(), port, 49152, 65535, 1500)
+    return port, rx, peer
+
+
+def vxlan_cost(seconds: float) -> list[dict[str, Any]]:
+    """One port and one peer in a VNI, on loopback: broadcasts from the port
+    go out encapsulated to the peer; then datagrams from the peer to a MAC on
+    the port come in and are decapsulated to it."""
+    with Rig() as rig:
+        port, rx, peer = open_vtep(rig)
+        rig.dp.set_network_vni(NETWORK, VNI)
+        peer_idx = rig.dp.add_peer(NETWORK, PEER)
+        ours, port_idx = rig.port()
+        rig.loop.start()
+
+        arrived = rig.sink([peer])
+        frames, cpu = rig.cost(ours, eth(BROADCAST, mac(1), b"x" * 50), seconds)
+        rig.settle(ours, termios.TIOCOUTQ, f"frames sent to port {port_idx}")
+        sent = rig.dp.peer_counters(peer_idx)
+        # Fewer than sent arrive when the peer's socket overflowed, so only
+        # none at all is an error.
+        wait_until(lambda: arrived.count >= sent["tx_packets"], timeout=1.0)
+        if arrived.count == 0:
+            raise RuntimeError(f"no encapsulated frame arrived at {PEER}:{port} ({sent['tx_packets']} sent)")
+        encap = entry("vxlan encap", "1 peer", frames, cpu, tunnel_tx=sent["tx_packets"],
+                      tunnel_tx_errors=sent["tx_errors"], delivered=arrived.count)
+
+        # mac(1) sent the broadcasts above: it is known on the port, so the
+        # decapsulated frames go there alone.
+        if rig.dp.fdb_lookup(NETWORK, mac(1)) is None:
+            raise RuntimeError("mac(1) was not learned on the port")
+        sender = rig.sock(socket.AF_INET, socket.SOCK_DGRAM)
+        sender.bind((PEER, 0))  # the source address must be the peer's, or it is an unknown_peer drop
+        sender.connect((VTEP, port))
+        datagram = struct.pack("!II", 0x08 << 24, VNI << 8) + eth(mac(1), mac(3), b"x" * 50)
+        received = rig.sink([ours])
+        before = rig.dp.port_counters(port_idx)
+        frames, cpu = rig.cost(sender, datagram, seconds)
+        rig.settle(rx, termios.FIONREAD, "VXLAN datagrams")
+        after = rig.dp.port_counters(port_idx)
+        wait_until(lambda: received.count >= after["tx_packets"] - before["tx_packets"], timeout=1.0)
+        tx, tx_errors = (after[k] - before[k] for k in ("tx_packets", "tx_errors"))
+        drops = {k: v for k, v in rig.dp.vxlan_drops().items() if v}
+        if drops:
+            raise RuntimeError(f"VXLAN datagrams dropped while decapsulating: {drops}")
+        if tx == 0 or received.count == 0:
+            raise RuntimeError(f"no decapsulated frame reached port {port_idx} ({frames} datagrams handled)")
+        # Frames the sink was too slow for are port_tx_errors (never waited for).
+        decap = entry("vxlan decap", "1 port", frames, cpu, port_tx=tx, port_tx_errors=tx_errors,
+                      delivered=received.count)
+    return [encap, decap]
 
 
 def python_model(n: int, fanout: int, known: bool) -> dict:
@@ -145,19 +296,25 @@ def main() -> None:
     args = ap.parse_args()
     seconds = 1.0 if args.quick else 3.0
     rounds = 2_000_000 if args.quick else 10_000_000
-    res = {
+    res: dict[str, Any] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "kernel": platform.release()},
         "mac_table": mac_table([1_000, 64_000, 1_000_000], rounds),
         "loop": [loop_cost(1, True, seconds)] + [loop_cost(n, False, seconds) for n in (4, 16, 64)],
         "python_model": [python_model(100_000, 1, True)] + [python_model(20_000, n, False) for n in (4, 16, 64)],
     }
+    if os.geteuid() == 0:
+        res["loop"] += vxlan_cost(seconds)
     print(f"{'entries':>10} {'insert/s':>12} {'learn/s':>12} {'lookup/s':>12}")
     for r in res["mac_table"]:
         print(f"{r['entries']:>10} {r['insert_per_s']:>12.3g} {r['learn_refresh_per_s']:>12.3g} {r['lookup_per_s']:>12.3g}")
+    python = {py["case"]: py["python_ns_per_frame"] for py in res["python_model"]}
     print(f"\n{'case':<16} {'loop ns/frame':>14} {'python model ns/frame (decision only)':>38}")
-    for lp, py in zip(res["loop"], res["python_model"]):
-        print(f"{lp['case']:<16} {lp['loop_cpu_ns_per_frame']:>14.0f} {py['python_ns_per_frame']:>38.0f}")
+    for lp in res["loop"]:
+        py = python.get(lp["case"])
+        print(f"{lp['case']:<16} {lp['loop_cpu_ns_per_frame']:>14.0f} {'—' if py is None else f'{py:.0f}':>38}")
+    if os.geteuid() != 0:
+        print("vxlan encap/decap: not measured, needs root (the VTEP sends from a raw socket)")
     if args.json:
         args.json.write_text(json.dumps(res, indent=2))
 

@@ -25,7 +25,7 @@ cdef enum:
     UDP_GSO_MAX = 64               # segments per UDP_SEGMENT send (the kernel's limit is 64 or more)
     UDP_GSO_BYTES = 65000          # UDP payload per UDP_SEGMENT send (an IPv4 packet's limit, less headers)
     NO_PORT = 0xFFFFFFFF           # in_port of a frame that came from the tunnel
-    EV_RING = 256                  # events kept for the control plane's log (oldest overwritten)
+    EV_RING = 4096                 # events kept for the control plane's log (oldest overwritten)
 
 cdef enum event_kind:
     EV_MAC_MOVED = 1               # a: old output, b: new output

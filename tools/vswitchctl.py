@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import struct
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote, urlencode
 
 from vswitch.client import DEFAULT_SOCKET, ApiError, Client
@@ -140,6 +142,87 @@ def render_show(doc: dict[str, Any]) -> str:
     )
 
 
+def render_trace(doc: dict[str, Any]) -> str:
+    out = doc["outputs"]
+    if doc["action"] == "drop":
+        verdict = f"drop ({doc['reason']})"
+    else:
+        where = [f"ports {', '.join(out['ports'])}"] if out["ports"] else []
+        where += [f"peers {', '.join(out['peers'])}"] if out["peers"] else []
+        verdict = f"{doc['action']} to {' and '.join(where)}" if where else f"{doc['action']} to nowhere (no other port is up)"
+    return "\n".join([*doc["steps"], f"verdict: {verdict}"])
+
+
+# --- capture ----------------------------------------------------------------
+
+PCAP_HEADER_LEN = 24
+PCAP_RECORD = struct.Struct("<IIII")  # seconds, fraction, captured length, original length
+
+
+def whole_records(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """Re-cut a pcap byte stream at record boundaries, so that whatever was
+    written when the capture stops is a complete, readable file."""
+    buf = b""
+    end = PCAP_HEADER_LEN  # where the next record starts once buf holds that much
+    for chunk in chunks:
+        buf += chunk
+        cut = 0
+        while len(buf) >= end:
+            cut = end
+            if len(buf) < end + PCAP_RECORD.size:
+                break
+            end += PCAP_RECORD.size + PCAP_RECORD.unpack_from(buf, end)[2]
+        if cut:
+            yield buf[:cut]
+            buf, end = buf[cut:], end - cut
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _write_whole(out: BinaryIO, data: bytes) -> None:
+    # A stop waits until the write is done: it must not cut a record in half.
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        out.write(data)
+        out.flush()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _capture(c: Client, ns: argparse.Namespace) -> None:
+    if ns.write is None and sys.stdout.isatty():
+        raise ApiError(0, "usage", "refusing to write pcap to a terminal: use -w FILE or a pipe")
+    path = _with_query(f"/v1/ports/{_seg(ns.name)}/capture", direction=ns.direction,
+                       count=None if ns.count is None else str(ns.count))
+    out: BinaryIO | None = None
+    # SIGTERM ends a capture as cleanly as Ctrl-C (a background job ignores SIGINT).
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        for data in whole_records(c.stream(path)):
+            if out is None:  # opened only once the capture runs: a refused one leaves no file
+                out = open(ns.write, "wb") if ns.write not in (None, "-") else sys.stdout.buffer
+            _write_whole(out, data)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C or SIGTERM: how an open-ended capture ends
+    except BrokenPipeError:
+        # The reader (e.g. `| tshark -c 3 -r -`) has what it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    finally:
+        if out is not None and out is not sys.stdout.buffer:
+            out.close()
+
+
+def _positive(value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive integer")
+    return int(value)
+
+
 # --- commands ---------------------------------------------------------------
 
 
@@ -150,6 +233,8 @@ class Arg:
     help: str
     required: bool = True
     type: Callable[[str], Any] = str
+    aliases: tuple[str, ...] = ()  # e.g. "--write" beside "-w"; the first long one names the attribute
+    choices: tuple[str, ...] | None = None
 
     def usage(self) -> str:
         if not self.name.startswith("-"):
@@ -281,6 +366,30 @@ COMMANDS: tuple[Command, ...] = (
         args=(Arg("mac", "MAC", "MAC address"), NET),
     ),
     Command(("stats",), "counters of ports, tunnel peers, the MAC table and the forwarding loop", lambda c, ns: c.request("GET", "/v1/stats"), render_stats),
+    Command(
+        ("trace",),
+        "what the switch would do now with a frame from port P to MAC, step by step",
+        lambda c, ns: c.request("POST", "/v1/trace", _body(ns, "in_port", "dst", "src", "vlan")),
+        render_trace,
+        args=(
+            Arg("--in-port", "P", "port the frame enters by"),
+            Arg("--dst", "MAC", "destination MAC"),
+            Arg("--src", "MAC", "source MAC (default: the port's own)", required=False),
+            Arg("--vlan", "N", "802.1Q tag the frame carries", required=False, type=int),
+        ),
+    ),
+    Command(
+        ("capture",),
+        "write a port's frames as pcap until COUNT frames, Ctrl-C or SIGTERM",
+        _capture,
+        args=(
+            Arg("name", "PORT", "port name"),
+            Arg("-w", "FILE", "pcap file to write (default: standard output)", required=False, aliases=("--write",)),
+            Arg("-c", "COUNT", "stop after this many frames", required=False, type=_positive, aliases=("--count",)),
+            Arg("--direction", "in|out|both", "frames the port received, sent, or both (default both)",
+                required=False, choices=("in", "out", "both")),
+        ),
+    ),
 )
 
 
@@ -323,7 +432,8 @@ def build_parser() -> argparse.ArgumentParser:
         _global_options(leaf, argparse.SUPPRESS)
         for arg in cmd.args:
             if arg.name.startswith("-"):
-                leaf.add_argument(arg.name, metavar=arg.metavar, help=arg.help, required=arg.required, type=arg.type, default=None)
+                leaf.add_argument(arg.name, *arg.aliases, metavar=arg.metavar, help=arg.help, required=arg.required,
+                                  type=arg.type, default=None, choices=arg.choices)
             else:
                 leaf.add_argument(arg.name, metavar=arg.metavar, help=arg.help, type=arg.type)
         leaf.set_defaults(command=cmd)

@@ -3,6 +3,9 @@
 Each request is checked in full (route, method, length, JSON, values parsed into
 the model's specs) before the switch is called, so a bad request changes nothing.
 Every error body is ``{"error": <kind>, "detail": <one line>}``.
+
+One route streams instead of answering JSON: a port capture is sent as pcap,
+frame by frame, for as long as the client reads (the connection then closes).
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import http.server
 import json
 import logging
 import os
+import select
 import socket
 import socketserver
 import stat
@@ -20,9 +24,10 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 from urllib.parse import parse_qs, unquote
 
+from .capture import Capture, pcap_header, pcap_record
 from .errors import Conflict, ConfigError, InvalidArgument, NotFound, VswitchError
 from .model import NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, check_keys, check_mac, check_name
 from .switch import Switch
@@ -30,6 +35,9 @@ from .switch import Switch
 log = logging.getLogger("vswitch.api")
 
 MAX_BODY = 64 * 1024
+PCAP_TYPE = "application/vnd.tcpdump.pcap"
+# How often an idle capture stream checks that its port still exists.
+PORT_CHECK_S = 0.5
 UNMATCHED = "unmatched"  # metrics label for paths that match no route (raw paths would explode cardinality)
 
 MetricsHook = Callable[[str, int], None]
@@ -51,6 +59,48 @@ class Request:
     query: dict[str, str]
     body: Any  # decoded JSON of a POST body
     has_body: bool  # a POST body was sent (`null` is a body, an empty one is not)
+
+
+class PcapStream:
+    """A capture sent as pcap until `count` frames, the client leaving or the port going away."""
+
+    content_type = PCAP_TYPE
+
+    def __init__(self, switch: Switch, port: str, capture: Capture, count: int | None) -> None:
+        self.switch, self.port, self.capture, self.count = switch, port, capture, count
+
+    def pump(self, out: BinaryIO, client: socket.socket) -> None:
+        out.write(pcap_header())
+        out.flush()
+        sent = 0
+        while self.count is None or sent < self.count:
+            if not self.switch.has_port(self.port):
+                return
+            try:
+                ready = select.select([self.capture, client], [], [], PORT_CHECK_S)[0]
+                if client in ready and _client_gone(client):
+                    return
+                if self.capture not in ready:
+                    continue
+                for ns, _direction, frame in self.capture.records(0):
+                    out.write(pcap_record(ns, frame))
+                    out.flush()
+                    sent += 1
+                    if sent == self.count:
+                        return
+            except ValueError:
+                return  # the switch closed the capture under us: its port was removed
+
+    def close(self) -> None:
+        self.capture.close()
+
+
+def _client_gone(client: socket.socket) -> bool:
+    """A readable client socket: EOF or an error means the client left; other bytes are ignored."""
+    try:
+        return not client.recv(4096)
+    except OSError:
+        return True
 
 
 def _one_line(text: str) -> str:
@@ -158,6 +208,23 @@ def _stats(req: Request) -> tuple[int, Any]:
     return 200, req.switch.stats()
 
 
+def _trace(req: Request) -> tuple[int, Any]:
+    body = _object(req)
+    check_keys("trace", body, {"in_port", "dst", "src", "vlan"}, {"in_port", "dst"})
+    return 200, req.switch.trace(check_name("in_port", body["in_port"]), body["dst"], body.get("src"), body.get("vlan"))
+
+
+def _capture(req: Request) -> tuple[int, Any]:
+    name = check_name("port", req.params["name"])
+    count = req.query.get("count")
+    if count is not None:
+        if not (count.isascii() and count.isdigit()) or int(count) < 1:
+            raise InvalidArgument(f"count: {count!r} is not a positive integer")
+    # Refusals (unknown port, a capture already running) happen here, before any byte of the stream.
+    capture = req.switch.start_capture(name, req.query.get("direction", "both"))
+    return 200, PcapStream(req.switch, name, capture, None if count is None else int(count))
+
+
 def _openapi(req: Request) -> tuple[int, Any]:
     return 200, openapi_document()
 
@@ -172,12 +239,14 @@ ROUTES: dict[str, dict[str, tuple[Handler, tuple[str, ...]]]] = {
     "/v1/networks/{name}": {"GET": (_network_get, ()), "DELETE": (_network_del, ())},
     "/v1/ports": {"GET": (_ports_list, ()), "POST": (_port_add, ())},
     "/v1/ports/{name}": {"GET": (_port_get, ()), "DELETE": (_port_del, ())},
+    "/v1/ports/{name}/capture": {"GET": (_capture, ("direction", "count"))},
     "/v1/peers": {"GET": (_peers_list, ("network",)), "POST": (_peer_add, ())},
     "/v1/peers/{network}/{remote}": {"DELETE": (_peer_del, ())},
     "/v1/fdb": {"GET": (_fdb_list, ("network", "port")), "POST": (_fdb_add, ())},
     "/v1/fdb/flush": {"POST": (_fdb_flush, ())},
     "/v1/fdb/{network}/{mac}": {"DELETE": (_fdb_del, ())},
     "/v1/stats": {"GET": (_stats, ())},
+    "/v1/trace": {"POST": (_trace, ())},
     "/v1/openapi.json": {"GET": (_openapi, ())},
 }
 
@@ -238,7 +307,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             log.exception("%s %s failed", self.command, self.path)
             status, headers = 500, {}
             payload = {"error": "internal", "detail": f"internal error ({type(e).__name__}); see the vswitchd log"}
-        self._respond(status, payload, headers)
+        if isinstance(payload, PcapStream):
+            self._stream(status, payload)
+        else:
+            self._respond(status, payload, headers)
         log.debug("%s %s -> %d (%.1f ms)", self.command, self.path, status, (time.monotonic() - started) * 1000)
         self.server.report(self._template, status)
 
@@ -333,6 +405,21 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
+
+    def _stream(self, status: int, stream: PcapStream) -> None:
+        """Headers, then the body as it is produced; its end is the connection's end."""
+        self.close_connection = True
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", stream.content_type)
+            self.send_header("Cache-Control", "no-store")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            stream.pump(self.wfile, self.connection)
+        except OSError as e:  # the client went away or stopped reading: the normal end of a stream
+            log.debug("%s %s: stream ended: %s", self.command, self.path, e)
+        finally:
+            stream.close()
 
     def handle_expect_100(self) -> bool:
         # Do not invite a body that will be refused anyway.

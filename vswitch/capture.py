@@ -41,6 +41,7 @@ class Capture:
         self._ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self._stop = stop
         self.direction = direction
+        self.frames = 0
         set_capture(self._theirs.fileno(), *DIRECTIONS[direction])
 
     def fileno(self) -> int:
@@ -50,12 +51,21 @@ class Capture:
         """(ns, direction, frame) for each frame waiting now, or arriving within timeout."""
         while select.select([self._ours], [], [], timeout)[0]:
             msg = self._ours.recv(SNAPLEN + CAP_HDR.size)
+            if not msg:
+                return  # detached: the port is gone
+            self.frames += 1
             ns, length, direction = CAP_HDR.unpack_from(msg)
             yield ns, direction, msg[CAP_HDR.size:CAP_HDR.size + length]
             timeout = 0
 
+    def detach(self) -> None:
+        """The port is going away: end the stream. The reader sees the end of
+        records() and closes its own end; nothing is closed under its feet."""
+        self._theirs.close()
+
     def close(self) -> None:
-        if self._theirs.fileno() >= 0:
+        """Called by the reader: stop the mirroring and release both ends."""
+        if self._ours.fileno() >= 0:
             self._stop()
             self._theirs.close()
             self._ours.close()

@@ -5,7 +5,7 @@ import http.client
 import json
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 DEFAULT_SOCKET = Path("/run/vswitch/vswitch.sock")
 
@@ -63,6 +63,38 @@ class Client:
         finally:
             conn.close()
         return _decode(status, data)
+
+    def stream(self, path: str, idle_timeout: float | None = None, chunk_size: int = 1 << 16) -> Iterator[bytes]:
+        """GET a streamed resource (a capture): its body in chunks, as they arrive, until the server ends it.
+
+        Errors as for request(). Connecting and the response's headers are
+        bounded by the client's timeout; the body by idle_timeout between
+        chunks (None: a stream may stay quiet for as long as nothing happens).
+        """
+        conn = UnixHTTPConnection(self.socket_path, self.timeout)
+        resp = None
+        limit = self.timeout
+        try:
+            try:
+                conn.request("GET", path, headers={"Accept": "*/*"})
+                sock = conn.sock  # getresponse() hands the socket over to the response
+                resp = conn.getresponse()
+                if resp.status >= 400:
+                    _decode(resp.status, resp.read())
+                limit = idle_timeout
+                sock.settimeout(limit)
+                # read1 returns what has arrived instead of waiting to fill the chunk.
+                while chunk := resp.read1(chunk_size):
+                    yield chunk
+            except TimeoutError:
+                raise ApiError(0, "unreachable", f"vswitchd at {self.socket_path} sent nothing for {limit:g} s") from None
+            except (OSError, http.client.HTTPException) as e:
+                reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+                raise ApiError(0, "unreachable", f"stream from vswitchd at {self.socket_path} failed: {reason}") from None
+        finally:
+            if resp is not None:
+                resp.close()
+            conn.close()
 
 
 def _decode(status: int, data: bytes) -> Any:

@@ -1,8 +1,8 @@
 """Prometheus exposition: a collector that reads the datapath's C counters at scrape time.
 
 Nothing is counted per frame in Python: every sample is built from the
-counters the loop already keeps. Labels are port, network, reason, path and
-status only; never a MAC address or anything else unbounded.
+counters the loop already keeps. Labels are port, network, peer, reason, path
+and status only; never a MAC address or anything else unbounded.
 """
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ PORT_COUNTERS = (
     ("tx_bytes", "vswitch_port_tx_bytes_total", "Bytes written to the port."),
     ("flooded", "vswitch_port_flooded_total", "Frames from the port flooded to its network."),
     ("tx_errors", "vswitch_port_tx_errors_total", "Writes to the port that failed; the frame was dropped."),
+    ("capture_dropped", "vswitch_port_capture_dropped_total",
+     "Frame copies a capture of the port dropped because its reader fell behind (forwarding went on)."),
+)
+
+PEER_COUNTERS = (
+    ("tx_packets", "vswitch_peer_tx_packets_total", "Frames sent to the peer in VXLAN."),
+    ("tx_bytes", "vswitch_peer_tx_bytes_total", "Bytes of inner frames sent to the peer."),
+    ("rx_packets", "vswitch_peer_rx_packets_total", "Frames received from the peer in VXLAN."),
+    ("rx_bytes", "vswitch_peer_rx_bytes_total", "Bytes of inner frames received from the peer."),
+    ("tx_errors", "vswitch_peer_tx_errors_total", "Sends to the peer that failed; the frame was dropped."),
 )
 
 FDB_COUNTERS = (
@@ -62,6 +72,7 @@ class SwitchCollector(Collector):
         stats = self._switch.stats()
         yield from self._port_metrics(ports)
         yield from self._fdb_metrics(stats["fdb"])
+        yield from self._vxlan_metrics(stats["vxlan"])
         yield from self._loop_metrics(stats["loop"])
         api = CounterMetricFamily("vswitch_api_requests", "Control API requests.", labels=["path", "status"])
         for (path, status), n in sorted(self._api.snapshot().items()):
@@ -98,6 +109,22 @@ class SwitchCollector(Collector):
         yield GaugeMetricFamily("vswitch_fdb_capacity", "Size limit of the MAC table.", value=fdb["capacity"])
         for key, name, doc in FDB_COUNTERS:
             yield CounterMetricFamily(name[: -len("_total")], doc, value=fdb[key])
+
+    def _vxlan_metrics(self, vxlan: dict) -> Iterator:
+        families = {
+            key: CounterMetricFamily(name[: -len("_total")], doc, labels=["network", "peer"])
+            for key, name, doc in PEER_COUNTERS
+        }
+        for peer in vxlan["peers"]:
+            for key, fam in families.items():
+                fam.add_metric([peer["network"], peer["remote"]], peer[key])
+        yield from families.values()
+        drops = CounterMetricFamily(
+            "vswitch_vxlan_rx_dropped", "VXLAN packets received and dropped, by reason.", labels=["reason"]
+        )
+        for reason, n in vxlan["drops"].items():
+            drops.add_metric([reason], n)
+        yield drops
 
     def _loop_metrics(self, loop: dict) -> Iterator:
         yield CounterMetricFamily("vswitch_loop_wakeups", "Returns from the forwarding loop's wait.", value=loop["wakeups"])

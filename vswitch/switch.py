@@ -41,6 +41,11 @@ DEFAULT_MTU = 1500
 NETNS_CHECK_INTERVAL_S = 0.5
 
 
+def _where(out: dict[str, Any]) -> str:
+    """'port c1' or 'peer 192.0.2.2' for an output as _describe_out gives it."""
+    return f"port {out['port']}" if "port" in out else f"peer {out['peer']}"
+
+
 @dataclass
 class _Network:
     spec: NetworkSpec
@@ -307,7 +312,8 @@ class Switch:
 
     def _drop_port(self, port: _Port, *, destroy: bool) -> None:
         if port.capture is not None:
-            port.capture.close()
+            port.capture.detach()  # the datapath forgets the capture with the port
+            port.capture = None
         self._dp.remove_port(port.index)
         for key in [k for k, e in self._static.items() if e.port == port.spec.name]:
             del self._static[key]
@@ -383,8 +389,7 @@ class Switch:
 
     def _out_name(self, out: int) -> str:
         with self._lock:
-            d = self._describe_out(out)
-        return f"port {d['port']}" if "port" in d else f"peer {d['peer']}"
+            return _where(self._describe_out(out))
 
     # ---- peers -------------------------------------------------------------------------
 
@@ -503,6 +508,8 @@ class Switch:
                 with self._lock:
                     if port.capture is not None and self._ports.get(name) is port:
                         self._dp.set_capture(port.index, -1, False, False)
+                        log.info("capture stopped on port %s (%d frames read, %d dropped on this port so far)",
+                                 name, port.capture.frames, self._dp.port_counters(port.index)["capture_dropped"])
                     port.capture = None
 
             port.capture = Capture(lambda fd, rx, tx: self._dp.set_capture(port.index, fd, rx, tx), stop, direction)
@@ -564,14 +571,14 @@ class Switch:
             out, static, age = hit
             entry = self._describe_out(out)
             result["lookup"] = {"hit": True, "static": static, "age_s": None if static else round(age, 3), **entry}
-            steps.append(f"FDB hit: {dst} -> {entry} ({'static' if static else f'learned {age:.1f}s ago'})")
+            steps.append(f"FDB hit: {dst} -> {_where(entry)} ({'static' if static else f'learned {age:.1f}s ago'})")
             if entry.get("port") == in_port:
                 return verdict("drop", "same_port")
             if entry.get("port"):
                 result["outputs"]["ports"] = [entry["port"]]
             else:
                 result["outputs"]["peers"] = [entry["peer"]]
-            steps.append(f"output: {entry}")
+            steps.append(f"output: {_where(entry)}")
             return verdict("output")
 
     def _trace_learn(self, net: _Network, port: _Port, src: str) -> dict[str, Any]:
@@ -584,8 +591,8 @@ class Switch:
         if current.get("port") == port.spec.name:
             return {"result": "refresh", **current}
         if static:
-            return {"result": f"static entry kept on {current}", **current}
-        return {"result": f"move from {current} to port {port.spec.name}", **current}
+            return {"result": f"static entry kept on {_where(current)}", **current}
+        return {"result": f"move from {_where(current)} to port {port.spec.name}", **current}
 
     def _describe_out(self, out: int) -> dict[str, Any]:
         for p in self._ports.values():

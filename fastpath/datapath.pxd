@@ -130,6 +130,7 @@ cdef class Datapath:
     cdef uint8_t *bufmem
     cdef frame_t frames[BATCH]
     cdef bint running
+    cdef int64_t busy_poll_ns
 
     # VXLAN
     cdef peer_t *peers

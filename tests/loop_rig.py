@@ -13,8 +13,10 @@ from fastpath import Datapath
 
 
 class LoopRig:
-    def __init__(self, max_ports: int = 64, mac_table_size: int = 1024, mac_aging_s: float = 300.0) -> None:
-        self.dp = Datapath(max_ports=max_ports, mac_table_size=mac_table_size, mac_aging_s=mac_aging_s)
+    def __init__(self, max_ports: int = 64, mac_table_size: int = 1024, mac_aging_s: float = 300.0,
+                 busy_poll_us: int = 0) -> None:
+        self.dp = Datapath(max_ports=max_ports, mac_table_size=mac_table_size, mac_aging_s=mac_aging_s,
+                           busy_poll_us=busy_poll_us)
         self.ends: dict[int, socket.socket] = {}  # port index -> the test's end
         self._switch_ends: dict[int, socket.socket] = {}
         self._thread = threading.Thread(target=self.dp.run, daemon=True)

@@ -9,9 +9,11 @@ from rawframes import BROADCAST, eth, mac
 MCAST = b"\x01\x00\x5e\x00\x00\x01"
 
 
-@pytest.fixture
-def rig():
-    r = LoopRig()
+@pytest.fixture(params=[0, 100], ids=["sleeping", "busy-polling"])
+def rig(request):
+    """Every loop test runs with the loop sleeping between frames and with it
+    busy-polling after traffic: the two must forward the same."""
+    r = LoopRig(busy_poll_us=request.param)
     yield r
     r.close()
 

@@ -188,11 +188,12 @@ class SwitchSettings:
     vxlan_src_port_max: int = 65535
     max_ports: int = 1024
     offloads: bool = True
+    busy_poll_us: int = 100
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str = "switch") -> SwitchSettings:
         allowed = {"mac_aging_s", "mac_table_size", "vtep_ip", "vxlan_port", "underlay_mtu",
-                   "vxlan_src_port_min", "vxlan_src_port_max", "max_ports", "offloads"}
+                   "vxlan_src_port_min", "vxlan_src_port_max", "max_ports", "offloads", "busy_poll_us"}
         check_keys(where, data, allowed, set())
         d = cls()
         lo = check_int(f"{where}.vxlan_src_port_min", data.get("vxlan_src_port_min", d.vxlan_src_port_min), 1, 65535)
@@ -214,6 +215,7 @@ class SwitchSettings:
             vxlan_src_port_min=lo,
             vxlan_src_port_max=hi,
             offloads=offloads,
+            busy_poll_us=check_int(f"{where}.busy_poll_us", data.get("busy_poll_us", d.busy_poll_us), 0, 100_000),
             max_ports=check_int(f"{where}.max_ports", data.get("max_ports", d.max_ports), 2, 65000),
         )
 

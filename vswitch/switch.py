@@ -72,6 +72,7 @@ class Switch:
             max_ports=settings.max_ports,
             mac_table_size=settings.mac_table_size,
             mac_aging_s=float(settings.mac_aging_s),
+            busy_poll_us=settings.busy_poll_us,
         )
         self._networks: dict[str, _Network] = {}
         self._free_net_ids = list(range(4096, 0, -1))

@@ -1,9 +1,12 @@
-"""GET /v1/stats latency over vswitchd's control socket, idle and while the loop forwards at full rate.
+"""GET /v1/stats latency over vswitchd's control socket, idle and while the loop forwards at full rate;
+and what Prometheus scrapes cost the loop.
 
     .venv/bin/python bench/api_latency.py [--quick] [--json OUT]     (as root; needs iperf3)
 
 Two containers on one vswitchd; the load is iperf3 -u -l 64 -b 0 from one to
-the other. Requests are sequential, one connection each (as vswitchctl does),
+the other. The scrape cost is that load run twice, once alone and once while
+/metrics is scraped 10 times a second (150 times Prometheus's default rate),
+comparing the frames delivered and the switch's CPU per frame. Requests are sequential, one connection each (as vswitchctl does),
 timed from connect to the decoded answer. bench/run.py calls measure() on its
 own vswitch topology and stores the result with the other figures.
 """
@@ -14,6 +17,7 @@ import json
 import statistics
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,37 @@ def timed_gets(sock: Path, count: int, deadline: float | None = None) -> list[fl
     return out
 
 
+SCRAPES_PER_S = 10  # 150 times Prometheus's default rate (one per 15 s)
+
+
+def scrapes(url: str, deadline: float) -> int:
+    """Scrape `url` SCRAPES_PER_S times a second until `deadline` (monotonic); returns how many."""
+    n = 0
+    start = time.monotonic()
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            r.read()
+        n += 1
+        time.sleep(max(0.0, start + n / SCRAPES_PER_S - time.monotonic()))
+    return n
+
+
+def scrape_cost(runner: Runner, seconds: float) -> dict[str, Any]:
+    url = runner.topo.metrics_url
+    assert url is not None, "the topology has no vswitchd metrics address"
+    alone = runner.udp(seconds)
+    scraped = runner.udp(seconds, busy=lambda end: scrapes(url, end))
+    n = scraped.pop("busy")
+    return {
+        "scrapes": n,
+        "scrapes_per_s": n / seconds,
+        "delivered_pps_alone": alone["delivered_pps"],
+        "delivered_pps_scraped": scraped["delivered_pps"],
+        "cpu_us_per_frame_alone": alone.get("cpu_us_per_frame"),
+        "cpu_us_per_frame_scraped": scraped.get("cpu_us_per_frame"),
+    }
+
+
 def summary(ms: list[float]) -> dict[str, Any]:
     s = sorted(ms)
     return {"requests": len(s), "p50_ms": percentile(s, 50), "p99_ms": percentile(s, 99), "max_ms": s[-1],
@@ -56,7 +91,8 @@ def measure(runner: Runner, seconds: float) -> dict[str, Any]:
     loaded = summary(run.pop("busy"))
     return {"idle": idle, "under_load": {**loaded, "load_delivered_pps": run["delivered_pps"],
                                          "load_offered_pps": run["offered_pps"],
-                                         "switch_cpu_util": run.get("switch_cpu_util")}}
+                                         "switch_cpu_util": run.get("switch_cpu_util")},
+            "scrape_cost": scrape_cost(runner, seconds)}
 
 
 def report(res: dict[str, Any]) -> str:
@@ -67,6 +103,10 @@ def report(res: dict[str, Any]) -> str:
     ld = res["under_load"]
     lines.append(f"load: {ld['load_delivered_pps'] / 1e3:.0f}k 64-byte frames/s delivered "
                  f"({ld['load_offered_pps'] / 1e3:.0f}k/s offered)")
+    sc = res.get("scrape_cost")
+    if sc:
+        lines.append(f"scrapes: {sc['scrapes_per_s']:.0f}/s; frames/s delivered "
+                     f"{sc['delivered_pps_alone'] / 1e3:.0f}k alone, {sc['delivered_pps_scraped'] / 1e3:.0f}k scraped")
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ each host carries the containers' frames as VXLAN, VNI 100, UDP 4789.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -38,6 +39,7 @@ class Topo:
     server_ip: str
     switch_pids: list[int] = field(default_factory=list)  # empty: the switch is the kernel
     api_socket: Path | None = None  # vswitchd's, for the API latency figures
+    metrics_url: str | None = None  # vswitchd's /metrics, for the scrape cost figure
     notes: list[str] = field(default_factory=list)
 
 
@@ -73,6 +75,12 @@ def port_toml(name: str, ns: Netns, i: int | None = None, ifname: str = "eth0") 
     return toml("[[port]]", items)
 
 
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None) -> tuple[subprocess.Popen, Path]:
     """vswitchd with this config (in `host`'s namespace if given); returns once its API answers,
     which the daemon does only after every configured port is attached."""
@@ -80,8 +88,10 @@ def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None) 
     d.mkdir()
     (d / "vswitch.toml").write_text(config)
     sock = d / "api.sock"
+    metrics = "127.0.0.1:0" if host else f"127.0.0.1:{free_tcp_port()}"
+    (d / "metrics").write_text(metrics)
     argv = [str(VENV_PY), "-m", "vswitch", "--config", str(d / "vswitch.toml"), "--api-socket", str(sock),
-            "--state-dir", str(d / "state"), "--metrics", "127.0.0.1:0", "--log-level", "warning"]
+            "--state-dir", str(d / "state"), "--metrics", metrics, "--log-level", "warning"]
     proc = lab.spawn(name, host.cmd(*argv) if host else argv)
     client = Client(sock, timeout=5.0)
 
@@ -103,7 +113,8 @@ def vswitch_same_host(lab: Lab, switch: dict[str, object] | None = None) -> Topo
     proc, sock = start_vswitchd(lab, "vswitchd", config)
     for c in (c1, c2):
         c.ip("link", "set", "eth0", "up")
-    return Topo(c1, c2, f"{NET}2", [proc.pid], api_socket=sock)
+    metrics = (sock.parent / "metrics").read_text()
+    return Topo(c1, c2, f"{NET}2", [proc.pid], api_socket=sock, metrics_url=f"http://{metrics}/metrics")
 
 
 # ---- Open vSwitch, userspace datapath -----------------------------------------------------

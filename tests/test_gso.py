@@ -20,6 +20,7 @@ from scapy.packet import Raw
 
 import fastpath.gso
 from fastpath.gso import HEADROOM, SEG_ROOM, segment
+from rawframes import ones_sum
 
 VNET_F_NEEDS_CSUM = 1
 GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4 = 1, 3, 4, 5
@@ -34,15 +35,6 @@ SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[Healt
 def vnet(gso_type: int, gso_size: int, hdr_len: int, csum_start: int, csum_offset: int,
          flags: int = VNET_F_NEEDS_CSUM) -> bytes:
     return struct.pack("<BBHHHHH", flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, 0)
-
-
-def ones_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 def pseudo_header(version: int, addrs: bytes, proto: int, l4_len: int) -> bytes:

@@ -39,6 +39,7 @@ from scapy.utils import rdpcap
 
 from tests.harness.agent import Agent
 from tests.harness.daemon import REPO_ROOT, Vswitchd, free_port
+from tests.harness.lan import IFNAME, Host, port_mac
 from tests.harness.frames import has_token, marked_frame, new_token
 from tests.harness.netns import Netns
 from tests.harness.wait import wait_until
@@ -48,7 +49,6 @@ from vswitch.eventlog import EventLog
 
 pytestmark = pytest.mark.root
 
-IFNAME = "eth0"
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 VNI = 100
 PEER_IP = "127.0.0.2"  # the fake remote VTEP of network blue
@@ -102,10 +102,6 @@ EXPECTED_METRICS = {
 }
 
 
-def port_mac(port: str) -> str:
-    return f"02:00:00:00:00:{int(port[1:]):02x}"
-
-
 # --- the fake peer -------------------------------------------------------------------
 
 
@@ -151,30 +147,6 @@ class PeerSocket:
 
 
 # --- the LAN -------------------------------------------------------------------------
-
-
-@dataclass
-class Host:
-    port: str
-    network: str
-    ns: Netns
-    agent: Agent
-
-    @property
-    def mac(self) -> str:
-        return port_mac(self.port)
-
-    def frame(self, dst: str, token: str, **kw: Any) -> bytes:
-        return marked_frame(kw.pop("src", self.mac), dst, token, **kw)
-
-    def send(self, *frames: bytes) -> None:
-        self.agent.send(IFNAME, list(frames))
-
-    def wait(self, token: str, count: int = 1, timeout: float = 10.0) -> list[bytes]:
-        return self.agent.wait_frames(IFNAME, has_token(token), count=count, timeout=timeout)
-
-    def seen(self, token: str) -> list[bytes]:
-        return [f for f in self.agent.frames(IFNAME) if has_token(token)(f)]
 
 
 @dataclass

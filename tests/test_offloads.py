@@ -9,7 +9,7 @@ import pytest
 from tests.harness.hosts import lab  # noqa: F401  (fixture)
 
 from loop_rig import LoopRig
-from rawframes import BROADCAST, eth, mac
+from rawframes import BROADCAST, eth, mac, ones_sum
 
 VNET_F_NEEDS_CSUM = 1
 GSO_NONE, GSO_TCPV4 = 0, 1
@@ -17,15 +17,6 @@ GSO_NONE, GSO_TCPV4 = 0, 1
 
 def vnet(flags=0, gso=GSO_NONE, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0) -> bytes:
     return struct.pack("<BBHHHHH", flags, gso, hdr_len, gso_size, csum_start, csum_offset, 0)
-
-
-def ones_sum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 def udp_frame_with_partial_csum(payload: bytes) -> tuple[bytes, bytes]:

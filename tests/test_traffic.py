@@ -8,53 +8,22 @@ and the counters include it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import pytest
 
 from tests.harness.agent import Agent
-from tests.harness.frames import has_token, marked_frame, new_token
+from tests.harness.lan import IFNAME, Host, port_mac
+from tests.harness.frames import new_token
 from tests.harness.netns import Netns
 from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.root
 
-IFNAME = "eth0"
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 UNKNOWN_MAC = "02:00:00:00:0f:0f"
 # port -> network; p1..p3 share "blue", p4 is alone in "red".
 TOPOLOGY = {"p1": "blue", "p2": "blue", "p3": "blue", "p4": "red"}
-
-
-def port_mac(port: str) -> str:
-    return f"02:00:00:00:00:{int(port[1:]):02x}"
-
-
-@dataclass
-class Host:
-    """A port's namespace seen from inside: its interface, MAC and frame agent."""
-
-    port: str
-    network: str
-    ns: Netns
-    agent: Agent
-
-    @property
-    def mac(self) -> str:
-        return port_mac(self.port)
-
-    def frame(self, dst: str, token: str, **kw: Any) -> bytes:
-        return marked_frame(kw.pop("src", self.mac), dst, token, **kw)
-
-    def send(self, *frames: bytes) -> None:
-        self.agent.send(IFNAME, list(frames))
-
-    def wait(self, token: str, count: int = 1) -> list[bytes]:
-        return self.agent.wait_frames(IFNAME, has_token(token), count=count)
-
-    def seen(self, token: str) -> list[bytes]:
-        return [f for f in self.agent.frames(IFNAME) if has_token(token)(f)]
 
 
 class Lan:

@@ -1,0 +1,42 @@
+"""A port's namespace seen from inside, shared by the single-host traffic tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tests.harness.agent import Agent
+from tests.harness.frames import has_token, marked_frame
+from tests.harness.netns import Netns
+
+IFNAME = "eth0"
+
+
+def port_mac(port: str) -> str:
+    """The MAC the tests give port pN: 02:00:00:00:00:0N."""
+    return f"02:00:00:00:00:{int(port[1:]):02x}"
+
+
+@dataclass
+class Host:
+    """A port's namespace seen from inside: its interface, MAC and frame agent."""
+
+    port: str
+    network: str
+    ns: Netns
+    agent: Agent
+
+    @property
+    def mac(self) -> str:
+        return port_mac(self.port)
+
+    def frame(self, dst: str, token: str, **kw: Any) -> bytes:
+        return marked_frame(kw.pop("src", self.mac), dst, token, **kw)
+
+    def send(self, *frames: bytes) -> None:
+        self.agent.send(IFNAME, list(frames))
+
+    def wait(self, token: str, count: int = 1, timeout: float = 10.0) -> list[bytes]:
+        return self.agent.wait_frames(IFNAME, has_token(token), count=count, timeout=timeout)
+
+    def seen(self, token: str) -> list[bytes]:
+        return [f for f in self.agent.frames(IFNAME) if has_token(token)(f)]

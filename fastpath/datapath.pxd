@@ -22,6 +22,8 @@ cdef enum:
     GSO_SOCKETS = 16               # UDP sockets for kernel UDP segmentation, one per source port
     SOL_UDP = 17                   # <netinet/udp.h>
     UDP_SEGMENT = 103
+    UDP_GRO = 104
+    RX_CTRL_WORDS = 4              # room for one UDP_GRO control message per datagram
     UDP_GSO_MAX = 64               # segments per UDP_SEGMENT send (the kernel's limit is 64 or more)
     UDP_GSO_BYTES = 65000          # UDP payload per UDP_SEGMENT send (an IPv4 packet's limit, less headers)
     NO_PORT = 0xFFFFFFFF           # in_port of a frame that came from the tunnel
@@ -69,7 +71,8 @@ cdef enum:  # loop statistics
     LS_CSUM_COMPLETED = 8          # partial checksums completed in software
     LS_GRO_RUNS = 9                # super-frames rebuilt from tunnel segments
     LS_GRO_COALESCED = 10          # segments folded into them (beyond each run's first)
-    LS_GSO_ERRORS = 11             # GSO_ERRORS counters follow, by gso error
+    LS_UDP_GRO = 11                # datagrams that arrived coalesced by the kernel's UDP GRO
+    LS_GSO_ERRORS = 12             # GSO_ERRORS counters follow, by gso error
     LS_HIST = LS_GSO_ERRORS + GSO_ERRORS   # HIST_BUCKETS counters follow
     LS_COUNT = LS_HIST + HIST_BUCKETS
 
@@ -166,6 +169,7 @@ cdef class Datapath:
     cdef mmsghdr rxq[BATCH]
     cdef iovec rxiov[BATCH]
     cdef sockaddr_in rxaddr[BATCH]
+    cdef uint64_t rxctrl[BATCH][RX_CTRL_WORDS]
 
     cdef void _event(self, uint8_t kind, uint64_t key, uint32_t a, uint32_t b) noexcept nogil
     cdef void _learn(self, uint16_t network, const uint8_t *src, uint32_t out, int64_t now) noexcept nogil

@@ -23,6 +23,7 @@ from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_P
                                 mt_expired, mt_flush, mt_free, mt_init, mt_learn, mt_lookup, mt_peek,
                                 mt_set_static, mt_sweep)
 from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, CLOCK_REALTIME, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN,
+                                CMSG_NXTHDR,
                                 CMSG_SPACE, cmsghdr, htons, iovec, msghdr, sendmsg, writev, EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, EPOLL_CLOEXEC,
                                 EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, MSG_DONTWAIT,
                                 SO_ATTACH_FILTER, SOL_SOCKET, clock_gettime, close, epoll_create1, epoll_ctl,
@@ -542,28 +543,53 @@ cdef class Datapath:
         self.txq_len = 0
 
     cdef void _rx_tunnel(self, int64_t now) noexcept nogil:
-        cdef int n, k
-        cdef int reason
+        cdef int n, k, reason
+        cdef uint32_t total, seg, off, length, datagrams = 0
         cdef frame_t *f
+        cdef uint8_t *base
+        cdef cmsghdr *cm
+        cdef int gso_size
         for k in range(BATCH):
             self.rxq[k].msg_hdr.msg_namelen = sizeof(sockaddr_in)
             self.rxq[k].msg_hdr.msg_flags = 0
+            self.rxq[k].msg_hdr.msg_control = self.rxctrl[k]
+            self.rxq[k].msg_hdr.msg_controllen = sizeof(self.rxctrl[k])
         n = recvmmsg(self.vx_rx_fd, self.rxq, BATCH, MSG_DONTWAIT, NULL)
         if n <= 0:
             return
         for k in range(n):
             f = &self.frames[k]
-            f.in_port = NO_PORT
-            f.encap_vni = 0
-            memset(f.vnet, 0, VNET_HLEN)
-            memset(&f.vi, 0, sizeof(f.vi))
-            reason = self._decap(f, f.data - VXLAN_HLEN, self.rxq[k].msg_len, self.rxaddr[k].sin_addr.s_addr, now)
-            if reason != VX_OK:
-                self.vx_drops[reason] += 1
+            base = f.data - VXLAN_HLEN
+            total = self.rxq[k].msg_len
+            # With UDP GRO the kernel hands over several datagrams of one
+            # flow at once, laid end to end, each `seg` bytes but the last.
+            seg = total
+            cm = CMSG_FIRSTHDR(&self.rxq[k].msg_hdr)
+            while cm != NULL:
+                if cm.cmsg_level == SOL_UDP and cm.cmsg_type == UDP_GRO:
+                    memcpy(&gso_size, CMSG_DATA(cm), sizeof(int))
+                    if 0 < gso_size < <int>total:
+                        seg = <uint32_t>gso_size
+                        self.stats[LS_UDP_GRO] += (total + seg - 1) // seg
+                cm = CMSG_NXTHDR(&self.rxq[k].msg_hdr, cm)
+            off = 0
+            while off < total:
+                length = min(seg, total - off)
+                f.data = base + off + VXLAN_HLEN
+                f.in_port = NO_PORT
+                f.encap_vni = 0
+                memset(f.vnet, 0, VNET_HLEN)
+                memset(&f.vi, 0, sizeof(f.vi))
+                reason = self._decap(f, base + off, length, self.rxaddr[k].sin_addr.s_addr, now)
+                if reason != VX_OK:
+                    self.vx_drops[reason] += 1
+                off += length
+                datagrams += 1
+            f.data = base + VXLAN_HLEN  # the buffer's own place, for the next read into it
         self._gro_flush()
         self.stats[LS_BATCHES] += 1
-        self.stats[LS_HIST + hist_bucket(n)] += 1
-        self.stats[LS_FRAMES] += n
+        self.stats[LS_HIST + hist_bucket(datagrams)] += 1
+        self.stats[LS_FRAMES] += datagrams
 
     cdef int _decap(self, frame_t *f, const uint8_t *hdr, uint32_t length, uint32_t src, int64_t now) noexcept nogil:
         cdef uint16_t network
@@ -838,6 +864,7 @@ cdef class Datapath:
                 "csum_completed": self.stats[LS_CSUM_COMPLETED],
                 "gro_superframes": self.stats[LS_GRO_RUNS],
                 "gro_coalesced": self.stats[LS_GRO_COALESCED],
+                "udp_gro_datagrams": self.stats[LS_UDP_GRO],
                 "gso_errors": {GSO_ERROR_NAMES[e]: self.stats[LS_GSO_ERRORS + e] for e in range(1, GSO_ERRORS)},
             },
             "running": bool(self.running),

@@ -96,6 +96,7 @@ cdef extern from "<sys/socket.h>" nogil:
         int cmsg_level
         int cmsg_type
     cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
+    cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
     unsigned char *CMSG_DATA(cmsghdr *cmsg)
     size_t CMSG_LEN(size_t length)
     size_t CMSG_SPACE(size_t length)

@@ -1,6 +1,8 @@
 # cython: language_level=3
 """Ethernet II / 802.1Q parsing. See frame.pxd."""
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
+
+from fastpath.inet cimport csum_add, csum_store
 
 DROP_NAMES = ("none", "runt", "too_big", "src_multicast", "vlan_tagged", "same_port", "tunnel_mtu", "bad_vnet_hdr",
               "gso_unsupported")
@@ -62,20 +64,8 @@ cdef bint parse_vnet(const uint8_t *hdr, uint32_t frame_len, vnet_info *out) noe
 cdef void complete_csum(uint8_t *frame, uint32_t length, const vnet_info *v) noexcept nogil:
     """Finish a partial checksum in software (RFC 1071): the field already
     holds the pseudo-header sum; add the bytes from csum_start to the end."""
-    cdef uint64_t s = 0
-    cdef uint32_t i = v.csum_start
-    while i + 1 < length:
-        s += (<uint32_t>frame[i] << 8) | frame[i + 1]
-        i += 2
-    if i < length:
-        s += <uint32_t>frame[i] << 8
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    s = ~s & 0xFFFF
-    if s == 0 and v.csum_offset == 6:
-        s = 0xFFFF  # RFC 768: a UDP checksum that computes to zero is sent as all ones
-    frame[v.csum_start + v.csum_offset] = (s >> 8) & 0xFF
-    frame[v.csum_start + v.csum_offset + 1] = s & 0xFF
+    csum_store(frame + v.csum_start + v.csum_offset,
+               csum_add(0, frame + v.csum_start, length - v.csum_start), v.csum_offset == 6)
 
 
 def parse(bytes frame, uint32_t mtu=1500) -> dict:

@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
 from fastpath.frame cimport (ETH_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_HLEN, load_be16)
+from fastpath.inet cimport csum_add, csum_fold, csum_pseudo, csum_store, load_be32, store_be16
 
 cdef enum:
     TCP_FIN = 0x01
@@ -13,35 +14,9 @@ cdef enum:
     TCP_ACK = 0x10
 
 
-cdef inline uint32_t load_be32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline void store_be16(uint8_t *p, uint16_t v) noexcept nogil:
-    p[0] = v >> 8
-    p[1] = v & 0xFF
-
-
-cdef inline uint64_t sum16(const uint8_t *p, uint32_t n) noexcept nogil:
-    cdef uint64_t s = 0
-    cdef uint32_t i = 0
-    while i + 1 < n:
-        s += (<uint32_t>p[i] << 8) | p[i + 1]
-        i += 2
-    if i < n:
-        s += <uint32_t>p[i] << 8
-    return s
-
-
-cdef inline uint16_t fold(uint64_t s) noexcept nogil:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return <uint16_t>s
-
-
 cdef inline uint64_t pseudo_sum(const uint8_t *ip, uint32_t tcp_len) noexcept nogil:
     # RFC 793 pseudo-header: source and destination address, protocol, TCP length.
-    return sum16(ip + 12, 8) + 6 + tcp_len
+    return csum_pseudo(csum_add(0, ip + 12, 8), 6, tcp_len)
 
 
 cdef uint32_t _headers(const uint8_t *f, uint32_t length) noexcept nogil:
@@ -63,7 +38,7 @@ cdef uint32_t _headers(const uint8_t *f, uint32_t length) noexcept nogil:
     if (ip[ihl + 13] & ~(TCP_ACK | TCP_PSH)) or not (ip[ihl + 13] & TCP_ACK):
         return 0  # SYN, FIN, RST, URG, ECE, CWR: the kernel must see these alone
     # The checksum must verify: the merged frame's partial checksum is trusted.
-    if fold(pseudo_sum(ip, length - ETH_HLEN - ihl) + sum16(ip + ihl, length - ETH_HLEN - ihl)) != 0xFFFF:
+    if csum_fold(csum_add(pseudo_sum(ip, length - ETH_HLEN - ihl), ip + ihl, length - ETH_HLEN - ihl)) != 0xFFFF:
         return 0
     return hdr
 
@@ -123,18 +98,20 @@ cdef uint32_t gro_finish(gro_state *g, uint8_t *vnet) noexcept nogil:
     cdef uint8_t *ip = g.buf + ETH_HLEN
     cdef uint32_t ihl = (ip[0] & 0x0F) * 4
     cdef uint32_t length = g.len
+    cdef uint16_t partial
     memset(vnet, 0, VNET_HLEN)
     g.len = 0
     if g.nseg < 2:
         return length
     store_be16(ip + 2, <uint16_t>(length - ETH_HLEN))
     store_be16(ip + 10, 0)
-    store_be16(ip + 10, ~fold(sum16(ip, ihl)) & 0xFFFF)
+    csum_store(ip + 10, csum_add(0, ip, ihl), False)
     if g.psh:
         ip[ihl + 13] |= TCP_PSH
     # CHECKSUM_PARTIAL: the field holds the pseudo-header sum; the receiver
     # (or anyone segmenting it again) finishes the sum over the segment.
-    store_be16(ip + ihl + 16, fold(pseudo_sum(ip, length - ETH_HLEN - ihl)))
+    partial = csum_fold(pseudo_sum(ip, length - ETH_HLEN - ihl))
+    memcpy(ip + ihl + 16, &partial, 2)  # host order, like every sum here
     vnet[0] = VNET_F_NEEDS_CSUM
     vnet[1] = VNET_GSO_TCPV4
     vnet[2] = g.hdr_len & 0xFF

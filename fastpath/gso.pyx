@@ -8,6 +8,7 @@ from fastpath.frame cimport (
     ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, VLAN_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_TCPV4, VNET_GSO_TCPV6,
     VNET_GSO_UDP_L4, VNET_HLEN, load_be16, parse_vnet, vnet_info,
 )
+from fastpath.inet cimport csum_add, csum_pseudo, csum_store, load_be32, store_be16, store_be32
 
 GSO_ERROR_NAMES = ("none", "unsupported", "malformed", "too_many")
 assert len(GSO_ERROR_NAMES) == GSO_ERRORS
@@ -31,55 +32,6 @@ cdef enum:
     TCP_CWR = 0x80
 
 
-cdef inline void _store_be16(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = (v >> 8) & 0xFF
-    p[1] = v & 0xFF
-
-
-cdef inline uint32_t _load_be32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
-
-
-cdef inline void _store_be32(uint8_t *p, uint32_t v) noexcept nogil:
-    p[0] = v >> 24
-    p[1] = (v >> 16) & 0xFF
-    p[2] = (v >> 8) & 0xFF
-    p[3] = v & 0xFF
-
-
-# The Internet checksum (RFC 1071) summed in host order, 8 bytes at a time.
-# Section 2(B): the one's complement sum is byte-order independent, so a sum
-# of host-order words folded to 16 bits and stored back in host order is the
-# big-endian checksum. Section 2(C): wider words with end-around carry fold to
-# the same 16-bit sum. Every piece summed must start at an even offset of the
-# checksummed data, which holds for headers, pseudo-headers and the payload.
-
-cdef inline uint64_t _sum(uint64_t s, const uint8_t *p, uint32_t n) noexcept nogil:
-    cdef uint64_t w
-    while n >= 8:
-        memcpy(&w, p, 8)  # an unaligned load, without casting the pointer
-        s += w
-        s += s < w        # end-around carry
-        p += 8
-        n -= 8
-    if n:
-        w = 0
-        memcpy(&w, p, n)  # an odd last byte pairs with a zero, as the RFC pads it
-        s += w
-        s += s < w
-    return s
-
-
-cdef inline void _store_csum(uint8_t *field, uint64_t s, bint udp) noexcept nogil:
-    cdef uint16_t c
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    c = ~s & 0xFFFF
-    if udp and c == 0:
-        c = 0xFFFF  # RFC 768: a UDP checksum that computes to zero is sent as all ones
-    memcpy(field, &c, 2)
-
-
 cdef inline uint64_t _slot(uint32_t seg_len) noexcept nogil:
     return (<uint64_t>GSO_HEADROOM + seg_len + GSO_SLOT_ALIGN - 1) & ~(<uint64_t>GSO_SLOT_ALIGN - 1)
 
@@ -93,7 +45,6 @@ cdef int gso_segment(const uint8_t *frame, uint32_t length, const vnet_info *v, 
     cdef bint v4
     cdef const uint8_t *ip
     cdef uint8_t *d
-    cdef uint8_t ph[4]
     cdef uint64_t need, addr_sum, s, pos = 0
 
     if v.gso_type == VNET_GSO_TCPV4 or v.gso_type == VNET_GSO_TCPV6:
@@ -124,7 +75,7 @@ cdef int gso_segment(const uint8_t *frame, uint32_t length, const vnet_info *v, 
             return -GSO_ERR_MALFORMED
         proto = ip[9]
         ip_id = load_be16(ip + 4)
-        addr_sum = _sum(0, ip + 12, 8)
+        addr_sum = csum_add(0, ip + 12, 8)
     elif ethertype == ETH_P_IPV6:
         if length < l2 + IPV6_HLEN or ip[0] >> 4 != 6:
             return -GSO_ERR_MALFORMED
@@ -132,7 +83,7 @@ cdef int gso_segment(const uint8_t *frame, uint32_t length, const vnet_info *v, 
         l3 = IPV6_HLEN
         ip_len = IPV6_HLEN + load_be16(ip + 4)  # a jumbogram's 0 fails the length checks below
         proto = ip[6]
-        addr_sum = _sum(0, ip + 8, 32)
+        addr_sum = csum_add(0, ip + 8, 32)
     else:
         return -GSO_ERR_UNSUPPORTED
     if proto != IPPROTO_TCP and proto != IPPROTO_UDP:
@@ -152,7 +103,7 @@ cdef int gso_segment(const uint8_t *frame, uint32_t length, const vnet_info *v, 
         if thl < TCP_MIN_HLEN or l3 + thl > ip_len:
             return -GSO_ERR_MALFORMED
         csum_off = TCP_CSUM_OFF
-        seq = _load_be32(frame + l4 + 4)
+        seq = load_be32(frame + l4 + 4)
         flags = frame[l4 + 13]
     else:
         thl = UDP_HLEN
@@ -183,17 +134,17 @@ cdef int gso_segment(const uint8_t *frame, uint32_t length, const vnet_info *v, 
         memcpy(d + hlen, frame + hlen + <uint64_t>i * mss, chunk)
 
         if v4:
-            _store_be16(d + l2 + 2, l3 + thl + chunk)
+            store_be16(d + l2 + 2, l3 + thl + chunk)
             # Every segment gets the next ID, as the kernel does for TSO
             # (inet_gso_segment without SKB_GSO_TCP_FIXEDID).
-            _store_be16(d + l2 + 4, <uint16_t>(ip_id + i))
+            store_be16(d + l2 + 4, <uint16_t>(ip_id + i))
             d[l2 + 10] = d[l2 + 11] = 0
-            _store_csum(d + l2 + 10, _sum(0, d + l2, l3), False)
+            csum_store(d + l2 + 10, csum_add(0, d + l2, l3), False)
         else:
-            _store_be16(d + l2 + 4, thl + chunk)
+            store_be16(d + l2 + 4, thl + chunk)
 
         if proto == IPPROTO_TCP:
-            _store_be32(d + l4 + 4, seq + i * mss)  # wraps mod 2^32 like the sequence space
+            store_be32(d + l4 + 4, seq + i * mss)  # wraps mod 2^32 like the sequence space
             # tcp_gso_segment: FIN and PSH stay on the last segment only, CWR
             # on the first only.
             d[l4 + 13] = flags
@@ -202,15 +153,12 @@ cdef int gso_segment(const uint8_t *frame, uint32_t length, const vnet_info *v, 
             if i > 0:
                 d[l4 + 13] &= ~TCP_CWR
         else:
-            _store_be16(d + l4 + 4, UDP_HLEN + chunk)
+            store_be16(d + l4 + 4, UDP_HLEN + chunk)
 
         d[l4 + csum_off] = d[l4 + csum_off + 1] = 0
-        ph[0] = 0
-        ph[1] = proto
-        _store_be16(ph + 2, thl + chunk)  # the pseudo-header's upper-layer length (RFC 793, RFC 8200 8.1)
-        s = _sum(addr_sum, ph, 4)
-        s = _sum(s, d + l4, thl + chunk)
-        _store_csum(d + l4 + csum_off, s, proto == IPPROTO_UDP)
+        s = csum_pseudo(addr_sum, proto, thl + chunk)
+        s = csum_add(s, d + l4, thl + chunk)
+        csum_store(d + l4 + csum_off, s, proto == IPPROTO_UDP)
     return <int>nseg
 
 

@@ -12,6 +12,7 @@ from scapy.layers.l2 import Ether
 
 from fastpath.gro import coalesce
 from fastpath.gso import segment
+from rawframes import ones_sum
 
 NO_VNET = bytes(12)
 
@@ -45,6 +46,14 @@ def test_a_run_coalesces_into_one_superframe_that_segments_back_exactly(n, mss, 
     assert hdr_len == 14 + 20 + 32
     assert frame[hdr_len:] == b"".join(s[hdr_len:] for s in segs)
     assert segment(frame, vnet) == segs
+    # The partial checksum, completed as a receiver would, is the TCP checksum.
+    ip, tcp = frame[14:34], frame[csum_start:]
+    completed = ~ones_sum(tcp) & 0xFFFF
+    expected = Ether(frame)
+    del expected[TCP].chksum
+    assert completed == Ether(bytes(expected))[TCP].chksum
+    assert struct.unpack("!H", frame[csum_start + 16:csum_start + 18])[0] == ones_sum(
+        ip[12:20] + struct.pack("!HH", 6, len(tcp)))
 
 
 def test_psh_ends_a_run_and_is_kept():

@@ -58,10 +58,14 @@ HIST_BOUNDS = (1, 3, 7, 15, 31, 63)   # upper bound of each frames-per-batch buc
 PORT_STATES = ("free", "up", "dead")
 
 
-cdef inline int64_t now_ms() noexcept nogil:
+cdef inline int64_t now_ns() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000 + ts.tv_nsec // 1000000
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline int64_t now_ms() noexcept nogil:
+    return now_ns() // 1000000
 
 
 def drop_all_input(int fd) -> None:
@@ -75,12 +79,6 @@ def drop_all_input(int fd) -> None:
     prog.filter = drop_all
     if setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0:
         raise OSError(errno, f"cannot attach a filter to fd {fd}: {os.strerror(errno)}")
-
-
-cdef inline int64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef inline uint32_t hist_bucket(uint32_t n) noexcept nogil:
@@ -217,23 +215,24 @@ cdef class Datapath:
         cdef uint64_t tag, drain
         cdef uint32_t idx
         cdef bint stopping = False
-        cdef int64_t now, last_sweep = now_ms()
+        cdef int64_t t, now, last_sweep = now_ms()
         cdef int64_t spin_until = 0
+        cdef int timeout = SWEEP_INTERVAL_MS
         while not stopping:
+            n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
+            if n < 0 and errno != EINTR:
+                break
+            t = now_ns()
+            now = t // 1000000
             # Busy polling: for busy_poll_ns after traffic, poll instead of
             # sleeping, so the next frame of a conversation does not wait for
             # this thread to be woken up (the larger part of a hop's latency
             # on a small VM). Idle, the loop sleeps as usual.
-            n = epoll_wait(self.epfd, events, MAX_EVENTS, 0 if spin_until and now_ns() < spin_until else SWEEP_INTERVAL_MS)
-            if n < 0 and errno != EINTR:
-                break
-            now = now_ms()
-            if n <= 0 and now - last_sweep < SWEEP_INTERVAL_MS:
-                if spin_until and now_ns() >= spin_until:
-                    spin_until = 0
-                continue
             if n > 0 and self.busy_poll_ns:
-                spin_until = now_ns() + self.busy_poll_ns
+                spin_until = t + self.busy_poll_ns
+            timeout = 0 if t < spin_until else SWEEP_INTERVAL_MS
+            if n <= 0 and now - last_sweep < SWEEP_INTERVAL_MS:
+                continue  # nothing to do: the lock is not taken
             pthread_mutex_lock(&self.lock)
             self.stats[LS_WAKEUPS] += 1
             for i in range(n):

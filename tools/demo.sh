@@ -9,17 +9,9 @@
 # did not do what it should.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PY=$ROOT/.venv/bin/python
-CTL=$ROOT/.venv/bin/vswitchctl
-START_DEADLINE_S=30
-STOP_DEADLINE_S=10
-
-die() { echo "demo: $*" >&2; exit 1; }
-
-[ "$(id -u)" -eq 0 ] || die "must run as root (it creates network namespaces and TAP devices)"
-command -v ping >/dev/null || die "ping not found; run 'make deps'"
-{ [ -x "$PY" ] && [ -x "$CTL" ]; } || die "$ROOT/.venv is not built; run 'make build'"
+DEMO=demo
+# shellcheck source=tools/demo_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/demo_lib.sh"
 
 work=$(mktemp -d /tmp/vsdemo.XXXXXX)
 sock=$work/vswitch.sock
@@ -30,17 +22,7 @@ namespaces=()
 cleanup() {
     local rc=$?
     set +e
-    if [ -n "$daemon_pid" ] && kill -0 "$daemon_pid" 2>/dev/null; then
-        kill -TERM "$daemon_pid"
-        local deadline=$((SECONDS + STOP_DEADLINE_S))
-        while kill -0 "$daemon_pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-        if kill -0 "$daemon_pid" 2>/dev/null; then
-            echo "demo: vswitchd (pid $daemon_pid) ignored SIGTERM for ${STOP_DEADLINE_S}s; killing it" >&2
-            kill -KILL "$daemon_pid"
-            rc=1
-        fi
-        wait "$daemon_pid" 2>/dev/null
-    fi
+    if [ -n "$daemon_pid" ]; then stop_daemon "$daemon_pid" || rc=1; fi
     # The daemon's TAP fds are closed now, so deleting a namespace also
     # deletes the (persistent) TAP interface inside it.
     for ns in "${namespaces[@]}"; do ip netns del "$ns"; done

@@ -9,17 +9,9 @@
 # Exits non-zero when a ping across the tunnel fails.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PY=$ROOT/.venv/bin/python
-CTL=$ROOT/.venv/bin/vswitchctl
-START_DEADLINE_S=30
-STOP_DEADLINE_S=10
-
-die() { echo "demo-vxlan: $*" >&2; exit 1; }
-
-[ "$(id -u)" -eq 0 ] || die "must run as root (it creates network namespaces and TAP devices)"
-command -v ping >/dev/null || die "ping not found; run 'make deps'"
-{ [ -x "$PY" ] && [ -x "$CTL" ]; } || die "$ROOT/.venv is not built; run 'make build'"
+DEMO=demo-vxlan
+# shellcheck source=tools/demo_lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/demo_lib.sh"
 
 work=$(mktemp -d /tmp/vsvxdemo.XXXXXX)
 tag=$$
@@ -29,13 +21,7 @@ pids=()
 cleanup() {
     local rc=$?
     set +e
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-    for pid in "${pids[@]}"; do
-        local deadline=$((SECONDS + STOP_DEADLINE_S))
-        while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
-        kill -0 "$pid" 2>/dev/null && { kill -KILL "$pid"; rc=1; }
-        wait "$pid" 2>/dev/null
-    done
+    for pid in "${pids[@]}"; do stop_daemon "$pid" || rc=1; done
     for ns in "${namespaces[@]}"; do ip netns del "$ns"; done
     rm -rf "$work"
     exit "$rc"

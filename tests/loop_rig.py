@@ -22,14 +22,14 @@ class LoopRig:
         self._thread = threading.Thread(target=self.dp.run, daemon=True)
         self._thread.start()
 
-    def add_port(self, network: int, mtu: int = 1500) -> int:
+    def add_port(self, network: int, mtu: int = 1500, vnet_hdr: bool = False) -> int:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         # Room for a burst of large frames, so writes do not fail on a full buffer.
         for s in (ours, theirs):
             s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        idx = self.dp.add_port(theirs.fileno(), network, mtu)
+        idx = self.dp.add_port(theirs.fileno(), network, mtu, vnet_hdr)
         self.ends[idx] = ours
         self._switch_ends[idx] = theirs
         return idx

@@ -43,7 +43,7 @@ def rig():
 
 
 def test_vnet_frames_pass_between_vnet_ports_header_and_all(rig):
-    va, vb = _vnet_port(rig, 1), _vnet_port(rig, 1)
+    va, vb = rig.add_port(1, vnet_hdr=True), rig.add_port(1, vnet_hdr=True)
     hdr = vnet(VNET_F_NEEDS_CSUM, GSO_TCPV4, hdr_len=54, gso_size=1448, csum_start=34, csum_offset=16)
     superframe = eth(BROADCAST, mac(1), ethertype=0x0800) + bytes(40) + bytes(range(256)) * 200  # > MTU
     rig.send(va, hdr + superframe)
@@ -52,23 +52,9 @@ def test_vnet_frames_pass_between_vnet_ports_header_and_all(rig):
     assert c["rx_bytes"] == len(superframe) and sum(c["drops"].values()) == 0
 
 
-def _vnet_port(rig: LoopRig, network: int) -> int:
-    import socket
-
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    ours.setblocking(False)
-    for s in (ours, theirs):
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-    idx = rig.dp.add_port(theirs.fileno(), network, 1500, True)
-    rig.ends[idx] = ours
-    rig._switch_ends[idx] = theirs
-    return idx
-
-
 def test_partial_checksum_is_completed_for_a_plain_port_and_header_added_for_a_vnet_one(rig):
-    src, plain = _vnet_port(rig, 1), rig.add_port(1)
-    other_vnet = _vnet_port(rig, 1)
+    src, plain = rig.add_port(1, vnet_hdr=True), rig.add_port(1)
+    other_vnet = rig.add_port(1, vnet_hdr=True)
     partial, full = udp_frame_with_partial_csum(b"payload!" * 10)
     hdr = vnet(VNET_F_NEEDS_CSUM, csum_start=34, csum_offset=6)
     rig.send(src, hdr + partial)
@@ -82,7 +68,7 @@ def test_partial_checksum_is_completed_for_a_plain_port_and_header_added_for_a_v
 
 
 def test_superframe_to_a_plain_port_is_dropped_and_counted(rig):
-    src, plain = _vnet_port(rig, 1), rig.add_port(1)
+    src, plain = rig.add_port(1, vnet_hdr=True), rig.add_port(1)
     hdr = vnet(VNET_F_NEEDS_CSUM, GSO_TCPV4, hdr_len=54, gso_size=1448, csum_start=34, csum_offset=16)
     rig.send(src, hdr + eth(BROADCAST, mac(1), ethertype=0x0800) + bytes(4000))
     assert rig.recv_all(plain) == []
@@ -100,7 +86,7 @@ def test_superframe_to_a_plain_port_is_dropped_and_counted(rig):
     ],
 )
 def test_lying_vnet_headers_are_dropped_and_counted(rig, hdr, why):
-    src, dst = _vnet_port(rig, 1), _vnet_port(rig, 1)
+    src, dst = rig.add_port(1, vnet_hdr=True), rig.add_port(1, vnet_hdr=True)
     frame = eth(BROADCAST, mac(1), ethertype=0x0800) + bytes(2000)
     rig.send(src, hdr + frame)
     assert rig.recv_all(dst) == [], why
@@ -111,7 +97,7 @@ def test_lying_vnet_headers_are_dropped_and_counted(rig, hdr, why):
 
 
 def test_frame_shorter_than_its_header_is_a_runt(rig):
-    src, dst = _vnet_port(rig, 1), _vnet_port(rig, 1)
+    src, dst = rig.add_port(1, vnet_hdr=True), rig.add_port(1, vnet_hdr=True)
     rig.send(src, b"\x00" * 5)
     assert rig.dp.port_counters(src)["drops"]["runt"] == 1
     assert rig.recv_all(dst) == []

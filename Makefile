@@ -10,9 +10,10 @@ BUILD := build
 # The one test command: README and .ci/run go through `make test` to reach it.
 PYTEST := $(VENV_PY) -m pytest -q -ra -p no:cacheprovider
 
-# Debian packages the tests and the demo use (ping, captures, and the
-# reference switches and Prometheus that later tests compare against).
-DEB_PACKAGES := iproute2 iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch
+# Debian packages the build, the tests and the demo use: liburing for the
+# loop's io_uring mode (linked statically), ping, captures, and the reference
+# switches and Prometheus that later tests compare against.
+DEB_PACKAGES := liburing-dev iproute2 iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch
 
 EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.h)
 # C files that cythonize writes beside each .pyx; their directives differ
@@ -75,7 +76,7 @@ $(EXT_STAMP): $(EDITABLE_STAMP) $(EXT_SOURCES)
 	echo release > $(MODE_FILE)
 	touch $@
 
-build: $(EXT_STAMP)
+build: deps $(EXT_STAMP)
 	cd / && $(abspath $(VENV_PY)) -c 'import fastpath.datapath, vswitch'
 
 # AddressSanitizer must be the first library loaded, so importing a debug

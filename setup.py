@@ -39,12 +39,17 @@ else:
 
 MODULES = ["mactable", "frame", "vxlan", "gso", "gro", "datapath"]
 
+# The loop's io_uring mode uses liburing (Debian: liburing-dev). It is linked
+# statically: the built extension then runs wherever the kernel has io_uring,
+# and falls back to poll mode where it has not, with no library to install.
+LINK_EXTRA = {"datapath": ["-l:liburing.a"]}
+
 extensions = [
     Extension(
         f"fastpath.{name}",
         [f"fastpath/{name}.pyx"],
         extra_compile_args=compile_args,
-        extra_link_args=link_args,
+        extra_link_args=link_args + LINK_EXTRA.get(name, []),
         define_macros=[("VSWITCH_DEBUG", "1" if DEBUG else "0")],
     )
     for name in MODULES

@@ -4,7 +4,8 @@ The control plane uses these names only; frames, table entries and counters
 stay C structures inside the extension modules. There is no pure-Python
 fallback: if the extensions are not built, importing fastpath fails.
 """
-from fastpath.datapath import HIST_BOUNDS, PEER_COUNTER_NAMES, PEER_FLAG, PORT_COUNTER_NAMES, VX_DROP_NAMES, Datapath
+from fastpath.datapath import (HIST_BOUNDS, IO_MODES, PEER_COUNTER_NAMES, PEER_FLAG, PORT_COUNTER_NAMES,
+                               URING_COUNTER_NAMES, VX_DROP_NAMES, Datapath, uring_unavailable)
 from fastpath.frame import DROP_NAMES
 from fastpath.mactable import MacTable, format_mac, parse_mac
 
@@ -13,6 +14,6 @@ DROP_REASONS = DROP_NAMES[1:]
 VXLAN_DROP_REASONS = VX_DROP_NAMES[1:]
 
 __all__ = [
-    "Datapath", "MacTable", "DROP_REASONS", "HIST_BOUNDS", "PEER_COUNTER_NAMES", "PEER_FLAG", "PORT_COUNTER_NAMES",
-    "VXLAN_DROP_REASONS", "format_mac", "parse_mac",
+    "Datapath", "MacTable", "DROP_REASONS", "HIST_BOUNDS", "IO_MODES", "PEER_COUNTER_NAMES", "PEER_FLAG",
+    "PORT_COUNTER_NAMES", "URING_COUNTER_NAMES", "VXLAN_DROP_REASONS", "format_mac", "parse_mac", "uring_unavailable",
 ]

@@ -7,6 +7,7 @@ from fastpath.gro cimport gro_state
 from fastpath.gso cimport GSO_ERRORS, seg_t
 from fastpath.mactable cimport mac_table
 from fastpath.posix_io cimport iovec, mmsghdr, pthread_mutex_t, sockaddr_in
+from fastpath.uring cimport io_uring, io_uring_buf_ring, io_uring_cqe, io_uring_sqe
 from fastpath.vxlan cimport VX_DROPS
 
 cdef enum:
@@ -28,6 +29,13 @@ cdef enum:
     UDP_GSO_BYTES = 65000          # UDP payload per UDP_SEGMENT send (an IPv4 packet's limit, less headers)
     NO_PORT = 0xFFFFFFFF           # in_port of a frame that came from the tunnel
     EV_RING = 4096                 # events kept for the control plane's log (oldest overwritten)
+    # io_uring mode
+    UR_SQ = 1024                   # submission queue entries
+    UR_CQ = 8192                   # completion queue entries (also the most handled per wakeup)
+    UR_BUFS = 512                  # provided buffers (default), BUF_SIZE each, shared by every port's read
+    UR_BGID = 1                    # their buffer group
+    UR_WQ = 4096                   # ring writes in flight between two retirements (power of 2)
+    UR_TUNNEL_ROUNDS = 8           # recvmmsg batches per tunnel wakeup before yielding to the ports
 
 cdef enum event_kind:
     EV_MAC_MOVED = 1               # a: old output, b: new output
@@ -59,6 +67,14 @@ cdef enum:  # peer counters: PE_COUNT per peer
     PE_TX_ERRORS = 4
     PE_COUNT = 8
 
+cdef enum:  # io_uring mode statistics
+    US_SUBMITS = 0                 # io_uring_enter calls that submit and/or wait
+    US_READ_REARMS = 1             # multishot reads armed again after they ended
+    US_BUFFER_RING_EMPTY = 2       # multishot reads ended because no provided buffer was left
+    US_STALE = 3                   # completions for a port removed while its read was in flight
+    US_WRITE_ERRORS = 4            # ring writes that failed (also in the port's tx_errors)
+    US_COUNT = 5
+
 cdef enum:  # loop statistics
     LS_WAKEUPS = 0
     LS_FRAMES = 1                  # frames fully handled (read, decided, written)
@@ -86,6 +102,7 @@ cdef struct port_t:
     uint8_t vnet                   # frames on this fd are led by a virtio-net header
     int cap_fd                     # capture socket, -1 when nobody captures
     uint8_t cap_dir                # CAP_IN | CAP_OUT
+    uint8_t nowait                 # its writes can be asked to fail rather than wait (RWF_NOWAIT)
 
 cdef enum:
     CAP_IN = 1
@@ -115,6 +132,24 @@ cdef struct frame_t:
     uint32_t encap_vni             # VNI whose headers sit in the headroom, 0: none yet
     vnet_info vi                   # offload state; all zero for a plain frame
     uint8_t vnet[VNET_HLEN]        # the header as read, written back in front for vnet ports
+    uint8_t ring                   # it sits in a provided buffer: local writes go through the ring
+    uint32_t queued                # ring writes of it not yet submitted: its bytes must not change
+
+cdef struct ring_port:             # a port as the ring sees it (loop thread only)
+    uint32_t armed_gen             # generation of the port whose read is armed
+    uint32_t slot_gen              # ...whose fd is in the fixed-file slot
+    uint8_t armed                  # a multishot read is in flight
+    uint8_t slot                   # the fixed-file slot holds the port's file
+    uint8_t cancelling             # cancelled reads whose last completion has not come yet
+    int rw_flags                   # for its writes: RWF_NOWAIT where the file supports it
+
+cdef struct ring_write:            # a queued write, accounted when retired
+    const uint8_t *data
+    uint32_t port
+    uint32_t gen
+    uint32_t len
+    uint8_t superframe
+    uint8_t failed
 
 
 cdef class Datapath:
@@ -171,11 +206,53 @@ cdef class Datapath:
     cdef sockaddr_in rxaddr[BATCH]
     cdef uint64_t rxctrl[BATCH][RX_CTRL_WORDS]
 
+    # io_uring mode: the ring is created, used and torn down by the loop thread
+    cdef bint uring
+    cdef bint ring_up
+    cdef int ring_error                   # errno of a failed ring set-up, for run() to raise
+    cdef io_uring ring
+    cdef io_uring_cqe **cqes
+    cdef io_uring_buf_ring *bring
+    cdef uint8_t *ubufs
+    cdef uint32_t n_bufs
+    cdef uint16_t *recycle                # buffers to give back once the writes that use them are submitted
+    cdef uint32_t n_recycle
+    cdef ring_port *rports
+    cdef ring_write *wq
+    cdef uint64_t wq_head                 # sequence number of the next queued write
+    cdef uint64_t wq_tail                 # ...of the oldest not yet retired
+    cdef frame_t rframes[BATCH]
+    cdef uint32_t n_rframes
+    cdef int ctl_efd                      # the control plane changed ports or the VTEP
+    cdef uint64_t ctl_seq                 # bumped by the control plane on every such change
+    cdef uint64_t ctl_seen                # ...as last reconciled by the loop
+    cdef uint64_t ctl_done                # ...once no cancelled read still holds a removed port's file
+    cdef uint32_t cancelling
+    cdef bint ctl_pending
+    cdef bint vx_armed
+    cdef bint tunnel_pending
+    cdef uint64_t ustats[US_COUNT]
+
     cdef void _event(self, uint8_t kind, uint64_t key, uint32_t a, uint32_t b) noexcept nogil
     cdef void _learn(self, uint16_t network, const uint8_t *src, uint32_t out, int64_t now) noexcept nogil
     cdef void _loop(self) noexcept nogil
     cdef void _rx_port(self, uint32_t idx, uint32_t events, int64_t now) noexcept nogil
-    cdef void _rx_tunnel(self, int64_t now) noexcept nogil
+    cdef int _rx_tunnel(self, int64_t now) noexcept nogil
+    cdef void _loop_uring(self) noexcept nogil
+    cdef int _ring_open(self) noexcept nogil
+    cdef void _ring_close(self) noexcept nogil
+    cdef void _ring_reconcile(self) noexcept nogil
+    cdef bint _ring_completions(self, uint32_t n, int64_t now) noexcept nogil
+    cdef void _ring_read(self, io_uring_cqe *cqe, int64_t now) noexcept nogil
+    cdef void _ring_forward(self, int64_t now) noexcept nogil
+    cdef void _ring_write(self, uint32_t idx, frame_t *f, const uint8_t *start, uint32_t length) noexcept nogil
+    cdef void _ring_mark_failures(self, uint32_t first, uint32_t n) noexcept nogil
+    cdef void _ring_retire(self) noexcept nogil
+    cdef void _ring_recycle(self) noexcept nogil
+    cdef void _ring_settle(self, frame_t *f) noexcept nogil
+    cdef void _ring_poll(self, int fd, uint64_t tag) noexcept nogil
+    cdef io_uring_sqe *_ring_sqe(self) noexcept nogil
+    cdef uint64_t _kick(self) noexcept nogil
     cdef void _forward(self, frame_t *f, int64_t now) noexcept nogil
     cdef int _decap(self, frame_t *f, const uint8_t *hdr, uint32_t length, uint32_t src, int64_t now) noexcept nogil
     cdef void _flood(self, frame_t *f, uint16_t network) noexcept nogil

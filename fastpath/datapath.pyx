@@ -13,7 +13,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
-from fastpath.frame cimport (DROP_BAD_VNET, DROP_GSO_UNSUPPORTED, DROP_NONE, DROP_REASONS, DROP_SAME_PORT,
+from fastpath.frame cimport (DROP_BAD_VNET, DROP_GSO_UNSUPPORTED, DROP_NONE, DROP_REASONS, DROP_RUNT, DROP_SAME_PORT,
                              DROP_TUNNEL_MTU, DROP_VLAN_TAGGED, ETH_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_HLEN,
                              complete_csum, drop_reason, eth_info, mac_is_group, parse_eth, parse_vnet)
 from fastpath.gro cimport gro_append, gro_finish, gro_start
@@ -24,12 +24,28 @@ from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_P
                                 mt_set_static, mt_sweep)
 from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, CLOCK_REALTIME, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN,
                                 CMSG_NXTHDR,
-                                CMSG_SPACE, cmsghdr, htons, iovec, msghdr, sendmsg, writev, EAGAIN, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, EPOLL_CLOEXEC,
+                                CMSG_SPACE, cmsghdr, htons, iovec, msghdr, sendmsg, writev, EAGAIN, ECANCELED,
+                                EFD_CLOEXEC, EFD_NONBLOCK, EINTR, ENOBUFS, EPOLL_CLOEXEC, POLLERR, POLLHUP, POLLIN,
+                                poll, pollfd, posix_memalign,
                                 EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, MSG_DONTWAIT,
                                 SO_ATTACH_FILTER, SOL_SOCKET, clock_gettime, close, epoll_create1, epoll_ctl,
                                 epoll_event, epoll_wait, errno, eventfd, pthread_mutex_destroy, pthread_mutex_init,
                                 pthread_mutex_lock, pthread_mutex_unlock, read, recvmmsg, sendmmsg, setsockopt,
                                 sock_filter, sock_fprog, sockaddr_in, timespec, write)
+from fastpath.uring cimport (IORING_CQE_BUFFER_SHIFT, IORING_CQE_F_BUFFER, IORING_CQE_F_MORE, IORING_FEAT_EXT_ARG,
+                             IORING_OP_READ_MULTISHOT, IORING_SETUP_CQSIZE, IORING_SETUP_DEFER_TASKRUN,
+                             IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_SUBMIT_ALL, IOSQE_BUFFER_SELECT,
+                             IOSQE_CQE_SKIP_SUCCESS, IOSQE_FIXED_FILE, RWF_NOWAIT, __kernel_timespec, io_uring,
+                             io_uring_buf_reg, io_uring_buf_ring, io_uring_buf_ring_add, io_uring_buf_ring_advance,
+                             io_uring_buf_ring_init, io_uring_buf_ring_mask, io_uring_cq_advance, io_uring_cqe,
+                             io_uring_free_probe, io_uring_get_probe_ring, io_uring_get_sqe,
+                             io_uring_opcode_supported, io_uring_params, io_uring_peek_batch_cqe,
+                             io_uring_prep_cancel64, io_uring_prep_poll_multishot, io_uring_prep_rw,
+                             io_uring_prep_write, io_uring_probe, io_uring_queue_exit, io_uring_queue_init_params,
+                             io_uring_register_buf_ring, io_uring_register_files_sparse,
+                             io_uring_register_files_update, io_uring_sqe, io_uring_sqe_set_data64,
+                             io_uring_sqe_set_flags, io_uring_submit, io_uring_submit_and_get_events,
+                             io_uring_submit_and_wait_timeout)
 from fastpath.vxlan cimport (UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORMED, VX_OK, VX_TRUNCATED,
                              VX_UNKNOWN_PEER, VX_UNKNOWN_VNI, VXLAN_FLAG_I, VXLAN_HLEN, VXLAN_IP_OVERHEAD,
                              flow_hash, udp_write, vxlan_vni, vxlan_write)
@@ -37,6 +53,8 @@ from fastpath.vxlan cimport (UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORME
 import ipaddress
 import os
 import socket
+import stat
+import time
 
 from fastpath.frame import DROP_NAMES
 from fastpath.mactable import format_mac, parse_mac
@@ -44,6 +62,22 @@ from fastpath.mactable import format_mac, parse_mac
 # epoll tags of the stop eventfd and the VXLAN socket; port tags are gen << 32 | index.
 cdef uint64_t TAG_STOP = 0xFFFFFFFFFFFFFFFFULL
 cdef uint64_t TAG_VXLAN = 0xFFFFFFFFFFFFFFFEULL
+
+# io_uring user_data: the kind in the top two bits. A port's read carries
+# its generation (30 bits) and index, a write its sequence number, a poll
+# which fd it watches. 0 marks completions nobody waits for (cancels).
+cdef uint64_t UD_KIND = 3ULL << 62
+cdef uint64_t UD_READ = 1ULL << 62
+cdef uint64_t UD_WRITE = 2ULL << 62
+cdef uint64_t UD_POLL = 3ULL << 62
+cdef uint32_t GEN_MASK = 0x3FFFFFFF
+cdef enum:
+    POLL_STOP = 0
+    POLL_CTL = 1
+    POLL_VXLAN = 2
+cdef uint32_t NO_BUFFER = 0xFFFFFFFF
+IO_MODES = ("poll", "uring")
+URING_COUNTER_NAMES = ("submits", "read_rearms", "buffer_ring_empty", "stale_completions", "write_errors")
 cdef uint32_t ENCAP_LEN = UDP_HLEN + VXLAN_HLEN
 
 PEER_FLAG = <uint32_t>OUT_PEER
@@ -81,6 +115,63 @@ def drop_all_input(int fd) -> None:
         raise OSError(errno, f"cannot attach a filter to fd {fd}: {os.strerror(errno)}")
 
 
+cdef inline uint64_t read_tag(uint32_t gen, uint32_t idx) noexcept nogil:
+    return UD_READ | (<uint64_t>(gen & GEN_MASK) << 32) | idx
+
+
+cdef inline void ring_params(io_uring_params *params) noexcept nogil:
+    # One thread submits and reaps (SINGLE_ISSUER), and completions are
+    # run only when it enters the kernel (DEFER_TASKRUN): no interrupting
+    # task work while it forwards.
+    memset(params, 0, sizeof(io_uring_params))
+    params.flags = (IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER
+                    | IORING_SETUP_DEFER_TASKRUN)
+    params.cq_entries = UR_CQ
+
+
+def uring_unavailable():
+    """None when the io_uring datapath can run here, else why not (one line)."""
+    cdef io_uring ring
+    cdef io_uring_params params
+    cdef io_uring_probe *probe
+    cdef io_uring_buf_reg reg
+    cdef void *mem = NULL
+    cdef int ret
+    ring_params(&params)
+    ret = io_uring_queue_init_params(8, &ring, &params)
+    if ret < 0:
+        hint = {1: "kernel.io_uring_disabled is set, or a seccomp profile blocks io_uring",
+                38: "the kernel is built without io_uring",
+                22: "the kernel lacks SINGLE_ISSUER/DEFER_TASKRUN (Linux >= 6.1)"}.get(-ret, "")
+        return f"io_uring_setup: {os.strerror(-ret)}" + (f" ({hint})" if hint else "")
+    try:
+        if not params.features & IORING_FEAT_EXT_ARG:
+            return "the kernel lacks io_uring_enter's timeout argument (IORING_FEAT_EXT_ARG, Linux >= 5.11)"
+        probe = io_uring_get_probe_ring(&ring)
+        if probe == NULL:
+            return "cannot probe io_uring's opcodes"
+        ret = io_uring_opcode_supported(probe, IORING_OP_READ_MULTISHOT)
+        io_uring_free_probe(probe)
+        if not ret:
+            return "the kernel lacks multishot read (IORING_OP_READ_MULTISHOT, Linux >= 6.7)"
+        if posix_memalign(&mem, 4096, 4096) != 0:
+            raise MemoryError()
+        memset(&reg, 0, sizeof(reg))
+        reg.ring_addr = <uint64_t>mem
+        reg.ring_entries = 1
+        reg.bgid = UR_BGID
+        ret = io_uring_register_buf_ring(&ring, &reg, 0)
+        if ret < 0:
+            return f"cannot register a provided-buffer ring: {os.strerror(-ret)}"
+        ret = io_uring_register_files_sparse(&ring, 1)
+        if ret < 0:
+            return f"cannot register fixed files: {os.strerror(-ret)}"
+        return None
+    finally:
+        io_uring_queue_exit(&ring)
+        free(mem)
+
+
 cdef inline uint32_t hist_bucket(uint32_t n) noexcept nogil:
     cdef uint32_t b = 0
     while n > 1 and b < HIST_BUCKETS - 1:
@@ -93,10 +184,21 @@ cdef class Datapath:
     """The switch's data plane. All methods but run() are for the control plane."""
 
     def __cinit__(self, uint32_t max_ports=1024, uint32_t mac_table_size=65536, double mac_aging_s=300.0,
-                  uint32_t max_networks=4096, uint32_t max_peers=1024, uint32_t busy_poll_us=0):
+                  uint32_t max_networks=4096, uint32_t max_peers=1024, uint32_t busy_poll_us=0,
+                  str io_mode="poll", uint32_t ring_buffers=UR_BUFS):
         cdef uint32_t i
         cdef uint64_t seed = int.from_bytes(os.urandom(8), "little")
-        self.epfd = self.stop_efd = self.notify_efd = self.vx_rx_fd = self.vx_tx_fd = -1
+        self.epfd = self.stop_efd = self.notify_efd = self.vx_rx_fd = self.vx_tx_fd = self.ctl_efd = -1
+        if io_mode not in IO_MODES:
+            raise ValueError(f"io_mode {io_mode!r} is not one of {', '.join(IO_MODES)}")
+        if io_mode == "uring":
+            reason = uring_unavailable()
+            if reason is not None:
+                raise OSError(f"the io_uring datapath cannot run here: {reason}")
+        self.uring = io_mode == "uring"
+        if ring_buffers < 1 or ring_buffers > 32768 or ring_buffers & (ring_buffers - 1):
+            raise ValueError("ring_buffers must be a power of two in [1, 32768]")
+        self.n_bufs = ring_buffers
         if max_ports < 1 or max_ports >= OUT_PEER:
             raise ValueError(f"max_ports must be in [1, {<uint32_t>OUT_PEER - 1}]")
         if max_networks < 1 or max_networks > VNI_SLOTS // 2:
@@ -133,6 +235,19 @@ cdef class Datapath:
         if not (self.ports and self.pctr and self.net_head and self.bufmem and self.peers and self.pectr
                 and self.net_peer_head and self.net_vni and self.gso_scratch and self.gro_mem and self.gso_train):
             raise MemoryError("cannot allocate the datapath tables")
+        if self.uring:
+            self.ubufs = <uint8_t *>malloc(<size_t>self.n_bufs * BUF_SIZE)
+            self.recycle = <uint16_t *>malloc(self.n_bufs * sizeof(uint16_t))
+            self.rports = <ring_port *>calloc(max_ports, sizeof(ring_port))
+            self.wq = <ring_write *>calloc(UR_WQ, sizeof(ring_write))
+            self.cqes = <io_uring_cqe **>malloc(UR_CQ * sizeof(io_uring_cqe *))
+            if posix_memalign(<void **>&self.bring, 4096, max(4096, self.n_bufs * 16)) != 0:
+                self.bring = NULL
+            if not (self.ubufs and self.recycle and self.rports and self.wq and self.cqes and self.bring):
+                raise MemoryError("cannot allocate the io_uring datapath's buffers")
+            self.ctl_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            if self.ctl_efd < 0:
+                raise OSError(errno, "cannot create the datapath's control eventfd")
         for i in range(max_networks + 1):
             self.net_head[i] = -1
             self.net_peer_head[i] = -1
@@ -173,7 +288,7 @@ cdef class Datapath:
             raise OSError(errno, "epoll_ctl on the stop eventfd failed")
 
     def __dealloc__(self):
-        for fd in (self.epfd, self.stop_efd, self.notify_efd):
+        for fd in (self.epfd, self.stop_efd, self.notify_efd, self.ctl_efd):
             if fd >= 0:
                 close(fd)
         if self.ports != NULL:
@@ -190,6 +305,12 @@ cdef class Datapath:
         free(self.gso_scratch)
         free(self.gro_mem)
         free(self.gso_train)
+        free(self.ubufs)
+        free(self.recycle)
+        free(self.rports)
+        free(self.wq)
+        free(self.cqes)
+        free(self.bring)
 
     # ---- the loop (GIL released) -------------------------------------------------
 
@@ -200,9 +321,19 @@ cdef class Datapath:
         self.running = True
         try:
             with nogil:
-                self._loop()
+                if self.uring:
+                    self._loop_uring()
+                else:
+                    self._loop()
         finally:
             self.running = False
+        if self.ring_error:
+            err, self.ring_error = self.ring_error, 0
+            raise OSError(err, f"cannot set up the io_uring datapath: {os.strerror(err)}")
+
+    @property
+    def io_mode(self) -> str:
+        return "uring" if self.uring else "poll"
 
     def stop(self) -> None:
         """Ask run() to return after the batch in hand."""
@@ -254,6 +385,407 @@ cdef class Datapath:
                 self.stats[LS_SWEPT] += mt_sweep(&self.mt, now, self.sweep_budget)
                 last_sweep = now
             pthread_mutex_unlock(&self.lock)
+
+    # ---- the io_uring mode -----------------------------------------------------------
+    #
+    # Each port has one multishot read in flight that draws buffers from a
+    # shared provided-buffer ring, so the kernel reads frames while the loop
+    # works and posts one completion per frame. Writes of those frames go on
+    # the submission queue and leave with the io_uring_enter that waits for
+    # the next completions. The frame logic (_forward and below) is the
+    # poll mode's: only where frames come from and how they are written
+    # differs. Frames from the tunnel, and super-frames rebuilt by GRO, live
+    # in the loop's own buffers and are written with write() as in poll mode.
+    #
+    # A buffer goes back to the ring once the writes that use it have been
+    # submitted. Every write completes within that submission: it carries
+    # RWF_NOWAIT (or its file has no way to wait), so a full receiver fails
+    # it instead of parking it, as poll mode drops rather than waits. Writes
+    # post a completion only when they fail; the rest are counted when the
+    # submission that carried them returns ("retired").
+
+    cdef void _loop_uring(self) noexcept nogil:
+        cdef io_uring_cqe *cqe
+        cdef __kernel_timespec ts
+        cdef uint32_t n
+        cdef bint stopping = False
+        cdef int64_t t, now, last_sweep = now_ms()
+        cdef int64_t spin_until = 0
+        if self._ring_open() < 0:
+            return
+        pthread_mutex_lock(&self.lock)
+        self._ring_reconcile()
+        pthread_mutex_unlock(&self.lock)
+        while not stopping:
+            t = now_ns()
+            if t < spin_until or self.tunnel_pending or self.ctl_pending:
+                io_uring_submit_and_get_events(&self.ring)
+            else:
+                ts.tv_sec = 0
+                ts.tv_nsec = SWEEP_INTERVAL_MS * 1000000
+                io_uring_submit_and_wait_timeout(&self.ring, &cqe, 1, &ts, NULL)
+            self.ustats[US_SUBMITS] += 1
+            n = io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ)
+            t = now_ns()
+            now = t // 1000000
+            if n and self.busy_poll_ns:
+                spin_until = t + self.busy_poll_ns
+            if (n == 0 and self.wq_head == self.wq_tail and self.n_recycle == 0 and not self.tunnel_pending
+                    and not self.ctl_pending and now - last_sweep < SWEEP_INTERVAL_MS):
+                continue
+            pthread_mutex_lock(&self.lock)
+            self.stats[LS_WAKEUPS] += 1
+            self._ring_mark_failures(0, n)
+            self._ring_retire()
+            self._ring_recycle()
+            stopping = self._ring_completions(n, now)
+            io_uring_cq_advance(&self.ring, n)
+            if self.tunnel_pending:
+                self.tunnel_pending = False
+                for _ in range(UR_TUNNEL_ROUNDS):
+                    if self._rx_tunnel(now) < BATCH:
+                        break
+                else:
+                    self.tunnel_pending = True  # more is waiting: come back without sleeping
+            if self.ctl_pending:
+                self._ring_reconcile()
+            if self.cancelling == 0:
+                self.ctl_done = self.ctl_seen
+            if now - last_sweep >= SWEEP_INTERVAL_MS:
+                self.stats[LS_SWEPT] += mt_sweep(&self.mt, now, self.sweep_budget)
+                last_sweep = now
+            pthread_mutex_unlock(&self.lock)
+        pthread_mutex_lock(&self.lock)
+        self._ring_close()
+        pthread_mutex_unlock(&self.lock)
+
+    cdef int _ring_open(self) noexcept nogil:
+        cdef io_uring_params params
+        cdef io_uring_buf_reg reg
+        cdef int ret
+        cdef uint32_t i
+        ring_params(&params)
+        ret = io_uring_queue_init_params(UR_SQ, &self.ring, &params)
+        if ret < 0:
+            self.ring_error = -ret
+            return -1
+        self.ring_up = True
+        # One fixed-file slot per port index: no file lookup per read or write.
+        ret = io_uring_register_files_sparse(&self.ring, self.max_ports)
+        if ret == 0:
+            memset(&reg, 0, sizeof(reg))
+            reg.ring_addr = <uint64_t>self.bring
+            reg.ring_entries = self.n_bufs
+            reg.bgid = UR_BGID
+            ret = io_uring_register_buf_ring(&self.ring, &reg, 0)
+        if ret < 0:
+            self.ring_error = -ret
+            self._ring_close()
+            return -1
+        io_uring_buf_ring_init(self.bring)
+        for i in range(self.n_bufs):
+            self.recycle[i] = <uint16_t>i
+        self.n_recycle = self.n_bufs
+        self._ring_recycle()
+        memset(self.rports, 0, self.max_ports * sizeof(ring_port))
+        self.wq_head = self.wq_tail = 0
+        self.n_rframes = 0
+        self.cancelling = 0
+        self.vx_armed = self.tunnel_pending = False
+        self._ring_poll(self.stop_efd, UD_POLL | POLL_STOP)
+        self._ring_poll(self.ctl_efd, UD_POLL | POLL_CTL)
+        return 0
+
+    cdef void _ring_close(self) noexcept nogil:
+        io_uring_queue_exit(&self.ring)  # cancels what is in flight and lets go of every file
+        self.ring_up = False
+        self.wq_head = self.wq_tail = 0
+        self.n_recycle = 0
+        self.ctl_done = self.ctl_seq
+
+    cdef io_uring_sqe *_ring_sqe(self) noexcept nogil:
+        cdef io_uring_sqe *sqe = io_uring_get_sqe(&self.ring)
+        if sqe == NULL:  # the submission queue is full: send it on its way
+            io_uring_submit(&self.ring)
+            self.ustats[US_SUBMITS] += 1
+            sqe = io_uring_get_sqe(&self.ring)
+        return sqe
+
+    cdef void _ring_poll(self, int fd, uint64_t tag) noexcept nogil:
+        cdef io_uring_sqe *sqe = self._ring_sqe()
+        if sqe == NULL:
+            self.ctl_pending = True
+            return
+        io_uring_prep_poll_multishot(sqe, fd, POLLIN)
+        io_uring_sqe_set_data64(sqe, tag)
+
+    cdef void _ring_reconcile(self) noexcept nogil:
+        """Bring the ring in line with the port table: cancel the reads of
+        ports that went away, swap fixed files, arm a read for every port
+        that has none (new, or its read ended)."""
+        cdef uint32_t idx, g
+        cdef ring_port *u
+        cdef port_t *p
+        cdef io_uring_sqe *sqe
+        cdef bint want
+        cdef int fd
+        self.ctl_pending = False
+        self.ctl_seen = self.ctl_seq
+        for idx in range(self.max_ports):
+            p = &self.ports[idx]
+            u = &self.rports[idx]
+            want = p.state == PORT_UP
+            g = p.gen & GEN_MASK
+            if u.armed and (not want or u.armed_gen != g):
+                sqe = self._ring_sqe()
+                if sqe == NULL:
+                    self.ctl_pending = True
+                    continue
+                io_uring_prep_cancel64(sqe, read_tag(u.armed_gen, idx), 0)
+                io_uring_sqe_set_data64(sqe, 0)
+                u.armed = 0
+                u.cancelling += 1
+                self.cancelling += 1
+            if u.slot and (not want or u.slot_gen != g):
+                fd = -1
+                io_uring_register_files_update(&self.ring, idx, &fd, 1)
+                u.slot = 0
+            if not want:
+                continue
+            if not u.slot:
+                fd = p.fd
+                if io_uring_register_files_update(&self.ring, idx, &fd, 1) != 1:
+                    self._port_down(idx)
+                    continue
+                u.slot = 1
+                u.slot_gen = g
+                u.rw_flags = RWF_NOWAIT if p.nowait else 0
+            if not u.armed:
+                sqe = self._ring_sqe()
+                if sqe == NULL:
+                    self.ctl_pending = True
+                    continue
+                # io_uring_prep_read_multishot() of later liburings.
+                io_uring_prep_rw(IORING_OP_READ_MULTISHOT, sqe, <int>idx, NULL, 0, 0)
+                sqe.buf_group = UR_BGID
+                io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE | IOSQE_BUFFER_SELECT)
+                io_uring_sqe_set_data64(sqe, read_tag(g, idx))
+                u.armed = 1
+                u.armed_gen = g
+        if self.vx_rx_fd >= 0 and not self.vx_armed:
+            self._ring_poll(self.vx_rx_fd, UD_POLL | POLL_VXLAN)
+            self.vx_armed = not self.ctl_pending
+
+    cdef bint _ring_completions(self, uint32_t n, int64_t now) noexcept nogil:
+        """Handle n completions; True when the loop is asked to stop."""
+        cdef uint32_t i
+        cdef uint64_t ud, drain
+        cdef io_uring_cqe *cqe
+        cdef bint stop = False
+        for i in range(n):
+            cqe = self.cqes[i]
+            ud = cqe.user_data
+            if ud & UD_KIND == UD_READ:
+                self._ring_read(cqe, now)
+            elif ud & UD_KIND == UD_POLL:
+                if ud & 0xFF == POLL_STOP:
+                    read(self.stop_efd, &drain, sizeof(drain))
+                    stop = True
+                elif ud & 0xFF == POLL_CTL:
+                    read(self.ctl_efd, &drain, sizeof(drain))
+                    self.ctl_pending = True
+                else:
+                    self.tunnel_pending = True
+                if not cqe.flags & IORING_CQE_F_MORE:  # a multishot poll can end (e.g. on overflow)
+                    if ud & 0xFF == POLL_VXLAN:
+                        self.vx_armed = False
+                        self.ctl_pending = True
+                    else:
+                        self._ring_poll(self.stop_efd if ud & 0xFF == POLL_STOP else self.ctl_efd, ud)
+            # UD_WRITE: failures were counted before retiring; 0: cancels.
+        self._ring_forward(now)
+        return stop
+
+    cdef void _ring_read(self, io_uring_cqe *cqe, int64_t now) noexcept nogil:
+        cdef uint64_t ud = cqe.user_data
+        cdef uint32_t idx = <uint32_t>(ud & 0xFFFFFFFFULL)
+        cdef uint32_t g = <uint32_t>(ud >> 32) & GEN_MASK
+        cdef bint more = (cqe.flags & IORING_CQE_F_MORE) != 0
+        cdef int res = cqe.res
+        cdef uint32_t bid = NO_BUFFER
+        cdef uint32_t lead
+        cdef uint8_t *base
+        cdef frame_t *f
+        cdef ring_port *u
+        cdef port_t *p
+        cdef pollfd pfd
+        if cqe.flags & IORING_CQE_F_BUFFER:
+            bid = cqe.flags >> IORING_CQE_BUFFER_SHIFT
+            # Back to the ring after the next submission, with every write of it.
+            self.recycle[self.n_recycle] = <uint16_t>bid
+            self.n_recycle += 1
+        if idx >= self.max_ports:
+            return
+        u = &self.rports[idx]
+        p = &self.ports[idx]
+        if not (u.armed and u.armed_gen == g):
+            # A read cancelled because its port went away: whatever it read is dropped.
+            if res > 0:
+                self.ustats[US_STALE] += 1
+            if not more and u.cancelling:
+                u.cancelling -= 1
+                self.cancelling -= 1
+            return
+        if not more:
+            u.armed = 0
+            self.ctl_pending = True  # the reconcile arms it again
+        if p.state != PORT_UP or (p.gen & GEN_MASK) != g:
+            # Removed since the last reconcile, which cancels the read.
+            if res > 0:
+                self.ustats[US_STALE] += 1
+            self.ctl_pending = True
+            return
+        if res > 0 and bid != NO_BUFFER:
+            f = &self.rframes[self.n_rframes]
+            lead = VNET_HLEN if p.vnet else 0
+            base = self.ubufs + <size_t>bid * BUF_SIZE + HEADROOM - VNET_HLEN
+            if lead:
+                if res < <int>lead:
+                    res = lead  # a frame too short for its header: an empty, runt frame
+                memcpy(f.vnet, base, VNET_HLEN)
+            else:
+                memset(f.vnet, 0, VNET_HLEN)
+            f.data = base + lead
+            f.len = <uint32_t>res - lead
+            f.in_port = idx
+            f.encap_vni = 0
+            f.ring = 1
+            f.queued = 0
+            self.n_rframes += 1
+            if self.n_rframes == BATCH:
+                self._ring_forward(now)
+            if not more:
+                self.ustats[US_READ_REARMS] += 1
+            return
+        if res == -ENOBUFS:
+            # Every buffer is out: the frame waits in the TAP's queue until
+            # the reconcile after the next submission arms a read again.
+            self.ustats[US_BUFFER_RING_EMPTY] += 1
+            self.ustats[US_READ_REARMS] += 1
+            return
+        if res == 0:
+            # End of file on a socket whose peer closed, or an empty datagram.
+            pfd.fd = p.fd
+            pfd.events = POLLIN
+            pfd.revents = 0
+            if not (poll(&pfd, 1, 0) > 0 and pfd.revents & (POLLHUP | POLLERR)):
+                self.pctr[<size_t>idx * PC_COUNT + PC_RX_PACKETS] += 1
+                self.pctr[<size_t>idx * PC_COUNT + PC_DROPS + DROP_RUNT] += 1
+                if not more:
+                    self.ustats[US_READ_REARMS] += 1
+                return
+        elif res == -EINTR or res == -EAGAIN or res == -ECANCELED:
+            self.ustats[US_READ_REARMS] += 1
+            return
+        # e.g. EBADFD: the TAP's interface is gone. What it read before goes first.
+        self._ring_forward(now)
+        self._port_down(idx)
+
+    cdef void _ring_forward(self, int64_t now) noexcept nogil:
+        cdef uint32_t i, n = self.n_rframes
+        if n == 0:
+            return
+        for i in range(n):
+            self._forward(&self.rframes[i], now)
+        self._flush_tunnel()
+        self.n_rframes = 0
+        self.stats[LS_BATCHES] += 1
+        self.stats[LS_HIST + hist_bucket(n)] += 1
+        self.stats[LS_FRAMES] += n
+
+    cdef void _ring_write(self, uint32_t idx, frame_t *f, const uint8_t *start, uint32_t length) noexcept nogil:
+        cdef io_uring_sqe *sqe
+        cdef ring_write *w
+        cdef uint32_t n
+        if self.wq_head - self.wq_tail == UR_WQ:
+            # Too many writes since the last retirement: submit and retire
+            # them now. The completions in hand stay where they are (the
+            # queue's head has not moved), so peeking again only adds.
+            io_uring_submit(&self.ring)
+            self.ustats[US_SUBMITS] += 1
+            n = io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ)
+            self._ring_mark_failures(0, n)
+            self._ring_retire()
+        sqe = self._ring_sqe()
+        if sqe == NULL:
+            self.pctr[<size_t>idx * PC_COUNT + PC_TX_ERRORS] += 1
+            return
+        io_uring_prep_write(sqe, <int>idx, start, length, 0)
+        sqe.rw_flags = self.rports[idx].rw_flags
+        io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE | IOSQE_CQE_SKIP_SUCCESS)
+        io_uring_sqe_set_data64(sqe, UD_WRITE | self.wq_head)
+        w = &self.wq[self.wq_head & (UR_WQ - 1)]
+        w.data = f.data
+        w.port = idx
+        w.gen = self.ports[idx].gen
+        w.len = f.len
+        w.superframe = f.vi.gso_type != VNET_GSO_NONE
+        w.failed = 0
+        self.wq_head += 1
+        f.queued += 1
+
+    cdef void _ring_mark_failures(self, uint32_t first, uint32_t n) noexcept nogil:
+        cdef uint32_t i
+        cdef uint64_t seq
+        cdef ring_write *w
+        for i in range(first, n):
+            if self.cqes[i].user_data & UD_KIND != UD_WRITE:
+                continue
+            seq = self.cqes[i].user_data & ~UD_KIND
+            if seq < self.wq_tail or seq >= self.wq_head:
+                continue  # retired already, counted then
+            w = &self.wq[seq & (UR_WQ - 1)]
+            if w.failed:
+                continue
+            w.failed = 1
+            self.ustats[US_WRITE_ERRORS] += 1
+            if self.ports[w.port].gen == w.gen:
+                self.pctr[<size_t>w.port * PC_COUNT + PC_TX_ERRORS] += 1
+
+    cdef void _ring_retire(self) noexcept nogil:
+        """Count the writes submitted since the last call: each has completed."""
+        cdef ring_write *w
+        cdef uint64_t *c
+        while self.wq_tail != self.wq_head:
+            w = &self.wq[self.wq_tail & (UR_WQ - 1)]
+            self.wq_tail += 1
+            if w.failed or self.ports[w.port].gen != w.gen:
+                continue
+            c = &self.pctr[<size_t>w.port * PC_COUNT]
+            c[PC_TX_PACKETS] += 1
+            c[PC_TX_BYTES] += w.len
+            if w.superframe:
+                self.stats[LS_SUPERFRAMES_OUT] += 1
+            if self.ports[w.port].cap_dir & CAP_OUT:
+                self._mirror(w.port, CAP_OUT, w.data, w.len)
+
+    cdef void _ring_recycle(self) noexcept nogil:
+        cdef uint32_t i, bid
+        cdef int mask = io_uring_buf_ring_mask(self.n_bufs)
+        for i in range(self.n_recycle):
+            bid = self.recycle[i]
+            io_uring_buf_ring_add(self.bring, self.ubufs + <size_t>bid * BUF_SIZE + HEADROOM - VNET_HLEN,
+                                  FRAME_ROOM + VNET_HLEN, <unsigned short>bid, mask, <int>i)
+        io_uring_buf_ring_advance(self.bring, <int>self.n_recycle)
+        self.n_recycle = 0
+
+    cdef void _ring_settle(self, frame_t *f) noexcept nogil:
+        """Submit the frame's queued writes before its bytes or headroom change
+        (a checksum completed for one output, tunnel headers for another)."""
+        if f.queued:
+            io_uring_submit(&self.ring)
+            self.ustats[US_SUBMITS] += 1
+            f.queued = 0
 
     cdef void _rx_port(self, uint32_t idx, uint32_t events, int64_t now) noexcept nogil:
         cdef port_t *p = &self.ports[idx]
@@ -397,6 +929,8 @@ cdef class Datapath:
             self.pectr[<size_t>peer * PE_COUNT + PE_TX_ERRORS] += 1
             return
         if f.encap_vni != vni:
+            if f.ring:
+                self._ring_settle(f)  # the headroom still holds a queued write's virtio-net header
             # Written once per frame into its headroom, shared by every peer.
             udp_write(hdr, self._sport(f), self.vx_port, <uint16_t>(f.len + ENCAP_LEN))
             vxlan_write(hdr + UDP_HLEN, vni)
@@ -541,7 +1075,8 @@ cdef class Datapath:
             i += <uint32_t>sent
         self.txq_len = 0
 
-    cdef void _rx_tunnel(self, int64_t now) noexcept nogil:
+    cdef int _rx_tunnel(self, int64_t now) noexcept nogil:
+        """Read and handle one batch of datagrams; returns how many were read."""
         cdef int n, k, reason
         cdef uint32_t total, seg, off, length, datagrams = 0
         cdef frame_t *f
@@ -555,7 +1090,7 @@ cdef class Datapath:
             self.rxq[k].msg_hdr.msg_controllen = sizeof(self.rxctrl[k])
         n = recvmmsg(self.vx_rx_fd, self.rxq, BATCH, MSG_DONTWAIT, NULL)
         if n <= 0:
-            return
+            return 0
         for k in range(n):
             f = &self.frames[k]
             base = f.data - VXLAN_HLEN
@@ -589,6 +1124,7 @@ cdef class Datapath:
         self.stats[LS_BATCHES] += 1
         self.stats[LS_HIST + hist_bucket(datagrams)] += 1
         self.stats[LS_FRAMES] += datagrams
+        return n
 
     cdef int _decap(self, frame_t *f, const uint8_t *hdr, uint32_t length, uint32_t src, int64_t now) noexcept nogil:
         cdef uint16_t network
@@ -669,6 +1205,8 @@ cdef class Datapath:
         if f.vi.gso_type != VNET_GSO_NONE:
             return False
         if f.vi.flags & VNET_F_NEEDS_CSUM:
+            if f.ring:
+                self._ring_settle(f)
             complete_csum(f.data, f.len, &f.vi)
             self.stats[LS_CSUM_COMPLETED] += 1
             f.vi.flags &= ~VNET_F_NEEDS_CSUM
@@ -689,6 +1227,9 @@ cdef class Datapath:
             length = f.len + VNET_HLEN
         elif not self._plain(f):
             c[PC_DROPS + DROP_GSO_UNSUPPORTED] += 1
+            return
+        if f.ring and self.rports[idx].slot and self.rports[idx].slot_gen == (q.gen & GEN_MASK):
+            self._ring_write(idx, f, start, length)  # counted when retired
             return
         n = write(q.fd, start, length)
         if n < 0 and errno == EINTR:
@@ -729,7 +1270,10 @@ cdef class Datapath:
 
     cdef void _port_down(self, uint32_t idx) noexcept nogil:
         cdef uint64_t one = 1
-        epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.ports[idx].fd, NULL)
+        if self.uring:
+            self.ctl_pending = True  # the reconcile lets go of its file
+        else:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.ports[idx].fd, NULL)
         self.ports[idx].state = PORT_DEAD
         mt_flush(&self.mt, 0, idx, True)
         write(self.notify_efd, &one, sizeof(one))
@@ -757,6 +1301,9 @@ cdef class Datapath:
         if mtu < 68 or mtu > FRAME_ROOM - 18:
             raise ValueError(f"MTU {mtu} is out of range [68, {FRAME_ROOM - 18}]")
         os.set_blocking(fd, False)
+        # Sockets fail a write that would wait when asked to (RWF_NOWAIT); a
+        # TAP never waits (its send buffer is unbounded) and refuses the flag.
+        nowait = stat.S_ISSOCK(os.fstat(fd).st_mode)
         with nogil:
             pthread_mutex_lock(&self.lock)
         try:
@@ -773,12 +1320,16 @@ cdef class Datapath:
             p.vnet = vnet_hdr
             p.cap_fd = -1
             p.cap_dir = 0
+            p.nowait = nowait
             memset(&self.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
-            ev.events = EPOLLIN
-            ev.data.u64 = (<uint64_t>p.gen << 32) | idx
-            rc = epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
-            if rc < 0:
-                raise OSError(errno, f"epoll_ctl(ADD) of fd {fd} failed: {os.strerror(errno)}")
+            if self.uring:
+                self._kick()  # the loop arms a read for it
+            else:
+                ev.events = EPOLLIN
+                ev.data.u64 = (<uint64_t>p.gen << 32) | idx
+                rc = epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
+                if rc < 0:
+                    raise OSError(errno, f"epoll_ctl(ADD) of fd {fd} failed: {os.strerror(errno)}")
             p.state = PORT_UP
             p.next_in_net = self.net_head[network]
             self.net_head[network] = idx
@@ -788,12 +1339,16 @@ cdef class Datapath:
 
     def remove_port(self, uint32_t idx) -> None:
         """Detach a port and forget every FDB entry (learned or static) that names it.
-        The caller closes the fd afterwards."""
+        The caller closes the fd afterwards. In io_uring mode it returns once
+        the loop no longer holds the file (or after 2 s)."""
+        cdef uint64_t ticket = 0
         self._check_index(idx)
         with nogil:
             pthread_mutex_lock(&self.lock)
             if self.ports[idx].state != PORT_FREE:
-                if self.ports[idx].state == PORT_UP:
+                if self.uring:
+                    ticket = self._kick()
+                elif self.ports[idx].state == PORT_UP:
                     epoll_ctl(self.epfd, EPOLL_CTL_DEL, self.ports[idx].fd, NULL)
                 self._unlink(idx)
                 mt_flush(&self.mt, 0, idx, True)
@@ -803,6 +1358,21 @@ cdef class Datapath:
                 self.ports[idx].gen += 1
                 self.ports[idx].fd = -1
             pthread_mutex_unlock(&self.lock)
+        if ticket:
+            self._wait_reconciled(ticket)
+
+    cdef uint64_t _kick(self) noexcept nogil:
+        """Tell the io_uring loop that ports or the VTEP changed (lock held);
+        returns a ticket that _wait_reconciled waits for."""
+        cdef uint64_t one = 1
+        self.ctl_seq += 1
+        write(self.ctl_efd, &one, sizeof(one))
+        return self.ctl_seq
+
+    def _wait_reconciled(self, uint64_t ticket) -> None:
+        deadline = time.monotonic() + 2.0
+        while self.ring_up and self.ctl_done < ticket and time.monotonic() < deadline:
+            time.sleep(0.0002)
 
     def _check_index(self, uint32_t idx) -> None:
         if idx >= self.max_ports:
@@ -867,6 +1437,8 @@ cdef class Datapath:
                 "gso_errors": {GSO_ERROR_NAMES[e]: self.stats[LS_GSO_ERRORS + e] for e in range(1, GSO_ERRORS)},
             },
             "running": bool(self.running),
+            "io_mode": self.io_mode,
+            "uring": {name: self.ustats[i] for i, name in enumerate(URING_COUNTER_NAMES)},
         }
 
     # ---- VXLAN -----------------------------------------------------------------------
@@ -895,12 +1467,15 @@ cdef class Datapath:
             self.sport_lo = sport_lo
             self.sport_hi = sport_hi
             self.tunnel_max_frame = underlay_mtu - VXLAN_IP_OVERHEAD
-            ev.events = EPOLLIN
-            ev.data.u64 = TAG_VXLAN
-            if epoll_ctl(self.epfd, EPOLL_CTL_ADD, rx_fd, &ev) < 0:
-                raise OSError(errno, f"epoll_ctl(ADD) of the VXLAN socket failed: {os.strerror(errno)}")
+            if not self.uring:
+                ev.events = EPOLLIN
+                ev.data.u64 = TAG_VXLAN
+                if epoll_ctl(self.epfd, EPOLL_CTL_ADD, rx_fd, &ev) < 0:
+                    raise OSError(errno, f"epoll_ctl(ADD) of the VXLAN socket failed: {os.strerror(errno)}")
             self.vx_rx_fd = rx_fd
             self.vx_tx_fd = tx_fd
+            if self.uring:
+                self._kick()  # the loop polls the socket from its ring
         finally:
             pthread_mutex_unlock(&self.lock)
 

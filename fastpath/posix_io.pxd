@@ -59,6 +59,22 @@ cdef extern from "<errno.h>" nogil:
         EINTR
         EWOULDBLOCK
         ENOBUFS
+        ECANCELED
+        ETIME
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
+        POLLHUP
+        POLLERR
+
+cdef extern from "<stdlib.h>" nogil:
+    int posix_memalign(void **memptr, size_t alignment, size_t size)
 
 cdef extern from "<sys/uio.h>" nogil:
     struct iovec:

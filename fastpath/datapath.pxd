@@ -223,6 +223,7 @@ cdef class Datapath:
     cdef uint64_t wq_tail                 # ...of the oldest not yet retired
     cdef frame_t rframes[BATCH]
     cdef uint32_t n_rframes
+    cdef uint32_t unsubmitted             # frames handled whose writes wait for the next submission
     cdef int ctl_efd                      # the control plane changed ports or the VTEP
     cdef uint64_t ctl_seq                 # bumped by the control plane on every such change
     cdef uint64_t ctl_seen                # ...as last reconciled by the loop

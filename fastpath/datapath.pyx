@@ -418,7 +418,11 @@ cdef class Datapath:
         pthread_mutex_unlock(&self.lock)
         while not stopping:
             t = now_ns()
-            if t < spin_until or self.tunnel_pending or self.ctl_pending:
+            # Never sleep on unsubmitted writes: a frame counts as handled
+            # once its writes are out, and under load the submission that
+            # carries them also brings the next completions.
+            if (t < spin_until or self.tunnel_pending or self.ctl_pending or self.wq_head != self.wq_tail
+                    or self.unsubmitted):
                 io_uring_submit_and_get_events(&self.ring)
             else:
                 ts.tv_sec = 0
@@ -430,8 +434,8 @@ cdef class Datapath:
             now = t // 1000000
             if n and self.busy_poll_ns:
                 spin_until = t + self.busy_poll_ns
-            if (n == 0 and self.wq_head == self.wq_tail and self.n_recycle == 0 and not self.tunnel_pending
-                    and not self.ctl_pending and now - last_sweep < SWEEP_INTERVAL_MS):
+            if (n == 0 and self.wq_head == self.wq_tail and self.n_recycle == 0 and not self.unsubmitted
+                    and not self.tunnel_pending and not self.ctl_pending and now - last_sweep < SWEEP_INTERVAL_MS):
                 continue
             pthread_mutex_lock(&self.lock)
             self.stats[LS_WAKEUPS] += 1
@@ -489,7 +493,7 @@ cdef class Datapath:
         self._ring_recycle()
         memset(self.rports, 0, self.max_ports * sizeof(ring_port))
         self.wq_head = self.wq_tail = 0
-        self.n_rframes = 0
+        self.n_rframes = self.unsubmitted = 0
         self.cancelling = 0
         self.vx_armed = self.tunnel_pending = False
         self._ring_poll(self.stop_efd, UD_POLL | POLL_STOP)
@@ -681,6 +685,7 @@ cdef class Datapath:
             if not (poll(&pfd, 1, 0) > 0 and pfd.revents & (POLLHUP | POLLERR)):
                 self.pctr[<size_t>idx * PC_COUNT + PC_RX_PACKETS] += 1
                 self.pctr[<size_t>idx * PC_COUNT + PC_DROPS + DROP_RUNT] += 1
+                self.unsubmitted += 1
                 if not more:
                     self.ustats[US_READ_REARMS] += 1
                 return
@@ -701,7 +706,7 @@ cdef class Datapath:
         self.n_rframes = 0
         self.stats[LS_BATCHES] += 1
         self.stats[LS_HIST + hist_bucket(n)] += 1
-        self.stats[LS_FRAMES] += n
+        self.unsubmitted += n
 
     cdef void _ring_write(self, uint32_t idx, frame_t *f, const uint8_t *start, uint32_t length) noexcept nogil:
         cdef io_uring_sqe *sqe
@@ -753,9 +758,12 @@ cdef class Datapath:
                 self.pctr[<size_t>w.port * PC_COUNT + PC_TX_ERRORS] += 1
 
     cdef void _ring_retire(self) noexcept nogil:
-        """Count the writes submitted since the last call: each has completed."""
+        """Count the writes submitted since the last call: each has completed,
+        and so are the frames that made them."""
         cdef ring_write *w
         cdef uint64_t *c
+        self.stats[LS_FRAMES] += self.unsubmitted
+        self.unsubmitted = 0
         while self.wq_tail != self.wq_head:
             w = &self.wq[self.wq_tail & (UR_WQ - 1)]
             self.wq_tail += 1

@@ -14,21 +14,26 @@ from fastpath import Datapath
 
 class LoopRig:
     def __init__(self, max_ports: int = 64, mac_table_size: int = 1024, mac_aging_s: float = 300.0,
-                 busy_poll_us: int = 0) -> None:
+                 busy_poll_us: int = 0, io_mode: str = "poll", **datapath_options: int) -> None:
         self.dp = Datapath(max_ports=max_ports, mac_table_size=mac_table_size, mac_aging_s=mac_aging_s,
-                           busy_poll_us=busy_poll_us)
+                           busy_poll_us=busy_poll_us, io_mode=io_mode, **datapath_options)
         self.ends: dict[int, socket.socket] = {}  # port index -> the test's end
         self._switch_ends: dict[int, socket.socket] = {}
         self._thread = threading.Thread(target=self.dp.run, daemon=True)
         self._thread.start()
 
-    def add_port(self, network: int, mtu: int = 1500, vnet_hdr: bool = False) -> int:
+    def add_port(self, network: int, mtu: int = 1500, vnet_hdr: bool = False, buffer_bytes: int = 4 << 20,
+                 waiting: tuple[bytes, ...] = ()) -> int:
+        """A port whose socket buffers hold buffer_bytes (the default has room
+        for a burst of large frames, so writes do not fail on a full buffer),
+        with the frames `waiting` already queued when the switch attaches it."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
-        # Room for a burst of large frames, so writes do not fail on a full buffer.
         for s in (ours, theirs):
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_bytes)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+        for frame in waiting:
+            ours.send(frame)
         idx = self.dp.add_port(theirs.fileno(), network, mtu, vnet_hdr)
         self.ends[idx] = ours
         self._switch_ends[idx] = theirs

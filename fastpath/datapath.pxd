@@ -208,7 +208,8 @@ cdef class Datapath:
 
     # io_uring mode: the ring is created, used and torn down by the loop thread
     cdef bint uring
-    cdef bint ring_up
+    cdef bint ring_up                     # the ring exists (made at construction, gone when run() ends)
+    cdef bint ring_live                   # ...and the loop thread drives it
     cdef int ring_error                   # errno of a failed ring set-up, for run() to raise
     cdef io_uring ring
     cdef io_uring_cqe **cqes

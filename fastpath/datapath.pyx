@@ -34,6 +34,7 @@ from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, CLOCK_REALTIME, CMSG_D
                                 sock_filter, sock_fprog, sockaddr_in, timespec, write)
 from fastpath.uring cimport (IORING_CQE_BUFFER_SHIFT, IORING_CQE_F_BUFFER, IORING_CQE_F_MORE, IORING_FEAT_EXT_ARG,
                              IORING_OP_READ_MULTISHOT, IORING_SETUP_CQSIZE, IORING_SETUP_DEFER_TASKRUN,
+                             IORING_SETUP_R_DISABLED, io_uring_enable_rings,
                              IORING_SETUP_SINGLE_ISSUER, IORING_SETUP_SUBMIT_ALL, IOSQE_BUFFER_SELECT,
                              IOSQE_CQE_SKIP_SUCCESS, IOSQE_FIXED_FILE, RWF_NOWAIT, __kernel_timespec, io_uring,
                              io_uring_buf_reg, io_uring_buf_ring, io_uring_buf_ring_add, io_uring_buf_ring_advance,
@@ -248,6 +249,9 @@ cdef class Datapath:
             self.ctl_efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             if self.ctl_efd < 0:
                 raise OSError(errno, "cannot create the datapath's control eventfd")
+            if self._ring_open() < 0:
+                err, self.ring_error = self.ring_error, 0
+                raise OSError(err, f"cannot set up the io_uring datapath: {os.strerror(err)}")
         for i in range(max_networks + 1):
             self.net_head[i] = -1
             self.net_peer_head[i] = -1
@@ -288,6 +292,8 @@ cdef class Datapath:
             raise OSError(errno, "epoll_ctl on the stop eventfd failed")
 
     def __dealloc__(self):
+        if self.ring_up:  # made but never run
+            io_uring_queue_exit(&self.ring)
         for fd in (self.epfd, self.stop_efd, self.notify_efd, self.ctl_efd):
             if fd >= 0:
                 close(fd)
@@ -318,6 +324,8 @@ cdef class Datapath:
         """Forward frames until stop() is called. Blocks; call it from a thread."""
         if self.running:
             raise RuntimeError("the datapath loop is already running")
+        if self.uring and not self.ring_up:
+            raise RuntimeError("an io_uring datapath runs once (its ring is bound to the thread that ran it)")
         self.running = True
         try:
             with nogil:
@@ -329,7 +337,7 @@ cdef class Datapath:
             self.running = False
         if self.ring_error:
             err, self.ring_error = self.ring_error, 0
-            raise OSError(err, f"cannot set up the io_uring datapath: {os.strerror(err)}")
+            raise OSError(err, f"cannot start the io_uring datapath: {os.strerror(err)}")
 
     @property
     def io_mode(self) -> str:
@@ -411,9 +419,17 @@ cdef class Datapath:
         cdef bint stopping = False
         cdef int64_t t, now, last_sweep = now_ms()
         cdef int64_t spin_until = 0
-        if self._ring_open() < 0:
+        cdef int ret = io_uring_enable_rings(&self.ring)  # this thread becomes its only submitter
+        if ret < 0:
+            self.ring_error = -ret
+            pthread_mutex_lock(&self.lock)
+            self._ring_close()
+            pthread_mutex_unlock(&self.lock)
             return
+        self._ring_poll(self.stop_efd, UD_POLL | POLL_STOP)
+        self._ring_poll(self.ctl_efd, UD_POLL | POLL_CTL)
         pthread_mutex_lock(&self.lock)
+        self.ring_live = True
         self._ring_reconcile()
         pthread_mutex_unlock(&self.lock)
         while not stopping:
@@ -464,11 +480,14 @@ cdef class Datapath:
         pthread_mutex_unlock(&self.lock)
 
     cdef int _ring_open(self) noexcept nogil:
+        """Set the ring up, disabled: the loop thread enables it and so
+        becomes its single issuer. Failures show here, at construction."""
         cdef io_uring_params params
         cdef io_uring_buf_reg reg
         cdef int ret
         cdef uint32_t i
         ring_params(&params)
+        params.flags |= IORING_SETUP_R_DISABLED
         ret = io_uring_queue_init_params(UR_SQ, &self.ring, &params)
         if ret < 0:
             self.ring_error = -ret
@@ -496,13 +515,11 @@ cdef class Datapath:
         self.n_rframes = self.unsubmitted = 0
         self.cancelling = 0
         self.vx_armed = self.tunnel_pending = False
-        self._ring_poll(self.stop_efd, UD_POLL | POLL_STOP)
-        self._ring_poll(self.ctl_efd, UD_POLL | POLL_CTL)
         return 0
 
     cdef void _ring_close(self) noexcept nogil:
         io_uring_queue_exit(&self.ring)  # cancels what is in flight and lets go of every file
-        self.ring_up = False
+        self.ring_up = self.ring_live = False
         self.wq_head = self.wq_tail = 0
         self.n_recycle = 0
         self.ctl_done = self.ctl_seq
@@ -1379,7 +1396,7 @@ cdef class Datapath:
 
     def _wait_reconciled(self, uint64_t ticket) -> None:
         deadline = time.monotonic() + 2.0
-        while self.ring_up and self.ctl_done < ticket and time.monotonic() < deadline:
+        while self.ring_live and self.ctl_done < ticket and time.monotonic() < deadline:
             time.sleep(0.0002)
 
     def _check_index(self, uint32_t idx) -> None:

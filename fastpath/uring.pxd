@@ -43,6 +43,7 @@ cdef extern from "<liburing.h>" nogil:
     void io_uring_queue_exit(io_uring *ring)
     io_uring_sqe *io_uring_get_sqe(io_uring *ring)
     int io_uring_submit(io_uring *ring)
+    int io_uring_enable_rings(io_uring *ring)
     int io_uring_submit_and_wait_timeout(io_uring *ring, io_uring_cqe **cqe_ptr, unsigned wait_nr,
                                          __kernel_timespec *ts, void *sigmask)
     int io_uring_submit_and_get_events(io_uring *ring)
@@ -69,6 +70,7 @@ cdef extern from "<liburing.h>" nogil:
 
     enum:
         IORING_SETUP_CQSIZE
+        IORING_SETUP_R_DISABLED
         IORING_SETUP_SUBMIT_ALL
         IORING_SETUP_SINGLE_ISSUER
         IORING_SETUP_DEFER_TASKRUN

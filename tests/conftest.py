@@ -20,6 +20,35 @@ from tests.harness.netns import Netns, NetnsFactory, remove_stale_netns  # noqa:
 
 ROOT_SKIP_REASON = "needs root: network namespaces and /dev/net/tun"
 DAEMON_STOP_TIMEOUT = 10.0
+# The datapath's I/O modes. Modules marked io_modes run each test in both, so
+# that the two cannot drift apart.
+IO_MODES = ("poll", "uring")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "io_modes: run the test once per datapath I/O mode (poll, uring), through the io_mode fixture"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Only tests that run a datapath (through vswitchd_factory, lab or a
+    # LoopRig fixture) depend on io_mode; the rest run once.
+    if metafunc.definition.get_closest_marker("io_modes") and "io_mode" in metafunc.fixturenames:
+        metafunc.parametrize("io_mode", IO_MODES, indirect=True)
+
+
+@pytest.fixture
+def io_mode(request: pytest.FixtureRequest) -> str | None:
+    """The I/O mode of an io_modes test ("poll" or "uring"); None elsewhere: the daemon's default (auto)."""
+    mode = getattr(request, "param", None)
+    if mode == "uring":
+        from fastpath import uring_unavailable
+
+        why = uring_unavailable()
+        if why is not None:
+            pytest.skip(f"io_uring datapath unavailable: {why}")
+    return mode
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -64,10 +93,11 @@ def agent_factory(netns_factory: NetnsFactory) -> Iterator[Callable[[Netns | str
 
 
 @pytest.fixture
-def vswitchd_factory(netns_factory: NetnsFactory, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+def vswitchd_factory(netns_factory: NetnsFactory, tmp_path: Path, io_mode: str | None) -> Iterator[Callable[..., Any]]:
     """`vswitchd_factory(config_text, start=True, **kw)` -> a started Vswitchd; stopped at teardown.
 
-    Depends on netns_factory so daemons release their TAPs before namespaces go.
+    Daemons run in the test's io_mode unless kw names one. Depends on
+    netns_factory so daemons release their TAPs before namespaces go.
     """
     from tests.harness.daemon import Vswitchd
 
@@ -78,7 +108,7 @@ def vswitchd_factory(netns_factory: NetnsFactory, tmp_path: Path) -> Iterator[Ca
         # socket path below it fits in sun_path.
         workdir = tmp_path / f"vswitchd{len(daemons)}"
         workdir.mkdir()
-        daemon = Vswitchd(workdir, config=config_text, **kw)
+        daemon = Vswitchd(workdir, config=config_text, **{"io_mode": io_mode, **kw})
         daemons.append(daemon)
         if start:
             daemon.start()

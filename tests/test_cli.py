@@ -150,7 +150,13 @@ def test_show_and_stats(d: Vswitchd, ns: Netns) -> None:
     d.ctl("peer", "add", "127.0.0.2", "--network", "blue")
     d.ctl("fdb", "add", "02:00:00:00:00:09", "--network", "blue", "--port", "c1")
 
+    doc = d.ctl("show")
+    assert set(doc) == {"io_mode", "networks", "ports", "peers", "fdb", "stats"}
+    assert doc["fdb"]["static"] == 1 and doc["ports"][0]["name"] == "c1"
+    assert doc["io_mode"] == doc["stats"]["io_mode"] in ("poll", "uring")
+
     out = human(d, "show")
+    assert out.splitlines()[0] == f"io_mode: {doc['io_mode']}"
     assert rows(section(out, "networks (1)")) == [{"NAME": "blue", "VNI": "100", "PORTS": "c1", "PEERS": "127.0.0.2"}]
     port = rows(section(out, "ports (1)"))[0]
     assert (port["NAME"], port["NETWORK"], port["NETNS"]) == ("c1", "blue", ns.name) and port["STATE"] not in ("", "-")
@@ -159,12 +165,9 @@ def test_show_and_stats(d: Vswitchd, ns: Netns) -> None:
     assert "top counters:" in out
     assert len(out.splitlines()) < 50  # one screen
 
-    doc = d.ctl("show")
-    assert set(doc) == {"networks", "ports", "peers", "fdb", "stats"}
-    assert doc["fdb"]["static"] == 1 and doc["ports"][0]["name"] == "c1"
-
     stats_out = human(d, "stats")
     assert [r["PORT"] for r in rows(section(stats_out, "ports:"))] == ["c1"]
+    assert f"io_mode: {doc['io_mode']}" in stats_out.splitlines()
     stats = d.ctl("stats")
     assert set(stats) >= {"ports", "fdb", "loop"} and list(stats["ports"]) == ["c1"]
 

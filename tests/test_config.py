@@ -133,6 +133,14 @@ def test_out_of_range(tmp_path: Path) -> None:
     assert "port[0].mtu: 20 is out of range" in message
 
 
+def test_io_mode(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "[switch]\n"))[0].io_mode == "auto"
+    for mode in ("auto", "uring", "poll"):
+        assert load_config(write(tmp_path, f'[switch]\nio_mode = "{mode}"\n'))[0].io_mode == mode
+    message = config_error(tmp_path, '[switch]\nio_mode = "epoll"\n')
+    assert "switch.io_mode: 'epoll' is not an I/O mode (auto, uring, poll)" in message
+
+
 def test_array_written_as_table(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[network]\nname = "blue"\n')
     assert "network: {'name': 'blue'} is not an array of tables" in message

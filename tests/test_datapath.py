@@ -8,12 +8,14 @@ from rawframes import BROADCAST, eth, mac
 
 MCAST = b"\x01\x00\x5e\x00\x00\x01"
 
+pytestmark = pytest.mark.io_modes
+
 
 @pytest.fixture(params=[0, 100], ids=["sleeping", "busy-polling"])
-def rig(request):
+def rig(request, io_mode):
     """Every loop test runs with the loop sleeping between frames and with it
-    busy-polling after traffic: the two must forward the same."""
-    r = LoopRig(busy_poll_us=request.param)
+    busy-polling after traffic, in each I/O mode: all must forward the same."""
+    r = LoopRig(busy_poll_us=request.param, io_mode=io_mode)
     yield r
     r.close()
 
@@ -129,7 +131,7 @@ def test_static_entry_pins_the_output(rig):
 
 
 def test_table_full_still_forwards(rig):
-    small = LoopRig(mac_table_size=2)
+    small = LoopRig(mac_table_size=2, io_mode=rig.dp.io_mode)
     try:
         a, b = small.add_port(1), small.add_port(1)
         for i in range(1, 5):

@@ -97,6 +97,8 @@ EXPECTED_METRICS = {
     "vswitch_loop_batch_frames_bucket": {"le"},
     "vswitch_loop_batch_frames_count": set(),
     "vswitch_loop_batch_frames_sum": set(),
+    "vswitch_datapath_io_mode": {"mode"},
+    "vswitch_uring_events_total": {"event"},
     "vswitch_api_requests_total": {"path", "status"},
     "vswitch_build_info": {"version"},
 }

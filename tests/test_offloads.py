@@ -14,6 +14,8 @@ from rawframes import BROADCAST, eth, mac, ones_sum
 VNET_F_NEEDS_CSUM = 1
 GSO_NONE, GSO_TCPV4 = 0, 1
 
+pytestmark = pytest.mark.io_modes
+
 
 def vnet(flags=0, gso=GSO_NONE, hdr_len=0, gso_size=0, csum_start=0, csum_offset=0) -> bytes:
     return struct.pack("<BBHHHHH", flags, gso, hdr_len, gso_size, csum_start, csum_offset, 0)
@@ -36,8 +38,8 @@ def udp_frame_with_partial_csum(payload: bytes) -> tuple[bytes, bytes]:
 
 
 @pytest.fixture
-def rig():
-    r = LoopRig()
+def rig(io_mode):
+    r = LoopRig(io_mode=io_mode)
     yield r
     r.close()
 

@@ -11,6 +11,8 @@ import pytest
 
 from rawframes import eth
 
+pytestmark = pytest.mark.io_modes
+
 N_FRAMES = 20_000
 CHUNK = 100          # frames per send: 100 every ~5 ms, about 20k frames/s
 CHURN_PORTS = 20

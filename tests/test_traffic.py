@@ -18,7 +18,7 @@ from tests.harness.frames import new_token
 from tests.harness.netns import Netns
 from tests.harness.wait import wait_until
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.io_modes]
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 UNKNOWN_MAC = "02:00:00:00:0f:0f"

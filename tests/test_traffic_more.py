@@ -24,7 +24,7 @@ from tests.harness.frames import has_token, marked_frame, new_token
 from tests.harness.netns import Netns
 from tests.harness.wait import wait_until
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.io_modes]
 
 IFNAME = "eth0"
 BROADCAST = "ff:ff:ff:ff:ff:ff"

@@ -21,7 +21,7 @@ from tests.harness.frames import MIN_FRAME, has_token, marked_frame, new_token
 from tests.harness.hosts import BRIDGE_IP, UNDERLAY_IF, VXLAN_FLAG_I, VXLAN_PORT, Container, Host, Lab, lab  # noqa: F401
 from tests.harness.wait import wait_until
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.io_modes]
 
 NETWORKS = {"blue": 100, "red": 200}
 BROADCAST = "ff:ff:ff:ff:ff:ff"

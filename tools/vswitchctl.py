@@ -98,6 +98,9 @@ def render_stats(stats: dict[str, Any]) -> str:
     ports = [{"port": name, **counters} for name, counters in sorted((stats.get("ports") or {}).items())]
     parts = ["ports:", records_table(ports, "  ") or "  (none)"]
     for section in sorted(set(stats) - {"ports"}):
+        if not isinstance(stats[section], dict):  # a setting such as io_mode: one line
+            parts.append(f"{section}: {cell(stats[section])}")
+            continue
         values = flatten(stats[section])
         # Lists of records (e.g. vxlan peers) get a table of their own.
         lists = {k: v for k, v in values.items() if isinstance(v, list) and v and all(isinstance(i, dict) for i in v)}
@@ -128,6 +131,7 @@ def render_show(doc: dict[str, Any]) -> str:
     fdb = doc["fdb"]
     return "\n".join(
         [
+            f"io_mode: {doc['io_mode']}",
             f"networks ({len(doc['networks'])}):",
             render_networks(doc["networks"], "  "),
             f"ports ({len(doc['ports'])}):",
@@ -272,6 +276,7 @@ def _show(c: Client, ns: argparse.Namespace) -> dict[str, Any]:
     fdb = c.request("GET", "/v1/fdb")
     stats = c.request("GET", "/v1/stats")
     return {
+        "io_mode": stats["io_mode"],
         "networks": c.request("GET", "/v1/networks"),
         "ports": c.request("GET", "/v1/ports"),
         "peers": c.request("GET", "/v1/peers"),
@@ -285,7 +290,7 @@ NET_FILTER = Arg("--network", "NET", "only this network", required=False)
 PORT_FILTER = Arg("--port", "P", "only this port", required=False)
 
 COMMANDS: tuple[Command, ...] = (
-    Command(("show",), "networks, ports, peers, FDB size and top counters on one screen", _show, render_show),
+    Command(("show",), "I/O mode, networks, ports, peers, FDB size and top counters on one screen", _show, render_show),
     Command(
         ("network", "add"),
         "add a network (an isolated L2 segment)",

@@ -9,6 +9,7 @@ forwards.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ from .api import ApiServer
 from .config import load_config
 from .errors import ConfigError, VswitchError
 from .metrics import ApiRequestCounter, serve_metrics
-from .model import DesiredState, SwitchSettings
+from .model import IO_MODES, DesiredState, SwitchSettings
 from .state import StateStore
 from .switch import Switch
 
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"Prometheus listen address HOST:PORT ({DEFAULT_METRICS}); port 0 picks a free one")
     p.add_argument("--state-dir", type=Path, default=Path(DEFAULT_STATE_DIR), help=f"where desired state is kept ({DEFAULT_STATE_DIR})")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--io-mode", choices=IO_MODES,
+                   help="forwarding loop I/O: io_uring, epoll + read/write, or auto (io_uring where it works); "
+                        "overrides [switch] io_mode (default: the config's, else auto)")
     return p
 
 
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     settings, seed = load_config(args.config, check_netns=True) if args.config else (SwitchSettings(), DesiredState())
+    if args.io_mode is not None:
+        settings = dataclasses.replace(settings, io_mode=args.io_mode)
     store = StateStore(args.state_dir)
     saved = store.load()
     api_requests = ApiRequestCounter()

@@ -1,8 +1,8 @@
 """Prometheus exposition: a collector that reads the datapath's C counters at scrape time.
 
 Nothing is counted per frame in Python: every sample is built from the
-counters the loop already keeps. Labels are port, network, peer, reason, path
-and status only; never a MAC address or anything else unbounded.
+counters the loop already keeps. Labels are port, network, peer, reason, path,
+status, mode and event only; never a MAC address or anything else unbounded.
 """
 from __future__ import annotations
 
@@ -43,6 +43,15 @@ FDB_COUNTERS = (
     ("moved", "vswitch_fdb_moved_total", "Learned MAC addresses that moved to another port."),
     ("aged", "vswitch_fdb_aged_total", "Learned entries that expired."),
     ("refused", "vswitch_fdb_refused_total", "Source MACs not learned because the table was full."),
+)
+
+# The datapath's I/O modes once auto is resolved: one series each in vswitch_datapath_io_mode.
+DATAPATH_IO_MODES = ("poll", "uring")
+
+URING_EVENTS_DOC = (
+    "Events of the io_uring datapath, by kind: submits (io_uring_enter calls), read_rearms (multishot reads "
+    "re-armed), buffer_ring_empty (reads stopped on a dry buffer ring), stale_completions (for removed ports), "
+    "write_errors (failed writes). All 0 in poll mode."
 )
 
 
@@ -137,6 +146,15 @@ class SwitchCollector(Collector):
         hist = HistogramMetricFamily("vswitch_loop_batch_frames", "Frames read from one port per wakeup.")
         hist.add_metric([], buckets, sum_value=loop["frames"])
         yield hist
+        mode = GaugeMetricFamily("vswitch_datapath_io_mode", "The forwarding loop's I/O mode: 1 for the active one.",
+                                 labels=["mode"])
+        for m in DATAPATH_IO_MODES:
+            mode.add_metric([m], 1 if loop["io_mode"] == m else 0)
+        yield mode
+        uring = CounterMetricFamily("vswitch_uring_events", URING_EVENTS_DOC, labels=["event"])
+        for event, n in loop["uring"].items():
+            uring.add_metric([event], n)
+        yield uring
 
 
 def serve_metrics(switch: Switch, api_requests: ApiRequestCounter, host: str, port: int) -> tuple[object, int]:

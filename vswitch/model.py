@@ -18,6 +18,7 @@ MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 IFNAME_MAX = 15  # IFNAMSIZ - 1
 VNI_MAX = (1 << 24) - 1
 MTU_MIN, MTU_MAX = 68, 65521  # 65535 less the L2 header and a tag
+IO_MODES = ("auto", "uring", "poll")
 
 
 def _fail(where: str, value: Any, why: str) -> InvalidArgument:
@@ -82,6 +83,12 @@ def check_ifname(where: str, value: Any) -> str:
 def check_str(where: str, value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _fail(where, value, "must be a non-empty string")
+    return value
+
+
+def check_io_mode(where: str, value: Any) -> str:
+    if value not in IO_MODES:
+        raise _fail(where, value, f"is not an I/O mode ({', '.join(IO_MODES)})")
     return value
 
 
@@ -189,11 +196,12 @@ class SwitchSettings:
     max_ports: int = 1024
     offloads: bool = True
     busy_poll_us: int = 100
+    io_mode: str = "auto"
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str = "switch") -> SwitchSettings:
         allowed = {"mac_aging_s", "mac_table_size", "vtep_ip", "vxlan_port", "underlay_mtu",
-                   "vxlan_src_port_min", "vxlan_src_port_max", "max_ports", "offloads", "busy_poll_us"}
+                   "vxlan_src_port_min", "vxlan_src_port_max", "max_ports", "offloads", "busy_poll_us", "io_mode"}
         check_keys(where, data, allowed, set())
         d = cls()
         lo = check_int(f"{where}.vxlan_src_port_min", data.get("vxlan_src_port_min", d.vxlan_src_port_min), 1, 65535)
@@ -217,6 +225,7 @@ class SwitchSettings:
             offloads=offloads,
             busy_poll_us=check_int(f"{where}.busy_poll_us", data.get("busy_poll_us", d.busy_poll_us), 0, 100_000),
             max_ports=check_int(f"{where}.max_ports", data.get("max_ports", d.max_ports), 2, 65000),
+            io_mode=check_io_mode(f"{where}.io_mode", data.get("io_mode", d.io_mode)),
         )
 
 

@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fastpath import PEER_FLAG, Datapath
+from fastpath import PEER_FLAG, Datapath, uring_unavailable
 
 from .capture import Capture
 from .eventlog import EventLog
@@ -40,6 +40,21 @@ UDP_GRO = 104
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348)
 DEFAULT_MTU = 1500
 NETNS_CHECK_INTERVAL_S = 0.5
+
+
+def resolve_io_mode(requested: str) -> str:
+    """The datapath's I/O mode for the io_mode setting: auto takes io_uring
+    where this kernel and process can use it, else poll; an explicit uring
+    that cannot work is a ConfigError naming why."""
+    if requested == "poll":
+        return "poll"
+    why = uring_unavailable()
+    if why is None:
+        return "uring"
+    if requested == "uring":
+        raise ConfigError(f"io_mode 'uring': the io_uring datapath is unavailable here: {why}")
+    log.info("io_uring datapath unavailable (%s); using poll", why)
+    return "poll"
 
 
 def _where(out: dict[str, Any]) -> str:
@@ -69,12 +84,18 @@ class Switch:
         self.settings = settings
         self._on_change = on_change
         self._lock = threading.RLock()
-        self._dp = Datapath(
-            max_ports=settings.max_ports,
-            mac_table_size=settings.mac_table_size,
-            mac_aging_s=float(settings.mac_aging_s),
-            busy_poll_us=settings.busy_poll_us,
-        )
+        io_mode = resolve_io_mode(settings.io_mode)
+        try:
+            self._dp = self._make_datapath(io_mode)
+        except OSError as e:
+            if io_mode != "uring":
+                raise
+            # Setting up the ring can still fail where the probe passed: a
+            # fixed-file table of max_ports beyond RLIMIT_NOFILE, memory.
+            if settings.io_mode == "uring":
+                raise ConfigError(f"io_mode 'uring': {e}") from None
+            log.info("io_uring datapath unavailable (%s); using poll", e)
+            self._dp = self._make_datapath("poll")
         self._networks: dict[str, _Network] = {}
         self._free_net_ids = list(range(4096, 0, -1))
         self._ports: dict[str, _Port] = {}
@@ -88,10 +109,25 @@ class Switch:
         self._events = EventLog(self._out_name)
         self._event_seq = 0
 
+    def _make_datapath(self, io_mode: str) -> Datapath:
+        return Datapath(
+            max_ports=self.settings.max_ports,
+            mac_table_size=self.settings.mac_table_size,
+            mac_aging_s=float(self.settings.mac_aging_s),
+            busy_poll_us=self.settings.busy_poll_us,
+            io_mode=io_mode,
+        )
+
+    @property
+    def io_mode(self) -> str:
+        """How the forwarding loop does its I/O: "uring" or "poll" (auto resolved)."""
+        return self._dp.io_mode
+
     # ---- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         """Open the VTEP (if configured), start the forwarding loop and the port watcher."""
+        log.info("datapath I/O mode: %s", self.io_mode)
         if self.settings.vtep_ip is not None:
             self._open_vtep()
         self._loop_thread = threading.Thread(target=self._dp.run, name="datapath", daemon=True)
@@ -634,4 +670,5 @@ class Switch:
             "drops": self._dp.vxlan_drops(),
             "peers": peers,
         }
-        return {"ports": ports, "fdb": self._dp.fdb_counters(), "loop": self._dp.loop_stats(), "vxlan": vxlan}
+        return {"io_mode": self.io_mode, "ports": ports, "fdb": self._dp.fdb_counters(), "loop": self._dp.loop_stats(),
+                "vxlan": vxlan}

@@ -43,6 +43,7 @@ class Vswitchd:
         config: str | None = None,
         extra_args: Sequence[str] = (),
         socket_path: Path | None = None,
+        io_mode: str | None = None,
     ) -> None:
         self.tmp_path = Path(tmp_path)
         self.config_path = self.tmp_path / "vswitch.toml"
@@ -51,6 +52,7 @@ class Vswitchd:
         self.stderr_path = self.tmp_path / "vswitchd.stderr"
         self.metrics_port = free_port()
         self.extra_args = list(extra_args)
+        self.io_mode = io_mode  # --io-mode; None leaves it to the config (auto by default)
         self.proc: subprocess.Popen[bytes] | None = None
         self._stderr_offset = 0
         if config is not None:
@@ -67,6 +69,7 @@ class Vswitchd:
             "--api-socket", str(self.socket_path),
             "--state-dir", str(self.state_dir),
             "--metrics", f"127.0.0.1:{self.metrics_port}",
+            *(["--io-mode", self.io_mode] if self.io_mode is not None else []),
             *self.extra_args,
         ]
 

@@ -66,8 +66,8 @@ def toml_table(header: str, items: dict[str, Any]) -> str:
 class HostVswitchd(Vswitchd):
     """A vswitchd running inside `netns`; its API socket and files stay on the shared filesystem."""
 
-    def __init__(self, netns: Netns, tmp_path: Path, config: str) -> None:
-        super().__init__(tmp_path, config=config)
+    def __init__(self, netns: Netns, tmp_path: Path, config: str, io_mode: str | None = None) -> None:
+        super().__init__(tmp_path, config=config, io_mode=io_mode)
         self.netns = netns
 
     @property
@@ -194,7 +194,8 @@ class Host:
             raise RuntimeError(f"{self.name} already has a vswitchd")
         workdir = self.lab.tmp_path / f"{self.name}-vswitchd"
         workdir.mkdir()
-        self.daemon = HostVswitchd(self.ns, workdir, config=self.config(networks, peers, switch or {}))
+        config = self.config(networks, peers, switch or {})
+        self.daemon = HostVswitchd(self.ns, workdir, config=config, io_mode=self.lab.io_mode)
         self.daemon.start()
         for c in self.containers.values():
             # A ready daemon has attached every TAP: the interface is up with carrier.
@@ -256,12 +257,17 @@ def decode_vxlan(frame: bytes, dst_ip: str | None = None) -> Ether | None:
 
 
 class Lab:
-    """The underlay bridge and the hosts on it; `close()` stops every vswitchd started here."""
+    """The underlay bridge and the hosts on it; `close()` stops every vswitchd started here.
 
-    def __init__(self, netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns], Agent], tmp_path: Path) -> None:
+    Every vswitchd runs with `--io-mode io_mode` (None: the daemon's default).
+    """
+
+    def __init__(self, netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns], Agent], tmp_path: Path,
+                 io_mode: str | None = None) -> None:
         self.netns_factory = netns_factory
         self.agent_factory = agent_factory
         self.tmp_path = tmp_path
+        self.io_mode = io_mode
         self.hosts: list[Host] = []
         self._macs = 0
         self._underlay_agent: Agent | None = None
@@ -351,9 +357,10 @@ class Lab:
 
 
 @pytest.fixture
-def lab(netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns], Agent], tmp_path: Path) -> Iterator[Lab]:
-    """An underlay bridge to add hosts to; daemons stop before agents and namespaces go."""
-    the_lab = Lab(netns_factory, agent_factory, tmp_path)
+def lab(netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns], Agent], tmp_path: Path,
+        io_mode: str | None) -> Iterator[Lab]:
+    """An underlay bridge to add hosts to; daemons run in the test's io_mode and stop before agents and namespaces go."""
+    the_lab = Lab(netns_factory, agent_factory, tmp_path, io_mode)
     try:
         yield the_lab
     finally:

@@ -35,6 +35,7 @@ cdef enum:
     UR_BUFS = 512                  # provided buffers (default), BUF_SIZE each, shared by every port's read
     UR_BGID = 1                    # their buffer group
     UR_WQ = 4096                   # ring writes in flight between two retirements (power of 2)
+    UR_CHUNK = 64                  # completions handled per hold of the lock
     UR_TUNNEL_ROUNDS = 8           # recvmmsg batches per tunnel wakeup before yielding to the ports
 
 cdef enum event_kind:
@@ -244,7 +245,7 @@ cdef class Datapath:
     cdef int _ring_open(self) noexcept nogil
     cdef void _ring_close(self) noexcept nogil
     cdef void _ring_reconcile(self) noexcept nogil
-    cdef bint _ring_completions(self, uint32_t n, int64_t now) noexcept nogil
+    cdef bint _ring_completions(self, uint32_t first, uint32_t n, int64_t now) noexcept nogil
     cdef void _ring_read(self, io_uring_cqe *cqe, int64_t now) noexcept nogil
     cdef void _ring_forward(self, int64_t now) noexcept nogil
     cdef void _ring_write(self, uint32_t idx, frame_t *f, const uint8_t *start, uint32_t length) noexcept nogil

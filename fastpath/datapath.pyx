@@ -405,17 +405,21 @@ cdef class Datapath:
     # differs. Frames from the tunnel, and super-frames rebuilt by GRO, live
     # in the loop's own buffers and are written with write() as in poll mode.
     #
-    # A buffer goes back to the ring once the writes that use it have been
-    # submitted. Every write completes within that submission: it carries
+    # Every write completes within the submission that carries it: it has
     # RWF_NOWAIT (or its file has no way to wait), so a full receiver fails
     # it instead of parking it, as poll mode drops rather than waits. Writes
     # post a completion only when they fail; the rest are counted when the
-    # submission that carried them returns ("retired").
+    # submission that carried them returns ("retired"). A round's buffers go
+    # back to the ring just before the io_uring_enter that submits the
+    # round's writes: the kernel issues those writes first, in queue order,
+    # and reads into buffers only after them (the re-armed reads are queued
+    # last, and the completions of armed ones run once the submission is
+    # done), so the reads of that very call already have every buffer.
 
     cdef void _loop_uring(self) noexcept nogil:
         cdef io_uring_cqe *cqe
         cdef __kernel_timespec ts
-        cdef uint32_t n
+        cdef uint32_t n, first, count
         cdef bint stopping = False
         cdef int64_t t, now, last_sweep = now_ms()
         cdef int64_t spin_until = 0
@@ -433,6 +437,7 @@ cdef class Datapath:
         self._ring_reconcile()
         pthread_mutex_unlock(&self.lock)
         while not stopping:
+            self._ring_recycle()
             t = now_ns()
             # Never sleep on unsubmitted writes: a frame counts as handled
             # once its writes are out, and under load the submission that
@@ -450,15 +455,25 @@ cdef class Datapath:
             now = t // 1000000
             if n and self.busy_poll_ns:
                 spin_until = t + self.busy_poll_ns
-            if (n == 0 and self.wq_head == self.wq_tail and self.n_recycle == 0 and not self.unsubmitted
-                    and not self.tunnel_pending and not self.ctl_pending and now - last_sweep < SWEEP_INTERVAL_MS):
+            if (n == 0 and self.wq_head == self.wq_tail and not self.unsubmitted and not self.tunnel_pending
+                    and not self.ctl_pending and now - last_sweep < SWEEP_INTERVAL_MS):
                 continue
             pthread_mutex_lock(&self.lock)
             self.stats[LS_WAKEUPS] += 1
             self._ring_mark_failures(0, n)
             self._ring_retire()
-            self._ring_recycle()
-            stopping = self._ring_completions(n, now)
+            # A burst can bring thousands of completions: the lock is let go
+            # between chunks of them, so the control plane never waits for a
+            # whole burst (a port it removes meanwhile shows up as stale).
+            first = 0
+            while first < n:
+                count = min(n - first, UR_CHUNK)
+                if self._ring_completions(first, count, now):
+                    stopping = True
+                first += count
+                if first < n:
+                    pthread_mutex_unlock(&self.lock)
+                    pthread_mutex_lock(&self.lock)
             io_uring_cq_advance(&self.ring, n)
             if self.tunnel_pending:
                 self.tunnel_pending = False
@@ -597,13 +612,13 @@ cdef class Datapath:
             self._ring_poll(self.vx_rx_fd, UD_POLL | POLL_VXLAN)
             self.vx_armed = not self.ctl_pending
 
-    cdef bint _ring_completions(self, uint32_t n, int64_t now) noexcept nogil:
-        """Handle n completions; True when the loop is asked to stop."""
+    cdef bint _ring_completions(self, uint32_t first, uint32_t n, int64_t now) noexcept nogil:
+        """Handle n completions from cqes[first]; True when the loop is asked to stop."""
         cdef uint32_t i
         cdef uint64_t ud, drain
         cdef io_uring_cqe *cqe
         cdef bint stop = False
-        for i in range(n):
+        for i in range(first, first + n):
             cqe = self.cqes[i]
             ud = cqe.user_data
             if ud & UD_KIND == UD_READ:

@@ -26,7 +26,7 @@ from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, CLOCK_REALTIME, CMSG_D
                                 CMSG_NXTHDR,
                                 CMSG_SPACE, cmsghdr, htons, iovec, msghdr, sendmsg, writev, EAGAIN, ECANCELED,
                                 EFD_CLOEXEC, EFD_NONBLOCK, EINTR, ENOBUFS, EPOLL_CLOEXEC, POLLERR, POLLHUP, POLLIN,
-                                poll, pollfd, posix_memalign,
+                                poll, pollfd, posix_memalign, sched_yield,
                                 EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, MSG_DONTWAIT,
                                 SO_ATTACH_FILTER, SOL_SOCKET, clock_gettime, close, epoll_create1, epoll_ctl,
                                 epoll_event, epoll_wait, errno, eventfd, pthread_mutex_destroy, pthread_mutex_init,
@@ -370,6 +370,11 @@ cdef class Datapath:
             if n > 0 and self.busy_poll_ns:
                 spin_until = t + self.busy_poll_ns
             timeout = 0 if t < spin_until else SWEEP_INTERVAL_MS
+            if n <= 0 and timeout == 0:
+                # A poll that found nothing gives the core to whatever else
+                # wants it (the containers' own processes, on a small host):
+                # spinning uses only time nobody else needs.
+                sched_yield()
             if n <= 0 and now - last_sweep < SWEEP_INTERVAL_MS:
                 continue  # nothing to do: the lock is not taken
             pthread_mutex_lock(&self.lock)
@@ -455,6 +460,8 @@ cdef class Datapath:
             now = t // 1000000
             if n and self.busy_poll_ns:
                 spin_until = t + self.busy_poll_ns
+            elif n == 0 and t < spin_until:
+                sched_yield()  # as in poll mode: spin on time nobody else needs
             if (n == 0 and self.wq_head == self.wq_tail and not self.unsubmitted and not self.tunnel_pending
                     and not self.ctl_pending and now - last_sweep < SWEEP_INTERVAL_MS):
                 continue

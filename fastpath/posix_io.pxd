@@ -73,6 +73,9 @@ cdef extern from "<poll.h>" nogil:
         POLLHUP
         POLLERR
 
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
 cdef extern from "<stdlib.h>" nogil:
     int posix_memalign(void **memptr, size_t alignment, size_t size)
 

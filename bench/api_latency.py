@@ -3,8 +3,9 @@ and what Prometheus scrapes cost the loop.
 
     .venv/bin/python bench/api_latency.py [--quick] [--json OUT]     (as root; needs iperf3)
 
-Two containers on one vswitchd; the load is iperf3 -u -l 64 -b 0 from one to
-the other. The scrape cost is that load run twice, once alone and once while
+Two containers on one vswitchd (in its default I/O mode); the load is the
+64-byte UDP flood of bench/udpflood.py from one to the other. The scrape
+cost is that load run twice, once alone and once while
 /metrics is scraped 10 times a second (150 times Prometheus's default rate),
 comparing the frames delivered and the switch's CPU per frame. Requests are sequential, one connection each (as vswitchctl does),
 timed from connect to the decoded answer. bench/run.py calls measure() on its

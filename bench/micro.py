@@ -4,10 +4,12 @@
 
 - MAC table lookup and learn rates at 1k, 64k and 1M entries, measured in C
   (MacTable.bench_lookup / bench_learn) so Python is not in the timing.
-- The forwarding loop's CPU per frame over socketpairs: the loop thread's
-  own CPU time (from /proc) divided by the frames it handled, for known
-  unicast and for floods to 4, 16 and 64 ports. Senders and sinks run in
-  other threads and are not counted.
+- The forwarding loop's CPU per frame over socketpairs, in each I/O mode
+  this machine has (poll, and io_uring unless fastpath.uring_unavailable()
+  says why not): the process's CPU time (from /proc) less that of the
+  sending and sinking threads, i.e. the loop thread's plus that of any
+  io_uring worker thread, divided by the frames the loop handled; for known
+  unicast and for floods to 4, 16 and 64 ports.
 - As root (the VTEP sends from a raw socket), the same for VXLAN on
   loopback: frames from a port encapsulated to one peer, and datagrams from
   that peer decapsulated to the port.
@@ -35,7 +37,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fastpath import Datapath, MacTable  # noqa: E402
+from fastpath import Datapath, MacTable, uring_unavailable  # noqa: E402
 from model import ModelSwitch  # noqa: E402
 from rawframes import BROADCAST, eth, mac  # noqa: E402
 
@@ -46,11 +48,15 @@ VNI = 5001
 SO_RCVBUFFORCE = 33  # not in the socket module; lets root pass rmem_max
 
 
+def cpu_s(stat: Path) -> float:
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+
+
 def thread_cpu_s(t: threading.Thread) -> float:
     if t.native_id is None:
         raise RuntimeError(f"thread {t.name} has not started")
-    fields = Path(f"/proc/self/task/{t.native_id}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime + stime
+    return cpu_s(Path(f"/proc/self/task/{t.native_id}/stat"))
 
 
 def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -122,8 +128,8 @@ class Rig:
     around it. Leaving the `with` block stops the loop and the sinks and closes
     every socket, in that order (the datapath uses the fds until it stops)."""
 
-    def __init__(self) -> None:
-        self.dp = Datapath(max_ports=128, mac_table_size=4096)
+    def __init__(self, io_mode: str) -> None:
+        self.dp = Datapath(max_ports=128, mac_table_size=4096, io_mode=io_mode)
         self.loop = threading.Thread(target=self.dp.run, daemon=True)
         self.socks: list[socket.socket] = []
         self.sinks: list[Sink] = []
@@ -160,15 +166,21 @@ class Rig:
         sink.start()
         return sink
 
+    def loop_cpu_s(self) -> float:
+        """The process's CPU time less the sender's (this thread) and the sinks': the loop
+        thread's, and that of any worker thread io_uring started for it."""
+        others = thread_cpu_s(threading.current_thread()) + sum(thread_cpu_s(s) for s in self.sinks)
+        return cpu_s(Path("/proc/self/stat")) - others
+
     def cost(self, sock: socket.socket, msg: bytes, seconds: float) -> tuple[int, float]:
         """Send msg on sock for `seconds`: the frames the loop handled
-        meanwhile and the CPU seconds its thread spent."""
-        f0, c0 = self.dp.loop_stats()["frames"], thread_cpu_s(self.loop)
+        meanwhile and the CPU seconds it spent."""
+        f0, c0 = self.dp.loop_stats()["frames"], self.loop_cpu_s()
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             for _ in range(256):
                 sock.send(msg)
-        f1, c1 = self.dp.loop_stats()["frames"], thread_cpu_s(self.loop)
+        f1, c1 = self.dp.loop_stats()["frames"], self.loop_cpu_s()
         return f1 - f0, c1 - c0
 
     def settle(self, sock: socket.socket, request: int, what: str) -> None:
@@ -180,13 +192,13 @@ class Rig:
         self.dp.fdb_lookup(NETWORK, BROADCAST)  # takes the lock the loop holds for a whole batch
 
 
-def entry(case: str, outputs: str, frames: int, cpu_s: float, **extra: Any) -> dict[str, Any]:
-    return {"case": case, "outputs": outputs, "frames": frames,
-            "loop_cpu_ns_per_frame": cpu_s * 1e9 / max(frames, 1), **extra}
+def entry(rig: Rig, case: str, outputs: str, frames: int, cpu: float, **extra: Any) -> dict[str, Any]:
+    return {"case": case, "io_mode": rig.dp.io_mode, "outputs": outputs, "frames": frames,
+            "loop_cpu_ns_per_frame": cpu * 1e9 / max(frames, 1), **extra}
 
 
-def loop_cost(fanout: int, known: bool, seconds: float) -> dict[str, Any]:
-    with Rig() as rig:
+def loop_cost(io_mode: str, fanout: int, known: bool, seconds: float) -> dict[str, Any]:
+    with Rig(io_mode) as rig:
         ports = [rig.port() for _ in range(fanout + 1)]
         rig.loop.start()
         rig.sink([ours for ours, _ in ports[1:]])
@@ -196,8 +208,8 @@ def loop_cost(fanout: int, known: bool, seconds: float) -> dict[str, Any]:
                 raise RuntimeError("mac(2) was not learned within 5 s")
         frame = eth(mac(2) if known else BROADCAST, mac(1), b"x" * 50)
         frames, cpu = rig.cost(ports[0][0], frame, seconds)
-    return entry("known unicast" if known else f"flood to {fanout}", "1 port" if known else f"{fanout} ports",
-                 frames, cpu)
+        return entry(rig, "known unicast" if known else f"flood to {fanout}", "1 port" if known else f"{fanout} ports",
+                     frames, cpu)
 
 
 def open_vtep(rig: Rig) -> tuple[int, socket.socket, socket.socket]:
@@ -227,11 +239,11 @@ def open_vtep(rig: Rig) -> tuple[int, socket.socket, socket.socket]:
     return port, rx, peer
 
 
-def vxlan_cost(seconds: float) -> list[dict[str, Any]]:
+def vxlan_cost(io_mode: str, seconds: float) -> list[dict[str, Any]]:
     """One port and one peer in a VNI, on loopback: broadcasts from the port
     go out encapsulated to the peer; then datagrams from the peer to a MAC on
     the port come in and are decapsulated to it."""
-    with Rig() as rig:
+    with Rig(io_mode) as rig:
         port, rx, peer = open_vtep(rig)
         rig.dp.set_network_vni(NETWORK, VNI)
         peer_idx = rig.dp.add_peer(NETWORK, PEER)
@@ -247,7 +259,7 @@ def vxlan_cost(seconds: float) -> list[dict[str, Any]]:
         wait_until(lambda: arrived.count >= sent["tx_packets"], timeout=1.0)
         if arrived.count == 0:
             raise RuntimeError(f"no encapsulated frame arrived at {PEER}:{port} ({sent['tx_packets']} sent)")
-        encap = entry("vxlan encap", "1 peer", frames, cpu, tunnel_tx=sent["tx_packets"],
+        encap = entry(rig, "vxlan encap", "1 peer", frames, cpu, tunnel_tx=sent["tx_packets"],
                       tunnel_tx_errors=sent["tx_errors"], delivered=arrived.count)
 
         # mac(1) sent the broadcasts above: it is known on the port, so the
@@ -271,7 +283,7 @@ def vxlan_cost(seconds: float) -> list[dict[str, Any]]:
         if tx == 0 or received.count == 0:
             raise RuntimeError(f"no decapsulated frame reached port {port_idx} ({frames} datagrams handled)")
         # Frames the sink was too slow for are port_tx_errors (never waited for).
-        decap = entry("vxlan decap", "1 port", frames, cpu, port_tx=tx, port_tx_errors=tx_errors,
+        decap = entry(rig, "vxlan decap", "1 port", frames, cpu, port_tx=tx, port_tx_errors=tx_errors,
                       delivered=received.count)
     return [encap, decap]
 
@@ -296,23 +308,33 @@ def main() -> None:
     args = ap.parse_args()
     seconds = 1.0 if args.quick else 3.0
     rounds = 2_000_000 if args.quick else 10_000_000
+    why = uring_unavailable()
+    modes = ["poll"] if why else ["poll", "uring"]
     res: dict[str, Any] = {
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "kernel": platform.release()},
+        "io_modes": modes,
+        "uring_unavailable": why,
         "mac_table": mac_table([1_000, 64_000, 1_000_000], rounds),
-        "loop": [loop_cost(1, True, seconds)] + [loop_cost(n, False, seconds) for n in (4, 16, 64)],
+        "loop": [row for mode in modes for row in
+                 [loop_cost(mode, 1, True, seconds)] + [loop_cost(mode, n, False, seconds) for n in (4, 16, 64)]],
         "python_model": [python_model(100_000, 1, True)] + [python_model(20_000, n, False) for n in (4, 16, 64)],
     }
     if os.geteuid() == 0:
-        res["loop"] += vxlan_cost(seconds)
+        res["loop"] += [row for mode in modes for row in vxlan_cost(mode, seconds)]
     print(f"{'entries':>10} {'insert/s':>12} {'learn/s':>12} {'lookup/s':>12}")
     for r in res["mac_table"]:
         print(f"{r['entries']:>10} {r['insert_per_s']:>12.3g} {r['learn_refresh_per_s']:>12.3g} {r['lookup_per_s']:>12.3g}")
     python = {py["case"]: py["python_ns_per_frame"] for py in res["python_model"]}
-    print(f"\n{'case':<16} {'loop ns/frame':>14} {'python model ns/frame (decision only)':>38}")
-    for lp in res["loop"]:
-        py = python.get(lp["case"])
-        print(f"{lp['case']:<16} {lp['loop_cpu_ns_per_frame']:>14.0f} {'—' if py is None else f'{py:.0f}':>38}")
+    loop = {(lp["case"], lp["io_mode"]): lp["loop_cpu_ns_per_frame"] for lp in res["loop"]}
+    print(f"\n{'case':<16}" + "".join(f"{f'loop ns/frame, {m}':>22}" for m in modes)
+          + f"{'python model ns/frame (decision only)':>40}")
+    for case in dict.fromkeys(lp["case"] for lp in res["loop"]):
+        py = python.get(case)
+        print(f"{case:<16}" + "".join(f"{loop[case, m]:>22.0f}" for m in modes)
+              + f"{'—' if py is None else f'{py:.0f}':>40}")
+    if why:
+        print(f"io_uring loop: not measured: {why}")
     if os.geteuid() != 0:
         print("vxlan encap/decap: not measured, needs root (the VTEP sends from a raw socket)")
     if args.json:

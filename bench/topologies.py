@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from lab import VENV_PY, BenchError, Lab, Netns, wait_for
 from ovs import Ovs
 
+from fastpath import uring_unavailable
 from vswitch.client import ApiError, Client
-from vswitch.model import SwitchSettings
 
 NET = "10.77.0."
 PREFIX = 24
@@ -30,6 +30,7 @@ VXLAN_MTU = UNDERLAY_MTU - 50
 VNI = 100
 VXLAN_PORT = 4789
 START_TIMEOUT_S = 60.0
+IO_MODE_NAMES = {"uring": "io_uring", "poll": "poll"}
 
 
 @dataclass
@@ -81,9 +82,19 @@ def free_tcp_port() -> int:
         return s.getsockname()[1]
 
 
-def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None) -> tuple[subprocess.Popen, Path]:
-    """vswitchd with this config (in `host`'s namespace if given); returns once its API answers,
-    which the daemon does only after every configured port is attached."""
+def default_io_mode() -> str:
+    """The I/O mode vswitchd's default (io_mode auto) resolves to on this machine."""
+    return "poll" if uring_unavailable() else "uring"
+
+
+def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None,
+                   io_mode: str | None = None) -> tuple[subprocess.Popen, Path]:
+    """vswitchd with this config (in `host`'s namespace if given) and, if given, --io-mode;
+    returns once its API answers, which the daemon does only after every configured port is
+    attached, and it has said it runs in that mode."""
+    why = uring_unavailable() if io_mode == "uring" else None
+    if why:
+        raise BenchError(f"the io_uring datapath is unavailable here: {why}")
     d = lab.dir / name
     d.mkdir()
     (d / "vswitch.toml").write_text(config)
@@ -92,6 +103,8 @@ def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None) 
     (d / "metrics").write_text(metrics)
     argv = [str(VENV_PY), "-m", "vswitch", "--config", str(d / "vswitch.toml"), "--api-socket", str(sock),
             "--state-dir", str(d / "state"), "--metrics", metrics, "--log-level", "warning"]
+    if io_mode:
+        argv += ["--io-mode", io_mode]
     proc = lab.spawn(name, host.cmd(*argv) if host else argv)
     client = Client(sock, timeout=5.0)
 
@@ -103,14 +116,17 @@ def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None) 
         except ApiError:
             return False
     wait_for(f"{name} API", healthy, timeout=START_TIMEOUT_S)
+    running = client.request("GET", "/v1/stats")["io_mode"] if io_mode else None
+    if running != io_mode:
+        raise BenchError(f"{name} runs in I/O mode {running!r}, not the {io_mode!r} asked for")
     return proc, sock
 
 
-def vswitch_same_host(lab: Lab, switch: dict[str, object] | None = None) -> Topo:
+def vswitch_same_host(lab: Lab, io_mode: str | None = None, switch: dict[str, object] | None = None) -> Topo:
     c1, c2 = containers(lab)
     config = (toml("[switch]", switch or {}) + toml("[[network]]", {"name": "bench"})
               + port_toml("c1", c1, 1) + port_toml("c2", c2, 2))
-    proc, sock = start_vswitchd(lab, "vswitchd", config)
+    proc, sock = start_vswitchd(lab, "vswitchd", config, io_mode=io_mode)
     for c in (c1, c2):
         c.ip("link", "set", "eth0", "up")
     metrics = (sock.parent / "metrics").read_text()
@@ -154,7 +170,7 @@ def underlay(lab: Lab) -> tuple[Netns, Netns]:
     return h1, h2
 
 
-def vswitch_vxlan(lab: Lab) -> Topo:
+def vswitch_vxlan(lab: Lab, io_mode: str | None = None) -> Topo:
     hosts = underlay(lab)
     cs = containers(lab)
     pids = []
@@ -163,7 +179,7 @@ def vswitch_vxlan(lab: Lab) -> Topo:
         config = (toml("[switch]", {"vtep_ip": f"{UNDERLAY}{i}", "underlay_mtu": UNDERLAY_MTU})
                   + toml("[[network]]", {"name": "bench", "vni": VNI}) + port_toml(f"c{i}", c, i)
                   + toml("[[peer]]", {"network": "bench", "remote": f"{UNDERLAY}{3 - i}"}))
-        proc, _ = start_vswitchd(lab, f"vswitchd-h{i}", config, host=h)
+        proc, _ = start_vswitchd(lab, f"vswitchd-h{i}", config, host=h, io_mode=io_mode)
         c.ip("link", "set", "eth0", "up")
         pids.append(proc.pid)
     return Topo(cs[0], cs[1], f"{NET}2", pids)
@@ -212,30 +228,43 @@ class Setup:
     key: str
     label: str
     build: Callable[[Lab], Topo]
-    is_vswitch: bool = False
+    io_mode: str | None = None  # vswitch's I/O mode; None for the other switches
+    offloads: bool = True
+    default: bool = False  # vswitch as it runs with no settings: io_mode auto, offloads on
+
+    @property
+    def is_vswitch(self) -> bool:
+        return self.io_mode is not None
 
 
-def vswitch_modes() -> list[Setup]:
-    """vswitch in its default mode, and in each other mode the installed version has."""
-    if "offloads" not in {f.name for f in fields(SwitchSettings)}:
-        return [Setup("vswitch", "vswitch", vswitch_same_host, is_vswitch=True)]
-    on = SwitchSettings().offloads
+def same_host() -> list[Setup]:
+    """vswitch in each I/O mode with offloads on (its default), then without offloads in poll mode
+    (the mode every kernel has), then the other switches."""
+    default = default_io_mode()
+
+    def vswitch(mode: str, offloads: bool) -> Setup:
+        switch = {} if offloads else {"offloads": False}
+        return Setup(f"vswitch_{mode}" + ("" if offloads else "_offloads_off"),
+                     f"vswitch, {IO_MODE_NAMES[mode]}, offloads {'on' if offloads else 'off'}"
+                     + (" (default)" if offloads and mode == default else ""),
+                     lambda lab: vswitch_same_host(lab, mode, switch), mode, offloads, offloads and mode == default)
     return [
-        Setup("vswitch", f"vswitch, offloads {'on' if on else 'off'} (default)", vswitch_same_host, is_vswitch=True),
-        Setup(f"vswitch_offloads_{'off' if on else 'on'}", f"vswitch, offloads {'off' if on else 'on'}",
-              lambda lab: vswitch_same_host(lab, {"offloads": not on}), is_vswitch=True),
+        vswitch("uring", True), vswitch("poll", True), vswitch("poll", False),
+        Setup("ovs", "OVS userspace, TSO off", lambda lab: ovs_same_host(lab, tso=False)),
+        Setup("ovs_tso", "OVS userspace, TSO on", lambda lab: ovs_same_host(lab, tso=True)),
+        Setup("linux_bridge", "Linux bridge + veth", linux_bridge_same_host),
     ]
 
 
-SAME_HOST = [
-    *vswitch_modes(),
-    Setup("ovs", "OVS userspace, TSO off", lambda lab: ovs_same_host(lab, tso=False)),
-    Setup("ovs_tso", "OVS userspace, TSO on", lambda lab: ovs_same_host(lab, tso=True)),
-    Setup("linux_bridge", "Linux bridge + veth", linux_bridge_same_host),
-]
+def vxlan() -> list[Setup]:
+    """vswitch in each I/O mode (offloads on, its default), then the other switches."""
+    default = default_io_mode()
 
-VXLAN = [
-    Setup("vswitch", "vswitch VXLAN", vswitch_vxlan, is_vswitch=True),
-    Setup("kernel_vxlan", "kernel vxlan + bridge", kernel_vxlan),
-    Setup("ovs", "OVS userspace VXLAN, TSO off", lambda lab: ovs_vxlan(lab, tso=False)),
-]
+    def vswitch(mode: str) -> Setup:
+        label = f"vswitch VXLAN, {IO_MODE_NAMES[mode]}" + (" (default)" if mode == default else "")
+        return Setup(f"vswitch_{mode}", label, lambda lab: vswitch_vxlan(lab, mode), mode, default=mode == default)
+    return [
+        vswitch("uring"), vswitch("poll"),
+        Setup("kernel_vxlan", "kernel vxlan + bridge", kernel_vxlan),
+        Setup("ovs", "OVS userspace VXLAN, TSO off", lambda lab: ovs_vxlan(lab, tso=False)),
+    ]

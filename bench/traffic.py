@@ -1,14 +1,16 @@
 """The figures measured on a topology: TCP throughput, 64-byte UDP frames delivered, RTT, switch CPU.
 
-UDP frames are counted at the interfaces, not only by iperf3 (whose receiver
-saturates before a switch does): offered = what the sending container's eth0
-handed on (tx_packets + tx_dropped), delivered = the receiving eth0's
-rx_packets. Counters and the switch's CPU time are sampled over the same
-window, inside the run, after a short warm-up. The counters are those of
-/sys/class/net/eth0/statistics in each container, read as
-/proc/PID/net/dev of the iperf3 process in that namespace: a plain file read
-from here, so both sides are sampled microseconds apart rather than a
-process spawn apart.
+TCP is iperf3. The 64-byte UDP load is bench/udpflood.py: a sendmmsg(2)
+sender that offers more than any userspace switch forwards, so the frames/s
+figure is each switch's saturation rate, and a sink that holds the port open
+without reading. Frames are counted at the interfaces: offered =
+what the sending container's eth0 handed on (tx_packets + tx_dropped),
+delivered = the receiving eth0's rx_packets. Counters and the switch's CPU
+time are sampled over the same window, inside the run, after a short
+warm-up. The counters are those of /sys/class/net/eth0/statistics in each
+container, read as /proc/PID/net/dev of a process in that namespace (the
+sender, the iperf3 server): a plain file read from here, so both sides are
+sampled microseconds apart rather than a process spawn apart.
 """
 from __future__ import annotations
 
@@ -21,12 +23,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from lab import BenchError, Lab, wait_for
+from lab import ROOT, VENV_PY, BenchError, Lab, wait_for
 from topologies import Topo
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 IPERF_PORT = 5201
-UDP_LEN = 64
+UDP_PORT = 5301
+UDPFLOOD = ROOT / "bench" / "udpflood.py"
 UDP_WARMUP_S = 0.5
 UDP_TAIL_S = 0.2
 PING_ADAPTIVE_COUNT = 2000
@@ -55,63 +58,63 @@ def ns_counters(pid: int, ifname: str = "eth0") -> dict[str, int]:
     raise BenchError(f"no {ifname} in the namespace of pid {pid}")
 
 
-def start_server(lab: Lab, topo: Topo) -> int:
-    proc = lab.spawn("iperf3-server", topo.server.cmd("iperf3", "-s", "-p", str(IPERF_PORT)))
+def listen(lab: Lab, topo: Topo, name: str, argv: list[str], ss_flags: str, port: int) -> subprocess.Popen:
+    """Start `argv` in the server container; returns once something listens on `port` there."""
+    proc = lab.spawn(name, topo.server.cmd(*argv))
 
     def listening() -> bool:
         if proc.poll() is not None:
-            raise BenchError(f"iperf3 server exited {proc.returncode}: {lab.log_tail('iperf3-server')}")
-        return topo.server.exec("ss", "-Hltn", f"sport = :{IPERF_PORT}", timeout=10).strip() != ""
-    wait_for("iperf3 server", listening)
-    return proc.pid
+            raise BenchError(f"{name} exited {proc.returncode}: {lab.log_tail(name)}")
+        return topo.server.exec("ss", ss_flags, f"sport = :{port}", timeout=10).strip() != ""
+    wait_for(name, listening)
+    return proc
+
+
+def start_server(lab: Lab, topo: Topo) -> int:
+    """The receiving side: iperf3's server (TCP) and the UDP sink; returns the iperf3 server's pid."""
+    server = listen(lab, topo, "iperf3-server", ["iperf3", "-s", "-p", str(IPERF_PORT)], "-Hltn", IPERF_PORT)
+    listen(lab, topo, "udp-sink", [str(VENV_PY), str(UDPFLOOD), "sink", str(UDP_PORT)], "-Hlun", UDP_PORT)
+    return server.pid
 
 
 class Runner:
-    """Runs iperf3 and ping clients in the client container, against the server's iperf3."""
+    """Runs the clients (iperf3, the UDP sender, ping) in the client container against the server's side."""
 
     def __init__(self, lab: Lab, topo: Topo, server_pid: int) -> None:
         self.lab, self.topo, self.server_pid = lab, topo, server_pid
         self._n = 0
 
-    def _iperf(self, args: list[str], seconds: float,
-               during: Callable[[subprocess.Popen, float], Any] | None = None) -> tuple[dict, Any]:
-        """One iperf3 client run; `during(proc, t0)` runs while it does. Retries while the server
-        is still busy with the previous test."""
+    def tcp(self, seconds: float) -> dict[str, Any]:
+        """One iperf3 TCP run. Retries while the server is still busy with the previous test."""
         for _ in range(BUSY_RETRIES):
             self._n += 1
             name = f"iperf3-client-{self._n}"
-            t0 = time.monotonic()
             proc = self.lab.spawn(name, self.topo.client.cmd(
-                "iperf3", "-c", self.topo.server_ip, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J", *args))
-            extra = during(proc, t0) if during else None
+                "iperf3", "-c", self.topo.server_ip, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J"))
             try:
                 proc.wait(seconds + 30)
             except subprocess.TimeoutExpired:
-                raise BenchError(f"iperf3 {' '.join(args)} did not finish") from None
+                raise BenchError("iperf3 did not finish") from None
             text = self.lab.output(name)
             try:
                 doc = json.loads(text)
             except ValueError:
-                raise BenchError(f"iperf3 {' '.join(args)}: no JSON: {text[:200]!r} {self.lab.log_tail(name)}") from None
+                raise BenchError(f"iperf3: no JSON: {text[:200]!r} {self.lab.log_tail(name)}") from None
             err = doc.get("error")
             if err and "busy" in err:
                 time.sleep(1.0)
                 continue
             if err:
-                raise BenchError(f"iperf3 {' '.join(args)}: {err}")
-            return doc, extra
+                raise BenchError(f"iperf3: {err}")
+            end = doc["end"]
+            return {"gbit_s": end["sum_received"]["bits_per_second"] / 1e9,
+                    "retransmits": end["sum_sent"].get("retransmits")}
         raise BenchError("iperf3 server stayed busy")
 
-    def tcp(self, seconds: float) -> dict[str, Any]:
-        doc, _ = self._iperf([], seconds)
-        end = doc["end"]
-        return {"gbit_s": end["sum_received"]["bits_per_second"] / 1e9,
-                "retransmits": end["sum_sent"].get("retransmits")}
-
-    def _sample(self, client_pid: int) -> dict[str, float]:
+    def _sample(self, sender_pid: int) -> dict[str, float]:
         t = time.monotonic()
         cpu = sum(cpu_s(pid) for pid in self.topo.switch_pids)
-        tx = ns_counters(client_pid)
+        tx = ns_counters(sender_pid)
         rx = ns_counters(self.server_pid)
         return {"t": (t + time.monotonic()) / 2, "cpu": cpu, "rx": rx["rx_packets"],
                 "offered": tx["tx_packets"] + tx["tx_dropped"]}
@@ -119,30 +122,34 @@ class Runner:
     def udp(self, seconds: float, busy: Callable[[float], Any] | None = None) -> dict[str, Any]:
         """One 64-byte UDP run; `busy(deadline)`, if given, runs inside the measuring window
         and its result is returned under "busy"."""
-        def window(proc: subprocess.Popen, t0: float) -> tuple[dict, dict, Any] | None:
+        self._n += 1
+        name = f"udpflood-{self._n}"
+        t0 = time.monotonic()
+        proc = self.lab.spawn(name, self.topo.client.cmd(
+            str(VENV_PY), str(UDPFLOOD), "send", self.topo.server_ip, str(UDP_PORT), f"{seconds:g}"))
+        a = b = extra = None
+        try:
             time.sleep(max(0.0, t0 + UDP_WARMUP_S - time.monotonic()))
-            if proc.poll() is not None:
-                return None  # refused (server busy) or failed: _iperf tells which
-            a = self._sample(proc.pid)
-            end = t0 + seconds - UDP_TAIL_S
-            extra = busy(end) if busy else None
-            time.sleep(max(0.0, end - time.monotonic()))
-            b = self._sample(proc.pid)
-            return None if proc.poll() is not None else (a, b, extra)
-        doc, win = self._iperf(["-u", "-l", str(UDP_LEN), "-b", "0"], seconds, during=window)
-        if win is None:
-            raise BenchError("iperf3 UDP client ended before the measuring window closed")
-        a, b, extra = win
+            if proc.poll() is None:
+                a = self._sample(proc.pid)
+                end = t0 + seconds - UDP_TAIL_S
+                extra = busy(end) if busy else None
+                time.sleep(max(0.0, end - time.monotonic()))
+                b = self._sample(proc.pid) if proc.poll() is None else None
+            proc.wait(seconds + 30)
+        except subprocess.TimeoutExpired:
+            raise BenchError("the UDP sender did not finish") from None
+        if proc.returncode != 0 or a is None or b is None:
+            raise BenchError(f"the UDP sender ended before the measuring window closed (exit {proc.returncode}): "
+                             f"{self.lab.log_tail(name)}")
+        sent = json.loads(self.lab.output(name))
         dt = b["t"] - a["t"]
         delivered, offered = b["rx"] - a["rx"], b["offered"] - a["offered"]
-        s = doc["end"]["sum"]
         out: dict[str, Any] = {
             "delivered_pps": delivered / dt,
             "offered_pps": offered / dt,
             "loss_pct": 100.0 * (1 - delivered / offered) if offered else None,
-            "iperf3_sent_pps": s["packets"] / s["seconds"],
-            "iperf3_received_pps": (s["packets"] - s["lost_packets"]) / s["seconds"],
-            "iperf3_loss_pct": s["lost_percent"],
+            "sender_pps": sent["sent"] / sent["seconds"],
             "window_s": dt,
         }
         if self.topo.switch_pids:
@@ -190,6 +197,7 @@ def fmt_run(kind: str, m: dict[str, Any]) -> str:
         return f"{m['gbit_s']:.2f} Gbit/s"
     if kind == "udp":
         cpu = m.get("cpu_us_per_frame")
-        return (f"{m['delivered_pps'] / 1e3:.0f}k frames/s delivered, loss {m['loss_pct']:.1f}%"
+        return (f"{m['delivered_pps'] / 1e3:.0f}k frames/s delivered of {m['offered_pps'] / 1e3:.0f}k offered, "
+                f"loss {m['loss_pct']:.1f}%"
                 + (f", {cpu:.2f} us CPU/frame" if cpu is not None else ""))
     return f"min/avg/p99 {m['min_us']:.0f}/{m['avg_us']:.1f}/{m['p99_us']:.0f} us"

@@ -183,7 +183,8 @@ def markdown(res: dict[str, Any]) -> str:
            "(the machine is shared: senders, receivers and switch share its cores with whatever else runs).",
            f"Versions: {', '.join(f'{k} {v}' for k, v in res['versions'].items())}.",
            f"Each figure is the median of {res['runs']} runs of {res['seconds']:g} s "
-           f"(pings: {res['ping_counts']}); run time {res['duration_s'] / 60:.1f} min"
+           f"(pings: {res['ping_counts']}), taken in rounds: every switch once per round, each on a fresh "
+           f"topology; run time {res['duration_s'] / 60:.1f} min"
            + (" (quick mode: not the published figures)" if res["quick"] else "") + ".",
            "Frames/s are datagrams of 64 bytes of UDP payload counted at the receiving container's eth0. "
            "The sender (bench/udpflood.py, sendmmsg in batches) offers more than any userspace switch here "

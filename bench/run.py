@@ -35,7 +35,7 @@ import topologies
 from api_latency import measure as api_measure, report as api_report
 from lab import ROOT, VENV_PY, BenchError, Lab, interrupt_on_signals, run
 from scale import measure as scale_measure
-from traffic import PING_ADAPTIVE_COUNT, PING_INTERVAL_COUNT, Runner, measure, start_server
+from traffic import PING_ADAPTIVE_COUNT, PING_INTERVAL_COUNT, Runner, measure, median_of, start_server
 
 DEB_PACKAGES = ["iproute2", "iperf3", "iputils-ping", "openvswitch-switch"]
 SECTIONS = ("same_host", "vxlan", "api", "scale", "micro")
@@ -98,30 +98,46 @@ def versions() -> dict[str, str]:
 
 def topology(name: str, setups: list[Any], runs: int, seconds: float,
              extra: Callable[[Runner], None] | None = None) -> dict[str, Any]:
-    """Build each switch's topology in turn, measure it, take it down. `extra(runner)`
-    runs on vswitch's default setup before it is taken down."""
-    out = []
-    for i, s in enumerate(setups):
-        log(f"  {s.label}")
-        entry: dict[str, Any] = {"key": s.key, "label": s.label, "is_vswitch": s.is_vswitch}
+    """Measure every switch's topology `runs` times, round-robin: each round
+    builds the setups in turn, measures each once and takes it down. The
+    shared machine has slow spells minutes long (every figure, the senders'
+    included, drops by up to a fifth at once); taking turns spreads them over
+    all the switches instead of letting one spell fall on one switch's runs.
+    `extra(runner)` runs on vswitch's default setup in the last round."""
+    entries: list[dict[str, Any]] = []
+    raws: list[dict[str, list[dict[str, Any]]]] = []
+    for s in setups:
+        entry: dict[str, Any] = {"key": s.key, "label": s.label, "is_vswitch": s.is_vswitch, "duration_s": 0.0}
         if s.is_vswitch:
             entry |= {"io_mode": s.io_mode, "offloads": s.offloads, "default": s.default}
-        t0 = time.monotonic()
-        try:
-            with Lab(f"{name[:2]}{i}") as lab:
-                topo = s.build(lab)
-                topologies.reachable(topo)
-                entry["switch_pids"] = len(topo.switch_pids)
-                runner = Runner(lab, topo, start_server(lab, topo))
-                entry |= measure(runner, runs, seconds, log)
-                if extra and s.default:
-                    extra(runner)
-        except BenchError as e:
-            entry["error"] = str(e)
-            log(f"    not measured: {e}")
-        entry["duration_s"] = time.monotonic() - t0
-        out.append(entry)
-    return {"setups": out, "ratios": report.ratios(out)}
+        entries.append(entry)
+        raws.append({})
+    for r in range(runs):
+        for i, s in enumerate(setups):
+            entry = entries[i]
+            if "error" in entry:
+                continue
+            log(f"  {s.label}" + (f" (round {r + 1} of {runs})" if runs > 1 else ""))
+            t0 = time.monotonic()
+            try:
+                with Lab(f"{name[:2]}{i}") as lab:
+                    topo = s.build(lab)
+                    topologies.reachable(topo)
+                    entry["switch_pids"] = len(topo.switch_pids)
+                    runner = Runner(lab, topo, start_server(lab, topo))
+                    for kind, got in measure(runner, 1, seconds, log)["runs"].items():
+                        raws[i].setdefault(kind, []).extend(got)
+                    if extra and s.default and r == runs - 1:
+                        extra(runner)
+            except BenchError as e:
+                entry["error"] = str(e)
+                log(f"    not measured: {e}")
+            entry["duration_s"] += time.monotonic() - t0
+    for entry, raw in zip(entries, raws):
+        if "error" not in entry:
+            entry["runs"] = raw
+            entry["median"] = {kind: median_of(got) for kind, got in raw.items()}
+    return {"setups": entries, "ratios": report.ratios(entries)}
 
 
 def mac_table_flatness(micro: dict[str, Any], caches: dict[str, str]) -> str:

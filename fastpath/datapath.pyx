@@ -45,7 +45,8 @@ from fastpath.uring cimport (IORING_CQE_BUFFER_SHIFT, IORING_CQE_F_BUFFER, IORIN
                              io_uring_prep_write, io_uring_probe, io_uring_queue_exit, io_uring_queue_init_params,
                              io_uring_register_buf_ring, io_uring_register_files_sparse,
                              io_uring_register_files_update, io_uring_sqe, io_uring_sqe_set_data64,
-                             io_uring_sqe_set_flags, io_uring_submit, io_uring_submit_and_get_events,
+                             io_uring_sqe_set_flags, io_uring_sq_ready, io_uring_submit,
+                             io_uring_submit_and_get_events,
                              io_uring_submit_and_wait_timeout)
 from fastpath.vxlan cimport (UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORMED, VX_OK, VX_TRUNCATED,
                              VX_UNKNOWN_PEER, VX_UNKNOWN_VNI, VXLAN_FLAG_I, VXLAN_HLEN, VXLAN_IP_OVERHEAD,
@@ -574,6 +575,12 @@ cdef class Datapath:
         cdef int fd
         self.ctl_pending = False
         self.ctl_seen = self.ctl_seq
+        if io_uring_sq_ready(&self.ring):
+            # Queued writes name ports by fixed-file slot: they must leave
+            # before a slot changes hands, or a port added since they were
+            # decided (in the lock's gap between chunks) would get them.
+            io_uring_submit(&self.ring)
+            self.ustats[US_SUBMITS] += 1
         for idx in range(self.max_ports):
             p = &self.ports[idx]
             u = &self.rports[idx]

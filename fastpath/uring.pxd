@@ -43,6 +43,7 @@ cdef extern from "<liburing.h>" nogil:
     void io_uring_queue_exit(io_uring *ring)
     io_uring_sqe *io_uring_get_sqe(io_uring *ring)
     int io_uring_submit(io_uring *ring)
+    unsigned io_uring_sq_ready(const io_uring *ring)
     int io_uring_enable_rings(io_uring *ring)
     int io_uring_submit_and_wait_timeout(io_uring *ring, io_uring_cqe **cqe_ptr, unsigned wait_nr,
                                          __kernel_timespec *ts, void *sigmask)

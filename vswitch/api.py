@@ -388,8 +388,18 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             raise HttpError(400, "bad_request", f"request body is not valid JSON: {_one_line(str(e))}") from None
 
     def _refuse_body(self) -> None:
-        """An error answered before the body was read: drop the connection instead of parsing the body as a request."""
-        if "Transfer-Encoding" in self.headers or self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+        """An error answered without looking at the body: a body of a declared,
+        acceptable length is still read (and dropped), so a client that sends
+        it after the headers is not cut off mid-send (EPIPE) and the
+        connection stays in step; any other body closes the connection."""
+        length = None if "Transfer-Encoding" in self.headers else _parse_length(self.headers.get("Content-Length") or "0")
+        if length is None or length > MAX_BODY:
+            self.close_connection = True
+            return
+        try:
+            if len(self.rfile.read(length)) < length:
+                self.close_connection = True
+        except TimeoutError:
             self.close_connection = True
 
     def _respond(self, status: int, payload: Any, headers: dict[str, str]) -> None:

@@ -234,6 +234,7 @@ cdef class Datapath:
     cdef bint ctl_pending
     cdef bint vx_armed
     cdef bint tunnel_pending
+    cdef bint mirror_pending              # a queued write is captured: recycle only after it is retired
     cdef uint64_t ustats[US_COUNT]
 
     cdef void _event(self, uint8_t kind, uint64_t key, uint32_t a, uint32_t b) noexcept nogil

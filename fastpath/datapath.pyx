@@ -443,7 +443,8 @@ cdef class Datapath:
         self._ring_reconcile()
         pthread_mutex_unlock(&self.lock)
         while not stopping:
-            self._ring_recycle()
+            if not self.mirror_pending:
+                self._ring_recycle()
             t = now_ns()
             # Never sleep on unsubmitted writes: a frame counts as handled
             # once its writes are out, and under load the submission that
@@ -470,6 +471,11 @@ cdef class Datapath:
             self.stats[LS_WAKEUPS] += 1
             self._ring_mark_failures(0, n)
             self._ring_retire()
+            if self.mirror_pending:
+                # Captured writes are copied when retired: their buffers could
+                # not go back before the enter, whose reads may reuse them.
+                self._ring_recycle()
+                self.mirror_pending = False
             # A burst can bring thousands of completions: the lock is let go
             # between chunks of them, so the control plane never waits for a
             # whole burst (a port it removes meanwhile shows up as stale).
@@ -782,6 +788,8 @@ cdef class Datapath:
         w.len = f.len
         w.superframe = f.vi.gso_type != VNET_GSO_NONE
         w.failed = 0
+        if self.ports[idx].cap_dir & CAP_OUT:
+            self.mirror_pending = True
         self.wq_head += 1
         f.queued += 1
 

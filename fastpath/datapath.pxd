@@ -103,7 +103,6 @@ cdef struct port_t:
     uint8_t vnet                   # frames on this fd are led by a virtio-net header
     int cap_fd                     # capture socket, -1 when nobody captures
     uint8_t cap_dir                # CAP_IN | CAP_OUT
-    uint8_t nowait                 # its writes can be asked to fail rather than wait (RWF_NOWAIT)
 
 cdef enum:
     CAP_IN = 1
@@ -142,7 +141,7 @@ cdef struct ring_port:             # a port as the ring sees it (loop thread onl
     uint8_t armed                  # a multishot read is in flight
     uint8_t slot                   # the fixed-file slot holds the port's file
     uint8_t cancelling             # cancelled reads whose last completion has not come yet
-    int rw_flags                   # for its writes: RWF_NOWAIT where the file supports it
+    uint8_t sync_writes            # its file refused RWF_NOWAIT: written with write() instead
 
 cdef struct ring_write:            # a queued write, accounted when retired
     const uint8_t *data
@@ -151,6 +150,7 @@ cdef struct ring_write:            # a queued write, accounted when retired
     uint32_t len
     uint8_t superframe
     uint8_t failed
+    uint8_t mirror                 # the port's output was captured when the write was queued
 
 
 cdef class Datapath:
@@ -232,7 +232,7 @@ cdef class Datapath:
     cdef uint64_t ctl_done                # ...once no cancelled read still holds a removed port's file
     cdef uint32_t cancelling
     cdef bint ctl_pending
-    cdef bint vx_armed
+    cdef uint32_t polls                   # 1 << POLL_*: the multishot polls armed
     cdef bint tunnel_pending
     cdef bint mirror_pending              # a queued write is captured: recycle only after it is retired
     cdef uint64_t ustats[US_COUNT]
@@ -254,7 +254,7 @@ cdef class Datapath:
     cdef void _ring_retire(self) noexcept nogil
     cdef void _ring_recycle(self) noexcept nogil
     cdef void _ring_settle(self, frame_t *f) noexcept nogil
-    cdef void _ring_poll(self, int fd, uint64_t tag) noexcept nogil
+    cdef void _ring_poll(self, int fd, uint32_t which) noexcept nogil
     cdef io_uring_sqe *_ring_sqe(self) noexcept nogil
     cdef uint64_t _kick(self) noexcept nogil
     cdef void _forward(self, frame_t *f, int64_t now) noexcept nogil

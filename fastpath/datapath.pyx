@@ -25,7 +25,7 @@ from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_P
 from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, CLOCK_REALTIME, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN,
                                 CMSG_NXTHDR,
                                 CMSG_SPACE, cmsghdr, htons, iovec, msghdr, sendmsg, writev, EAGAIN, ECANCELED,
-                                EFD_CLOEXEC, EFD_NONBLOCK, EINTR, ENOBUFS, EPOLL_CLOEXEC, POLLERR, POLLHUP, POLLIN,
+                                EFD_CLOEXEC, EFD_NONBLOCK, EINTR, ENOBUFS, EOPNOTSUPP, EPOLL_CLOEXEC, POLLERR, POLLHUP, POLLIN,
                                 poll, pollfd, posix_memalign, sched_yield,
                                 EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, MSG_DONTWAIT,
                                 SO_ATTACH_FILTER, SOL_SOCKET, clock_gettime, close, epoll_create1, epoll_ctl,
@@ -55,7 +55,6 @@ from fastpath.vxlan cimport (UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORME
 import ipaddress
 import os
 import socket
-import stat
 import time
 
 from fastpath.frame import DROP_NAMES
@@ -412,8 +411,9 @@ cdef class Datapath:
     # in the loop's own buffers and are written with write() as in poll mode.
     #
     # Every write completes within the submission that carries it: it has
-    # RWF_NOWAIT (or its file has no way to wait), so a full receiver fails
-    # it instead of parking it, as poll mode drops rather than waits. Writes
+    # RWF_NOWAIT, so a full receiver fails it instead of parking it, as poll
+    # mode drops rather than waits (a file that refuses the flag is written
+    # with write() from then on). Writes
     # post a completion only when they fail; the rest are counted when the
     # submission that carried them returns ("retired"). A round's buffers go
     # back to the ring just before the io_uring_enter that submits the
@@ -436,8 +436,6 @@ cdef class Datapath:
             self._ring_close()
             pthread_mutex_unlock(&self.lock)
             return
-        self._ring_poll(self.stop_efd, UD_POLL | POLL_STOP)
-        self._ring_poll(self.ctl_efd, UD_POLL | POLL_CTL)
         pthread_mutex_lock(&self.lock)
         self.ring_live = True
         self._ring_reconcile()
@@ -543,7 +541,8 @@ cdef class Datapath:
         self.wq_head = self.wq_tail = 0
         self.n_rframes = self.unsubmitted = 0
         self.cancelling = 0
-        self.vx_armed = self.tunnel_pending = False
+        self.polls = 0
+        self.tunnel_pending = False
         return 0
 
     cdef void _ring_close(self) noexcept nogil:
@@ -561,13 +560,18 @@ cdef class Datapath:
             sqe = io_uring_get_sqe(&self.ring)
         return sqe
 
-    cdef void _ring_poll(self, int fd, uint64_t tag) noexcept nogil:
-        cdef io_uring_sqe *sqe = self._ring_sqe()
+    cdef void _ring_poll(self, int fd, uint32_t which) noexcept nogil:
+        """Arm the multishot poll `which` (POLL_*) on fd unless it is armed."""
+        cdef io_uring_sqe *sqe
+        if self.polls & (1 << which):
+            return
+        sqe = self._ring_sqe()
         if sqe == NULL:
-            self.ctl_pending = True
+            self.ctl_pending = True  # the next reconcile tries again
             return
         io_uring_prep_poll_multishot(sqe, fd, POLLIN)
-        io_uring_sqe_set_data64(sqe, tag)
+        io_uring_sqe_set_data64(sqe, UD_POLL | which)
+        self.polls |= 1 << which
 
     cdef void _ring_reconcile(self) noexcept nogil:
         """Bring the ring in line with the port table: cancel the reads of
@@ -579,8 +583,8 @@ cdef class Datapath:
         cdef io_uring_sqe *sqe
         cdef bint want
         cdef int fd
+        cdef uint64_t seq = self.ctl_seq
         self.ctl_pending = False
-        self.ctl_seen = self.ctl_seq
         if io_uring_sq_ready(&self.ring):
             # Queued writes name ports by fixed-file slot: they must leave
             # before a slot changes hands, or a port added since they were
@@ -615,7 +619,7 @@ cdef class Datapath:
                     continue
                 u.slot = 1
                 u.slot_gen = g
-                u.rw_flags = RWF_NOWAIT if p.nowait else 0
+                u.sync_writes = 0
             if not u.armed:
                 sqe = self._ring_sqe()
                 if sqe == NULL:
@@ -628,9 +632,14 @@ cdef class Datapath:
                 io_uring_sqe_set_data64(sqe, read_tag(g, idx))
                 u.armed = 1
                 u.armed_gen = g
-        if self.vx_rx_fd >= 0 and not self.vx_armed:
-            self._ring_poll(self.vx_rx_fd, UD_POLL | POLL_VXLAN)
-            self.vx_armed = not self.ctl_pending
+        self._ring_poll(self.stop_efd, POLL_STOP)
+        self._ring_poll(self.ctl_efd, POLL_CTL)
+        if self.vx_rx_fd >= 0:
+            self._ring_poll(self.vx_rx_fd, POLL_VXLAN)
+        if not self.ctl_pending:
+            # Everything asked for up to seq is done (a cancelled read may
+            # still hold a file: ctl_done waits for those too).
+            self.ctl_seen = seq
 
     cdef bint _ring_completions(self, uint32_t first, uint32_t n, int64_t now) noexcept nogil:
         """Handle n completions from cqes[first]; True when the loop is asked to stop."""
@@ -653,11 +662,8 @@ cdef class Datapath:
                 else:
                     self.tunnel_pending = True
                 if not cqe.flags & IORING_CQE_F_MORE:  # a multishot poll can end (e.g. on overflow)
-                    if ud & 0xFF == POLL_VXLAN:
-                        self.vx_armed = False
-                        self.ctl_pending = True
-                    else:
-                        self._ring_poll(self.stop_efd if ud & 0xFF == POLL_STOP else self.ctl_efd, ud)
+                    self.polls &= ~(1 << (ud & 0xFF))
+                    self.ctl_pending = True  # the reconcile arms it again
             # UD_WRITE: failures were counted before retiring; 0: cancels.
         self._ring_forward(now)
         return stop
@@ -778,7 +784,7 @@ cdef class Datapath:
             self.pctr[<size_t>idx * PC_COUNT + PC_TX_ERRORS] += 1
             return
         io_uring_prep_write(sqe, <int>idx, start, length, 0)
-        sqe.rw_flags = self.rports[idx].rw_flags
+        sqe.rw_flags = RWF_NOWAIT
         io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE | IOSQE_CQE_SKIP_SUCCESS)
         io_uring_sqe_set_data64(sqe, UD_WRITE | self.wq_head)
         w = &self.wq[self.wq_head & (UR_WQ - 1)]
@@ -788,7 +794,8 @@ cdef class Datapath:
         w.len = f.len
         w.superframe = f.vi.gso_type != VNET_GSO_NONE
         w.failed = 0
-        if self.ports[idx].cap_dir & CAP_OUT:
+        w.mirror = (self.ports[idx].cap_dir & CAP_OUT) != 0
+        if w.mirror:
             self.mirror_pending = True
         self.wq_head += 1
         f.queued += 1
@@ -810,6 +817,11 @@ cdef class Datapath:
             self.ustats[US_WRITE_ERRORS] += 1
             if self.ports[w.port].gen == w.gen:
                 self.pctr[<size_t>w.port * PC_COUNT + PC_TX_ERRORS] += 1
+                if self.cqes[i].res == -EOPNOTSUPP:
+                    # Its file cannot fail a write that would wait (no
+                    # RWF_NOWAIT): the ring would park such writes past the
+                    # buffers' return, so its frames go out with write().
+                    self.rports[w.port].sync_writes = 1
 
     cdef void _ring_retire(self) noexcept nogil:
         """Count the writes submitted since the last call: each has completed,
@@ -828,7 +840,9 @@ cdef class Datapath:
             c[PC_TX_BYTES] += w.len
             if w.superframe:
                 self.stats[LS_SUPERFRAMES_OUT] += 1
-            if self.ports[w.port].cap_dir & CAP_OUT:
+            # Only if decided when queued: a capture started since may
+            # have let the buffer go back to the ring (and be read into).
+            if w.mirror and self.ports[w.port].cap_dir & CAP_OUT:
                 self._mirror(w.port, CAP_OUT, w.data, w.len)
 
     cdef void _ring_recycle(self) noexcept nogil:
@@ -1290,7 +1304,8 @@ cdef class Datapath:
         elif not self._plain(f):
             c[PC_DROPS + DROP_GSO_UNSUPPORTED] += 1
             return
-        if f.ring and self.rports[idx].slot and self.rports[idx].slot_gen == (q.gen & GEN_MASK):
+        if (f.ring and self.rports[idx].slot and self.rports[idx].slot_gen == (q.gen & GEN_MASK)
+                and not self.rports[idx].sync_writes):
             self._ring_write(idx, f, start, length)  # counted when retired
             return
         n = write(q.fd, start, length)
@@ -1363,9 +1378,6 @@ cdef class Datapath:
         if mtu < 68 or mtu > FRAME_ROOM - 18:
             raise ValueError(f"MTU {mtu} is out of range [68, {FRAME_ROOM - 18}]")
         os.set_blocking(fd, False)
-        # Sockets fail a write that would wait when asked to (RWF_NOWAIT); a
-        # TAP never waits (its send buffer is unbounded) and refuses the flag.
-        nowait = stat.S_ISSOCK(os.fstat(fd).st_mode)
         with nogil:
             pthread_mutex_lock(&self.lock)
         try:
@@ -1382,7 +1394,6 @@ cdef class Datapath:
             p.vnet = vnet_hdr
             p.cap_fd = -1
             p.cap_dir = 0
-            p.nowait = nowait
             memset(&self.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
             if self.uring:
                 self._kick()  # the loop arms a read for it

@@ -60,6 +60,7 @@ cdef extern from "<errno.h>" nogil:
         EWOULDBLOCK
         ENOBUFS
         ECANCELED
+        EOPNOTSUPP
         ETIME
 
 cdef extern from "<poll.h>" nogil:

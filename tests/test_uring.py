@@ -3,6 +3,7 @@ needed): the provided-buffer ring running dry, ring writes that fail, and a
 port's file still held by the ring after the port is gone. Everything the two
 modes share runs in both (test_datapath and the traffic suites)."""
 import socket
+import threading
 import time
 
 import pytest
@@ -137,3 +138,50 @@ def test_ports_added_and_removed_while_a_stream_flows_keep_it_in_order():
         assert [int.from_bytes(f[14:18], "big") for f in received] == list(range(3000))
     finally:
         rig.close()
+
+
+def test_a_capture_toggled_mid_stream_copies_only_frames_that_were_written():
+    """Captured output is copied when a write is retired; a capture switched
+    on after the write was queued must not copy its buffer, which may
+    already hold the next frame. Two ring buffers make reuse immediate."""
+    rig = LoopRig(io_mode="uring", ring_buffers=2)
+    cap_ours, cap_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    records: list[bytes] = []
+    done = threading.Event()
+
+    def read_capture() -> None:
+        cap_ours.settimeout(0.2)
+        while not done.is_set():
+            try:
+                records.append(cap_ours.recv(70000))
+            except socket.timeout:
+                pass
+
+    reader = threading.Thread(target=read_capture)
+    reader.start()
+    try:
+        a, b = rig.add_port(1), rig.add_port(1)
+        rig.send(b, eth(mac(1), mac(2)))
+        rig.drain()
+        sent, on = 0, False
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            for _ in range(50):
+                rig.ends[a].send(numbered(sent))
+                sent += 1
+            on = not on
+            rig.dp.set_capture(b, cap_theirs.fileno() if on else -1, False, True)
+            rig.wait_frames(1 + sent)
+            rig.recv_all(b)
+        rig.dp.set_capture(b, -1, False, False)
+    finally:
+        done.set()
+        reader.join()
+        rig.close()
+        cap_ours.close()
+        cap_theirs.close()
+    frames = [r[16:] for r in records]  # a 16-byte record header, then the frame
+    seqs = [int.from_bytes(f[14:18], "big") for f in frames]
+    assert len(frames) > 100
+    assert all(f == numbered(k) for f, k in zip(frames, seqs))
+    assert seqs == sorted(set(seqs)), "a frame was captured twice or out of order"

@@ -207,7 +207,8 @@ cdef class Datapath:
     cdef sockaddr_in rxaddr[BATCH]
     cdef uint64_t rxctrl[BATCH][RX_CTRL_WORDS]
 
-    # io_uring mode: the ring is created, used and torn down by the loop thread
+    # io_uring mode: the ring is made at construction (disabled), then driven
+    # and torn down by the loop thread
     cdef bint uring
     cdef bint ring_up                     # the ring exists (made at construction, gone when run() ends)
     cdef bint ring_live                   # ...and the loop thread drives it
@@ -250,13 +251,13 @@ cdef class Datapath:
     cdef void _ring_read(self, io_uring_cqe *cqe, int64_t now) noexcept nogil
     cdef void _ring_forward(self, int64_t now) noexcept nogil
     cdef void _ring_write(self, uint32_t idx, frame_t *f, const uint8_t *start, uint32_t length) noexcept nogil
-    cdef void _ring_mark_failures(self, uint32_t first, uint32_t n) noexcept nogil
-    cdef void _ring_retire(self) noexcept nogil
+    cdef void _ring_retire(self, uint32_t n) noexcept nogil
     cdef void _ring_recycle(self) noexcept nogil
     cdef void _ring_settle(self, frame_t *f) noexcept nogil
     cdef void _ring_poll(self, int fd, uint32_t which) noexcept nogil
     cdef io_uring_sqe *_ring_sqe(self) noexcept nogil
     cdef uint64_t _kick(self) noexcept nogil
+    cdef void _forward_batch(self, frame_t *frames, uint32_t n, int64_t now) noexcept nogil
     cdef void _forward(self, frame_t *f, int64_t now) noexcept nogil
     cdef int _decap(self, frame_t *f, const uint8_t *hdr, uint32_t length, uint32_t src, int64_t now) noexcept nogil
     cdef void _flood(self, frame_t *f, uint16_t network) noexcept nogil

@@ -116,6 +116,27 @@ def drop_all_input(int fd) -> None:
         raise OSError(errno, f"cannot attach a filter to fd {fd}: {os.strerror(errno)}")
 
 
+cdef inline void frame_read(frame_t *f, uint8_t *start, ssize_t n, uint32_t lead, uint32_t port) noexcept nogil:
+    """Make a frame of n bytes read at start from a port whose frames are led
+    by `lead` bytes of virtio-net header (0 or VNET_HLEN)."""
+    if lead:
+        if n < <ssize_t>lead:
+            n = lead  # a frame too short for its header: an empty, runt frame
+        memcpy(f.vnet, start, VNET_HLEN)
+    else:
+        memset(f.vnet, 0, VNET_HLEN)
+    f.data = start + lead
+    f.len = <uint32_t>(n - lead)
+    f.in_port = port
+    f.encap_vni = 0
+
+
+cdef inline uint8_t *ring_buf(uint8_t *ubufs, uint32_t bid) noexcept nogil:
+    # Where the kernel reads into ring buffer bid: a virtio-net header's room
+    # short of the headroom, so a vnet port's frame starts just past it.
+    return ubufs + <size_t>bid * BUF_SIZE + HEADROOM - VNET_HLEN
+
+
 cdef inline uint64_t read_tag(uint32_t gen, uint32_t idx) noexcept nogil:
     return UD_READ | (<uint64_t>(gen & GEN_MASK) << 32) | idx
 
@@ -413,9 +434,9 @@ cdef class Datapath:
     # Every write completes within the submission that carries it: it has
     # RWF_NOWAIT, so a full receiver fails it instead of parking it, as poll
     # mode drops rather than waits (a file that refuses the flag is written
-    # with write() from then on). Writes
-    # post a completion only when they fail; the rest are counted when the
-    # submission that carried them returns ("retired"). A round's buffers go
+    # with write() from then on). Writes post a completion only when they
+    # fail; the rest are counted when the submission that carried them
+    # returns ("retired"). A round's buffers go
     # back to the ring just before the io_uring_enter that submits the
     # round's writes: the kernel issues those writes first, in queue order,
     # and reads into buffers only after them (the re-armed reads are queued
@@ -467,8 +488,7 @@ cdef class Datapath:
                 continue
             pthread_mutex_lock(&self.lock)
             self.stats[LS_WAKEUPS] += 1
-            self._ring_mark_failures(0, n)
-            self._ring_retire()
+            self._ring_retire(n)
             if self.mirror_pending:
                 # Captured writes are copied when retired: their buffers could
                 # not go back before the enter, whose reads may reuse them.
@@ -537,20 +557,12 @@ cdef class Datapath:
             self.recycle[i] = <uint16_t>i
         self.n_recycle = self.n_bufs
         self._ring_recycle()
-        memset(self.rports, 0, self.max_ports * sizeof(ring_port))
-        self.wq_head = self.wq_tail = 0
-        self.n_rframes = self.unsubmitted = 0
-        self.cancelling = 0
-        self.polls = 0
-        self.tunnel_pending = False
         return 0
 
     cdef void _ring_close(self) noexcept nogil:
         io_uring_queue_exit(&self.ring)  # cancels what is in flight and lets go of every file
         self.ring_up = self.ring_live = False
-        self.wq_head = self.wq_tail = 0
-        self.n_recycle = 0
-        self.ctl_done = self.ctl_seq
+        self.ctl_done = self.ctl_seq  # nobody waits for the loop any more
 
     cdef io_uring_sqe *_ring_sqe(self) noexcept nogil:
         cdef io_uring_sqe *sqe = io_uring_get_sqe(&self.ring)
@@ -675,8 +687,6 @@ cdef class Datapath:
         cdef bint more = (cqe.flags & IORING_CQE_F_MORE) != 0
         cdef int res = cqe.res
         cdef uint32_t bid = NO_BUFFER
-        cdef uint32_t lead
-        cdef uint8_t *base
         cdef frame_t *f
         cdef ring_port *u
         cdef port_t *p
@@ -709,18 +719,7 @@ cdef class Datapath:
             return
         if res > 0 and bid != NO_BUFFER:
             f = &self.rframes[self.n_rframes]
-            lead = VNET_HLEN if p.vnet else 0
-            base = self.ubufs + <size_t>bid * BUF_SIZE + HEADROOM - VNET_HLEN
-            if lead:
-                if res < <int>lead:
-                    res = lead  # a frame too short for its header: an empty, runt frame
-                memcpy(f.vnet, base, VNET_HLEN)
-            else:
-                memset(f.vnet, 0, VNET_HLEN)
-            f.data = base + lead
-            f.len = <uint32_t>res - lead
-            f.in_port = idx
-            f.encap_vni = 0
+            frame_read(f, ring_buf(self.ubufs, bid), res, VNET_HLEN if p.vnet else 0, idx)
             f.ring = 1
             f.queued = 0
             self.n_rframes += 1
@@ -755,30 +754,20 @@ cdef class Datapath:
         self._port_down(idx)
 
     cdef void _ring_forward(self, int64_t now) noexcept nogil:
-        cdef uint32_t i, n = self.n_rframes
-        if n == 0:
-            return
-        for i in range(n):
-            self._forward(&self.rframes[i], now)
-        self._flush_tunnel()
+        self._forward_batch(self.rframes, self.n_rframes, now)
+        self.unsubmitted += self.n_rframes  # handled once their writes are submitted
         self.n_rframes = 0
-        self.stats[LS_BATCHES] += 1
-        self.stats[LS_HIST + hist_bucket(n)] += 1
-        self.unsubmitted += n
 
     cdef void _ring_write(self, uint32_t idx, frame_t *f, const uint8_t *start, uint32_t length) noexcept nogil:
         cdef io_uring_sqe *sqe
         cdef ring_write *w
-        cdef uint32_t n
         if self.wq_head - self.wq_tail == UR_WQ:
             # Too many writes since the last retirement: submit and retire
             # them now. The completions in hand stay where they are (the
             # queue's head has not moved), so peeking again only adds.
             io_uring_submit(&self.ring)
             self.ustats[US_SUBMITS] += 1
-            n = io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ)
-            self._ring_mark_failures(0, n)
-            self._ring_retire()
+            self._ring_retire(io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ))
         sqe = self._ring_sqe()
         if sqe == NULL:
             self.pctr[<size_t>idx * PC_COUNT + PC_TX_ERRORS] += 1
@@ -800,11 +789,15 @@ cdef class Datapath:
         self.wq_head += 1
         f.queued += 1
 
-    cdef void _ring_mark_failures(self, uint32_t first, uint32_t n) noexcept nogil:
+    cdef void _ring_retire(self, uint32_t n) noexcept nogil:
+        """Count the writes submitted since the last call: each has completed,
+        and so are the frames that made them. The failed ones posted their
+        completions among cqes[:n], the only ones there are."""
         cdef uint32_t i
         cdef uint64_t seq
         cdef ring_write *w
-        for i in range(first, n):
+        cdef uint64_t *c
+        for i in range(n):
             if self.cqes[i].user_data & UD_KIND != UD_WRITE:
                 continue
             seq = self.cqes[i].user_data & ~UD_KIND
@@ -822,12 +815,6 @@ cdef class Datapath:
                     # RWF_NOWAIT): the ring would park such writes past the
                     # buffers' return, so its frames go out with write().
                     self.rports[w.port].sync_writes = 1
-
-    cdef void _ring_retire(self) noexcept nogil:
-        """Count the writes submitted since the last call: each has completed,
-        and so are the frames that made them."""
-        cdef ring_write *w
-        cdef uint64_t *c
         self.stats[LS_FRAMES] += self.unsubmitted
         self.unsubmitted = 0
         while self.wq_tail != self.wq_head:
@@ -850,8 +837,8 @@ cdef class Datapath:
         cdef int mask = io_uring_buf_ring_mask(self.n_bufs)
         for i in range(self.n_recycle):
             bid = self.recycle[i]
-            io_uring_buf_ring_add(self.bring, self.ubufs + <size_t>bid * BUF_SIZE + HEADROOM - VNET_HLEN,
-                                  FRAME_ROOM + VNET_HLEN, <unsigned short>bid, mask, <int>i)
+            io_uring_buf_ring_add(self.bring, ring_buf(self.ubufs, bid), FRAME_ROOM + VNET_HLEN,
+                                  <unsigned short>bid, mask, <int>i)
         io_uring_buf_ring_advance(self.bring, <int>self.n_recycle)
         self.n_recycle = 0
 
@@ -865,7 +852,7 @@ cdef class Datapath:
 
     cdef void _rx_port(self, uint32_t idx, uint32_t events, int64_t now) noexcept nogil:
         cdef port_t *p = &self.ports[idx]
-        cdef uint32_t i, nread = 0
+        cdef uint32_t nread = 0
         cdef ssize_t n
         cdef bint dead = False
         cdef frame_t *f
@@ -883,29 +870,27 @@ cdef class Datapath:
             if n == 0 and events & (EPOLLHUP | EPOLLERR):
                 dead = True          # end of file on a socket whose peer closed
                 break
-            if lead:
-                if n < lead:
-                    n = lead  # a frame too short for its header: an empty, runt frame
-                memcpy(f.vnet, f.data - lead, VNET_HLEN)
-            else:
-                memset(f.vnet, 0, VNET_HLEN)
-            f.len = <uint32_t>(n - lead)
-            f.in_port = idx
-            f.encap_vni = 0
+            frame_read(f, f.data - lead, n, lead, idx)
             nread += 1
-        for i in range(nread):
-            self._forward(&self.frames[i], now)
-        # The queued tunnel sends point into this batch's buffers: send them
-        # before the buffers are read into again.
-        self._flush_tunnel()
-        if nread:
-            self.stats[LS_BATCHES] += 1
-            self.stats[LS_HIST + hist_bucket(nread)] += 1
-            self.stats[LS_FRAMES] += nread
-        elif events & (EPOLLHUP | EPOLLERR):
+        self._forward_batch(self.frames, nread, now)
+        self.stats[LS_FRAMES] += nread
+        if not nread and events & (EPOLLHUP | EPOLLERR):
             dead = True
         if dead:
             self._port_down(idx)
+
+    cdef void _forward_batch(self, frame_t *frames, uint32_t n, int64_t now) noexcept nogil:
+        """Forward a batch of frames read from ports, then send the tunnel's
+        share: the queued tunnel sends point into the batch's buffers, which
+        must not be read into again before."""
+        cdef uint32_t i
+        if n == 0:
+            return
+        for i in range(n):
+            self._forward(&frames[i], now)
+        self._flush_tunnel()
+        self.stats[LS_BATCHES] += 1
+        self.stats[LS_HIST + hist_bucket(n)] += 1
 
     cdef void _forward(self, frame_t *f, int64_t now) noexcept nogil:
         cdef uint32_t idx = f.in_port

@@ -216,7 +216,7 @@ cdef class Datapath:
         if io_mode == "uring":
             reason = uring_unavailable()
             if reason is not None:
-                raise OSError(f"the io_uring datapath cannot run here: {reason}")
+                raise OSError(reason)  # the reason alone: the control plane words the refusal
         self.uring = io_mode == "uring"
         if ring_buffers < 1 or ring_buffers > 32768 or ring_buffers & (ring_buffers - 1):
             raise ValueError("ring_buffers must be a power of two in [1, 32768]")

@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from fastpath import PEER_FLAG, Datapath, uring_unavailable
+from fastpath import PEER_FLAG, Datapath
 
 from .capture import Capture
 from .eventlog import EventLog
@@ -40,21 +40,6 @@ UDP_GRO = 104
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348)
 DEFAULT_MTU = 1500
 NETNS_CHECK_INTERVAL_S = 0.5
-
-
-def resolve_io_mode(requested: str) -> str:
-    """The datapath's I/O mode for the io_mode setting: auto takes io_uring
-    where this kernel and process can use it, else poll; an explicit uring
-    that cannot work is a ConfigError naming why."""
-    if requested == "poll":
-        return "poll"
-    why = uring_unavailable()
-    if why is None:
-        return "uring"
-    if requested == "uring":
-        raise ConfigError(f"io_mode 'uring': the io_uring datapath is unavailable here: {why}")
-    log.info("io_uring datapath unavailable (%s); using poll", why)
-    return "poll"
 
 
 def _where(out: dict[str, Any]) -> str:
@@ -84,18 +69,7 @@ class Switch:
         self.settings = settings
         self._on_change = on_change
         self._lock = threading.RLock()
-        io_mode = resolve_io_mode(settings.io_mode)
-        try:
-            self._dp = self._make_datapath(io_mode)
-        except OSError as e:
-            if io_mode != "uring":
-                raise
-            # Setting up the ring can still fail where the probe passed: a
-            # fixed-file table of max_ports beyond RLIMIT_NOFILE, memory.
-            if settings.io_mode == "uring":
-                raise ConfigError(f"io_mode 'uring': {e}") from None
-            log.info("io_uring datapath unavailable (%s); using poll", e)
-            self._dp = self._make_datapath("poll")
+        self._dp = self._make_datapath(settings.io_mode)
         self._networks: dict[str, _Network] = {}
         self._free_net_ids = list(range(4096, 0, -1))
         self._ports: dict[str, _Port] = {}
@@ -109,14 +83,30 @@ class Switch:
         self._events = EventLog(self._out_name)
         self._event_seq = 0
 
-    def _make_datapath(self, io_mode: str) -> Datapath:
-        return Datapath(
-            max_ports=self.settings.max_ports,
-            mac_table_size=self.settings.mac_table_size,
-            mac_aging_s=float(self.settings.mac_aging_s),
-            busy_poll_us=self.settings.busy_poll_us,
-            io_mode=io_mode,
-        )
+    def _make_datapath(self, requested: str) -> Datapath:
+        """The datapath in the io_mode setting's I/O mode. auto takes io_uring
+        where the kernel, this process and the ring's set-up allow it (the
+        kernel may lack it, a seccomp profile block it, a fixed-file table of
+        max_ports exceed RLIMIT_NOFILE), else poll, saying why once; an
+        explicit uring that cannot work is a ConfigError naming why."""
+        def make(io_mode: str) -> Datapath:
+            return Datapath(
+                max_ports=self.settings.max_ports,
+                mac_table_size=self.settings.mac_table_size,
+                mac_aging_s=float(self.settings.mac_aging_s),
+                busy_poll_us=self.settings.busy_poll_us,
+                io_mode=io_mode,
+            )
+
+        if requested == "poll":
+            return make("poll")
+        try:
+            return make("uring")
+        except OSError as e:
+            if requested == "uring":
+                raise ConfigError(f"io_mode 'uring': the io_uring datapath is unavailable here: {e}") from None
+            log.info("io_uring datapath unavailable (%s); using poll", e)
+            return make("poll")
 
     @property
     def io_mode(self) -> str:

@@ -1,15 +1,25 @@
-# Receive-side coalescing (GRO) of TCP/IPv4 segments that came out of the
-# tunnel, back into one super-frame for a port with offloads: the rules are
-# those of the kernel's tcp_gro_receive, in short. Segments merge only when
-# they continue one flow exactly: same addresses, ports, ack, window, options
-# and header lengths, the next sequence number, only ACK (PSH ends a run),
-# every segment but the last of the run full-sized, and a valid checksum
-# (a merged super-frame is handed over with a partial checksum, which the
-# receiver trusts, so a damaged segment must never be folded in).
+# Receive-side coalescing (GRO): consecutive frames of one TCP or UDP flow
+# over IPv4, bound for a port with offloads, become one super-frame and one
+# write. The rules are the kernel's, in short.
+#
+# TCP (tcp_gro_receive): same addresses, ports, ack, window, options and
+# header lengths, the next sequence number, only ACK (PSH ends a run).
+# UDP (udp_gro_receive, as for a socket with UDP_GRO): same addresses and
+# ports, the same TOS, TTL and DF, and consecutive IP IDs unless DF is set
+# (RFC 6864: the ID of an atomic datagram carries nothing, and segmentation
+# numbers them afresh). For both: every frame but the last of the run
+# full-sized, no IP options that differ, no fragments, no padding, and a
+# checksum that verifies, or one still partial (a virtio-net header with
+# NEEDS_CSUM over exactly this L4 header): the merged super-frame is handed
+# over with a partial checksum, which the receiver trusts, so a damaged
+# frame must never be folded in.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
+from fastpath.frame cimport VNET_HLEN
+
 cdef enum:
-    GRO_MAX_SEGS = 44              # about 64 KB of 1448-byte segments
+    GRO_MAX_TCP_SEGS = 44          # about 64 KB of 1448-byte segments
+    GRO_MAX_UDP_SEGS = 64          # the kernel's UDP_GRO_CNT_MAX
     GRO_MAX_HDR = 14 + 60 + 60
 
 cdef struct gro_state:
@@ -17,19 +27,30 @@ cdef struct gro_state:
     uint32_t cap
     uint32_t len                   # 0: nothing pending
     uint32_t out                   # the port it is for
-    uint32_t hdr_len               # Ethernet + IPv4 + TCP headers
-    uint32_t next_seq
-    uint16_t gso_size              # payload of the first segment: every full segment's size
+    uint32_t hdr_len               # Ethernet + IPv4 + TCP/UDP headers
+    uint32_t next_seq              # TCP: the sequence number that continues the run
+    uint16_t next_id               # UDP without DF: the IP ID that continues the run
+    uint16_t gso_size              # payload of the first frame: every full frame's size
     uint16_t last_payload
     uint16_t nseg
+    uint8_t proto                  # 6 or 17
     uint8_t psh
+    uint8_t vnet0[VNET_HLEN]       # the first frame's virtio-net header: a run of one keeps it
 
-# Take the frame into the pending run (True), or refuse it (False: the caller
-# must flush the pending run, then send the frame as it is, or start a run
-# with gro_start).
-cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t out) noexcept nogil
-cdef bint gro_start(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t out) noexcept nogil
+# The headers' length of a frame that may start or join a run, 0 when it may
+# not (its checksum is verified here unless `vnet` says it is partial).
+# `vnet` is the header the frame came with (all zero: none); `udp` allows
+# UDP runs (the receiving kernel must take UDP_L4 super-frames).
+cdef uint32_t gro_candidate(const uint8_t *frame, uint32_t length, const uint8_t *vnet, bint udp) noexcept nogil
+# Start a run with a candidate (hdr from gro_candidate); False for one that
+# could take nothing more (TCP with PSH): it goes as it is.
+cdef bint gro_start(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t hdr, const uint8_t *vnet,
+                    uint32_t out) noexcept nogil
+# Take a candidate into the pending run (True), or refuse it (False: the
+# caller must flush the pending run first).
+cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t hdr, uint32_t out) noexcept nogil
 # Finish the pending run in place: fix the IPv4 length and checksum, the TCP
-# flags and its partial checksum, and write the virtio-net header for it
-# (all zero for a run of one). Returns the frame length; g.len becomes 0.
+# flags or UDP length, the L4 partial checksum, and write the virtio-net
+# header for it (a run of one keeps its own). Returns the frame length;
+# g.len becomes 0.
 cdef uint32_t gro_finish(gro_state *g, uint8_t *vnet) noexcept nogil

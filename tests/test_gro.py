@@ -1,4 +1,5 @@
-"""Receive coalescing (fastpath/gro.pyx): tunnel segments back into super-frames.
+"""Receive coalescing (fastpath/gro.pyx): TCP segments and UDP datagrams of
+one flow into super-frames.
 
 The strongest check is a round trip: consecutive segments of a flow, once
 coalesced, must cut (fastpath/gso.pyx) back into exactly the same segments.
@@ -7,7 +8,7 @@ import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, TCP
+from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from fastpath.gro import coalesce
@@ -87,3 +88,88 @@ def test_what_must_not_merge_passes_unchanged_and_in_order():
 def test_single_segment_is_written_as_it_came():
     seg = tcp_segments(1, 1000, 1000)
     assert coalesce(seg) == [(NO_VNET, seg[0])]
+
+
+# ---- UDP ---------------------------------------------------------------------------
+
+UDP_L4 = 5
+PARTIAL_UDP = struct.pack("<BBHHHHH", 1, 0, 0, 0, 34, 6, 0)  # NEEDS_CSUM over the UDP header at 34
+
+
+def datagrams(n: int, size: int, last: int | None = None, ip_id: int = 100, df: bool = False, tos: int = 0,
+              ttl: int = 64, sport: int = 40000, step: int = 1) -> list[bytes]:
+    """n datagrams of one flow as a connected socket sends them (the IP ID
+    counts up), the last `last` bytes long."""
+    out = []
+    for i in range(n):
+        payload = bytes((i * 7 + j) & 0xFF for j in range(last if last is not None and i == n - 1 else size))
+        pkt = (Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+               / IP(src="10.0.0.1", dst="10.0.0.2", id=(ip_id + i * step) & 0xFFFF, flags="DF" if df else 0,
+                    tos=tos, ttl=ttl)
+               / UDP(sport=sport, dport=9000) / payload)
+        out.append(bytes(pkt))
+    return out
+
+
+def partial(frame: bytes) -> tuple[bytes, bytes]:
+    """The frame as a kernel with checksum offload hands it over: the UDP
+    checksum field holds the pseudo-header sum only."""
+    udp_len = len(frame) - 34
+    pseudo = ones_sum(frame[26:34] + struct.pack("!BBH", 0, 17, udp_len))
+    return PARTIAL_UDP, frame[:40] + struct.pack("!H", pseudo) + frame[42:]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 64), size=st.integers(1, 1400), last_part=st.floats(0.01, 1.0),
+       offloaded=st.booleans())
+def test_a_udp_run_coalesces_into_one_superframe_that_segments_back_exactly(n, size, last_part, offloaded):
+    last = max(1, int(size * last_part))
+    grams = datagrams(n, size, last)
+    (vnet, frame), = coalesce([partial(g) for g in grams] if offloaded else grams)
+    flags, gso_type, hdr_len, gso_size, csum_start, csum_offset = struct.unpack_from("<BBHHHH", vnet)
+    assert (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) == (1, UDP_L4, 42, size, 34, 6)
+    assert frame[42:] == b"".join(g[42:] for g in grams)
+    assert struct.unpack("!H", frame[38:40])[0] == len(frame) - 34  # the UDP length covers the whole run
+    assert segment(frame, vnet) == grams
+
+
+def test_datagrams_with_df_coalesce_whatever_their_ids():
+    """An atomic datagram's ID carries nothing (RFC 6864); an unconnected
+    socket sends them all with ID 0. Segmentation numbers them afresh."""
+    grams = datagrams(5, 100, ip_id=0, df=True, step=0)
+    (vnet, frame), = coalesce(grams)
+    back = segment(frame, vnet)
+    assert [b[42:] for b in back] == [g[42:] for g in grams]
+    assert [Ether(b)[IP].id for b in back] == [0, 1, 2, 3, 4]
+    assert all(Ether(b)[IP].flags == "DF" and Ether(b)[UDP].chksum == Ether(g)[UDP].chksum
+               for b, g in zip(back, grams))
+
+
+def test_udp_frames_that_must_not_merge_pass_unchanged_and_in_order():
+    run = datagrams(3, 200)
+    gap = datagrams(1, 200, ip_id=104)               # no DF and the ID skips one
+    other_tos = datagrams(1, 200, ip_id=104, tos=0x10)
+    no_csum = bytearray(datagrams(1, 200, ip_id=105)[0])
+    no_csum[40:42] = b"\0\0"                          # sent without a checksum
+    broken = bytearray(datagrams(1, 200, ip_id=106)[0])
+    broken[-1] ^= 0xFF                               # a checksum that does not verify
+    bigger = datagrams(1, 300, ip_id=107)
+    frames = run + gap + other_tos + [bytes(no_csum), bytes(broken)] + bigger
+    out = coalesce(frames)
+    assert segment(out[0][1], out[0][0]) == run
+    assert [f for _, f in out[1:]] == gap + other_tos + [bytes(no_csum), bytes(broken)] + bigger
+    assert all(v == NO_VNET for v, _ in out[1:])
+
+
+def test_a_short_datagram_ends_a_run_and_udp_can_be_left_alone():
+    grams = datagrams(3, 200, last=50) + datagrams(2, 200, ip_id=103, sport=40000)
+    out = coalesce(grams)
+    assert len(out) == 2
+    assert segment(*out[0][::-1]) == grams[:3] and segment(*out[1][::-1]) == grams[3:]
+    assert coalesce(grams, udp=False) == [(NO_VNET, g) for g in grams]
+
+
+def test_a_lone_datagram_keeps_the_header_it_came_with():
+    alone = partial(datagrams(1, 64)[0])
+    other_flow = datagrams(1, 64, sport=40001)[0]
+    assert coalesce([alone, other_flow]) == [alone, (NO_VNET, other_flow)]

@@ -33,6 +33,8 @@ cdef enum:
     UR_SQ = 1024                   # submission queue entries
     UR_CQ = 8192                   # completion queue entries (also the most handled per wakeup)
     UR_BUFS = 512                  # provided buffers (default), BUF_SIZE each, shared by every port's read
+    UR_BATCH_MIN = 8               # completions in a round that make the next wait one for a batch
+    UR_BATCH_MAX = 128             # the most completions such a wait asks for
     UR_BGID = 1                    # their buffer group
     UR_WQ = 4096                   # ring writes in flight between two retirements (power of 2)
     UR_CHUNK = 64                  # completions handled per hold of the lock
@@ -74,7 +76,8 @@ cdef enum:  # io_uring mode statistics
     US_BUFFER_RING_EMPTY = 2       # multishot reads ended because no provided buffer was left
     US_STALE = 3                   # completions for a port removed while its read was in flight
     US_WRITE_ERRORS = 4            # ring writes that failed (also in the port's tx_errors)
-    US_COUNT = 5
+    US_BATCH_WAITS = 5             # waits for a batch of completions (see batch_wait_us)
+    US_COUNT = 6
 
 cdef enum:  # loop statistics
     LS_WAKEUPS = 0
@@ -194,6 +197,12 @@ cdef class Datapath:
     cdef uint64_t ev_head
     cdef gro_state gro
     cdef frame_t gro_frame
+    cdef frame_t gro_held          # a frame that may start a run, until the next one tells
+    cdef uint32_t gro_held_hdr
+    cdef uint32_t gro_held_out
+    cdef bint gro_holding
+    cdef int64_t batch_wait_ns
+    cdef bint gro_udp              # UDP runs too: the kernel takes UDP_L4 super-frames
     cdef uint8_t *gro_mem
     cdef int gso_fds[GSO_SOCKETS]
     cdef uint16_t gso_ports[GSO_SOCKETS]
@@ -266,6 +275,7 @@ cdef class Datapath:
     cdef void _mirror(self, uint32_t idx, uint8_t direction, const uint8_t *data, uint32_t length) noexcept nogil
     cdef void _tx_peer(self, uint32_t peer, frame_t *f, uint16_t network) noexcept nogil
     cdef void _flush_tunnel(self) noexcept nogil
+    cdef bint _gro_take(self, frame_t *f, uint32_t out) noexcept nogil
     cdef void _gro_flush(self) noexcept nogil
     cdef void _tx_peers_gso(self, frame_t *f, uint16_t network, int32_t only_peer) noexcept nogil
     cdef void _queue_tunnel(self, uint32_t peer, uint8_t *hdr, uint32_t length) noexcept nogil

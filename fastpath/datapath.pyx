@@ -16,7 +16,7 @@ from libc.string cimport memcpy, memset
 from fastpath.frame cimport (DROP_BAD_VNET, DROP_GSO_UNSUPPORTED, DROP_NONE, DROP_REASONS, DROP_RUNT, DROP_SAME_PORT,
                              DROP_TUNNEL_MTU, DROP_VLAN_TAGGED, ETH_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_HLEN,
                              complete_csum, drop_reason, eth_info, mac_is_group, parse_eth, parse_vnet)
-from fastpath.gro cimport gro_append, gro_finish, gro_start
+from fastpath.gro cimport gro_append, gro_candidate, gro_finish, gro_start
 from fastpath.gso cimport GSO_ERRORS, GSO_SEG_ROOM, gso_segment
 from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry,
                                 mac_key, mt_delete, mt_result,
@@ -54,6 +54,7 @@ from fastpath.vxlan cimport (UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORME
 
 import ipaddress
 import os
+import re
 import socket
 import time
 
@@ -78,7 +79,8 @@ cdef enum:
     POLL_VXLAN = 2
 cdef uint32_t NO_BUFFER = 0xFFFFFFFF
 IO_MODES = ("poll", "uring")
-URING_COUNTER_NAMES = ("submits", "read_rearms", "buffer_ring_empty", "stale_completions", "write_errors")
+URING_COUNTER_NAMES = ("submits", "read_rearms", "buffer_ring_empty", "stale_completions", "write_errors",
+                       "batch_waits")
 cdef uint32_t ENCAP_LEN = UDP_HLEN + VXLAN_HLEN
 
 PEER_FLAG = <uint32_t>OUT_PEER
@@ -202,12 +204,20 @@ cdef inline uint32_t hist_bucket(uint32_t n) noexcept nogil:
     return b
 
 
+def kernel_takes_udp_superframes() -> bool:
+    """Whether this kernel's TAP takes UDP super-frames (a virtio-net header
+    with GSO_UDP_L4) from userspace: Linux 6.2 gave TAP its UDP segmentation
+    offload. Before that, UDP frames go out one by one."""
+    m = re.match(r"(\d+)\.(\d+)", os.uname().release)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (6, 2)
+
+
 cdef class Datapath:
     """The switch's data plane. All methods but run() are for the control plane."""
 
     def __cinit__(self, uint32_t max_ports=1024, uint32_t mac_table_size=65536, double mac_aging_s=300.0,
                   uint32_t max_networks=4096, uint32_t max_peers=1024, uint32_t busy_poll_us=0,
-                  str io_mode="poll", uint32_t ring_buffers=UR_BUFS):
+                  str io_mode="poll", uint32_t ring_buffers=UR_BUFS, uint32_t batch_wait_us=0, gro_udp=None):
         cdef uint32_t i
         cdef uint64_t seed = int.from_bytes(os.urandom(8), "little")
         self.epfd = self.stop_efd = self.notify_efd = self.vx_rx_fd = self.vx_tx_fd = self.ctl_efd = -1
@@ -231,6 +241,10 @@ cdef class Datapath:
             raise ValueError("mac_aging_s must be positive")
         mt_init(&self.mt, mac_table_size, <int64_t>(mac_aging_s * 1000), seed)
         self.busy_poll_ns = <int64_t>busy_poll_us * 1000
+        self.gro_udp = kernel_takes_udp_superframes() if gro_udp is None else bool(gro_udp)
+        if batch_wait_us >= 1000000:
+            raise ValueError("batch_wait_us must be below 1000000")
+        self.batch_wait_ns = <int64_t>batch_wait_us * 1000
         self.max_ports = max_ports
         self.max_networks = max_networks
         self.ports = <port_t *>calloc(max_ports, sizeof(port_t))
@@ -450,6 +464,7 @@ cdef class Datapath:
         cdef bint stopping = False
         cdef int64_t t, now, last_sweep = now_ms()
         cdef int64_t spin_until = 0
+        cdef uint32_t want = 1
         cdef int ret = io_uring_enable_rings(&self.ring)  # this thread becomes its only submitter
         if ret < 0:
             self.ring_error = -ret
@@ -468,7 +483,12 @@ cdef class Datapath:
             # Never sleep on unsubmitted writes: a frame counts as handled
             # once its writes are out, and under load the submission that
             # carries them also brings the next completions.
-            if (t < spin_until or self.tunnel_pending or self.ctl_pending or self.wq_head != self.wq_tail
+            if want > 1 and not (self.tunnel_pending or self.ctl_pending):
+                ts.tv_sec = 0
+                ts.tv_nsec = self.batch_wait_ns
+                io_uring_submit_and_wait_timeout(&self.ring, &cqe, want, &ts, NULL)
+                self.ustats[US_BATCH_WAITS] += 1
+            elif (t < spin_until or self.tunnel_pending or self.ctl_pending or self.wq_head != self.wq_tail
                     or self.unsubmitted):
                 io_uring_submit_and_get_events(&self.ring)
             else:
@@ -479,6 +499,14 @@ cdef class Datapath:
             n = io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ)
             t = now_ns()
             now = t // 1000000
+            # Batch waits: a round that brought UR_BATCH_MIN completions or
+            # more means frames come faster than the loop turns round. The
+            # next wait then asks for as many as that round brought, for at
+            # most batch_wait_ns: with DEFER_TASKRUN the kernel lets them
+            # pile up without waking the loop, so a flood is handled in
+            # fewer, fuller rounds at less CPU per frame. A lone frame never
+            # waits: a round of fewer asks for one, as before.
+            want = min(n, UR_BATCH_MAX) if self.batch_wait_ns and n >= UR_BATCH_MIN else 1
             if n and self.busy_poll_ns:
                 spin_until = t + self.busy_poll_ns
             elif n == 0 and t < spin_until:
@@ -888,6 +916,7 @@ cdef class Datapath:
             return
         for i in range(n):
             self._forward(&frames[i], now)
+        self._gro_flush()
         self._flush_tunnel()
         self.stats[LS_BATCHES] += 1
         self.stats[LS_HIST + hist_bucket(n)] += 1
@@ -916,10 +945,11 @@ cdef class Datapath:
             c[PC_DROPS + <int>reason] += 1
             return
         self._learn(p.network, eth.src, idx, now)
-        if mac_is_group(eth.dst):
-            self._flood(f, p.network)
+        e = NULL if mac_is_group(eth.dst) else mt_lookup(&self.mt, mac_key(p.network, eth.dst), now)
+        if (e != NULL and e.out != idx and e.out < self.max_ports and self.ports[e.out].state == PORT_UP
+                and self.ports[e.out].vnet and f.vi.gso_type == VNET_GSO_NONE and self._gro_take(f, e.out)):
             return
-        e = mt_lookup(&self.mt, mac_key(p.network, eth.dst), now)
+        self._gro_flush()  # what went before goes out first: order is kept
         if e == NULL:
             self._flood(f, p.network)
         elif e.out == idx:
@@ -1216,16 +1246,7 @@ cdef class Datapath:
         self._learn(network, eth.src, OUT_PEER | <uint32_t>peer, now)
         e = NULL if mac_is_group(eth.dst) else mt_lookup(&self.mt, mac_key(network, eth.dst), now)
         if (e != NULL and e.out < self.max_ports and self.ports[e.out].state == PORT_UP
-                and self.ports[e.out].vnet):
-            # Consecutive segments of one TCP flow to a port with offloads
-            # become one super-frame again: one write instead of dozens.
-            if gro_append(&self.gro, f.data, f.len, e.out):
-                self.stats[LS_GRO_COALESCED] += 1
-                return VX_OK
-            self._gro_flush()
-            if gro_start(&self.gro, f.data, f.len, e.out):
-                return VX_OK
-            self._tx(e.out, f)
+                and self.ports[e.out].vnet and self._gro_take(f, e.out)):
             return VX_OK
         self._gro_flush()  # what went before goes out first: order is kept
         if e == NULL:
@@ -1238,18 +1259,56 @@ cdef class Datapath:
             self._flood(f, network)
         return VX_OK
 
+    cdef bint _gro_take(self, frame_t *f, uint32_t out) noexcept nogil:
+        """Coalesce a frame bound for port `out` (one with offloads) with the
+        ones before it, or hold it until the next shows whether it can be
+        (a frame that stays alone goes out as it came, through the ring in
+        io_uring mode). False: it cannot be; the caller flushes and sends it."""
+        cdef uint32_t hdr = gro_candidate(f.data, f.len, f.vnet, self.gro_udp)
+        cdef frame_t *h = &self.gro_held
+        if hdr == 0:
+            return False
+        if self.gro.len and gro_append(&self.gro, f.data, f.len, hdr, out):
+            self.stats[LS_GRO_COALESCED] += 1
+            return True
+        if self.gro_holding and gro_start(&self.gro, h.data, h.len, self.gro_held_hdr, h.vnet, self.gro_held_out):
+            if gro_append(&self.gro, f.data, f.len, hdr, out):
+                self.gro_holding = False
+                self.stats[LS_GRO_COALESCED] += 1
+                return True
+            self.gro.len = 0  # they do not continue one another
+        self._gro_flush()
+        h[0] = f[0]
+        h.queued = 0
+        self.gro_held_hdr = hdr
+        self.gro_held_out = out
+        self.gro_holding = True
+        return True
+
     cdef void _gro_flush(self) noexcept nogil:
+        """Send the pending run, or the frame held for one."""
         cdef frame_t *g = &self.gro_frame
-        cdef uint32_t out = self.gro.out
+        cdef uint32_t out
+        if self.gro_holding:
+            self.gro_holding = False
+            if self.ports[self.gro_held_out].state == PORT_UP:
+                self._tx(self.gro_held_out, &self.gro_held)
+            return
         if self.gro.len == 0:
             return
-        if self.gro.nseg > 1:
-            self.stats[LS_GRO_RUNS] += 1
+        out = self.gro.out
+        self.stats[LS_GRO_RUNS] += 1
         g.len = gro_finish(&self.gro, g.vnet)
         g.encap_vni = 0
         parse_vnet(g.vnet, g.len, &g.vi)
-        if self.ports[out].state == PORT_UP:
-            self._tx(out, g)
+        if self.ports[out].state != PORT_UP:
+            return
+        if self.uring and io_uring_sq_ready(&self.ring):
+            # The run goes out with write(): ring writes queued before it
+            # (of the same flow, maybe) must leave first.
+            io_uring_submit(&self.ring)
+            self.ustats[US_SUBMITS] += 1
+        self._tx(out, g)
 
     cdef uint16_t _vni_network(self, uint32_t vni) noexcept nogil:
         cdef uint32_t i = (vni * 2654435761U) & (VNI_SLOTS - 1)

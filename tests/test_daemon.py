@@ -13,7 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.harness.daemon import Vswitchd
 
 ROOT = Path(__file__).resolve().parent.parent
-URING_EVENTS = {"submits", "read_rearms", "buffer_ring_empty", "stale_completions", "write_errors"}
+URING_EVENTS = {"submits", "read_rearms", "buffer_ring_empty", "stale_completions", "write_errors",
+                "batch_waits"}
 
 # Runs sys.argv[1:] with io_uring_setup(2) failing with EPERM, as it does under
 # the default seccomp profiles of Docker and containerd.

@@ -26,7 +26,7 @@ def test_the_mode_is_reported():
     stats = dp.loop_stats()
     assert stats["io_mode"] == "uring"
     assert set(stats["uring"]) == {"submits", "read_rearms", "buffer_ring_empty", "stale_completions",
-                                   "write_errors"}
+                                   "write_errors", "batch_waits"}
     assert Datapath().loop_stats()["io_mode"] == "poll"
 
 
@@ -60,6 +60,30 @@ def test_a_dry_buffer_ring_loses_no_frame_and_keeps_their_order():
         assert rig.dp.port_counters(b)["tx_packets"] == 1000
     finally:
         rig.close()
+
+
+@pytest.mark.parametrize("wait_us", [0, 1000])
+def test_a_burst_makes_the_loop_wait_for_batches_and_a_lone_frame_still_goes_through(wait_us):
+    """After a round of many completions the loop waits for a batch, for at
+    most batch_wait_us: the burst arrives whole and in order, and a lone
+    frame after it is not held back for good. With 0 it never waits."""
+    rig = LoopRig(io_mode="uring", batch_wait_us=wait_us)
+    try:
+        b = rig.add_port(1)
+        a = rig.add_port(1, waiting=tuple(numbered(k) for k in range(200)))
+        rig.wait_frames(200)
+        assert [int.from_bytes(f[14:18], "big") for f in rig.recv_all(b)] == list(range(200))
+        waits = rig.dp.loop_stats()["uring"]["batch_waits"]
+        assert waits > 0 if wait_us else waits == 0
+        rig.send(a, numbered(200))
+        assert [int.from_bytes(f[14:18], "big") for f in rig.recv_all(b)] == [200]
+    finally:
+        rig.close()
+
+
+def test_a_batch_wait_beyond_a_second_is_refused():
+    with pytest.raises(ValueError, match="batch_wait_us"):
+        Datapath(io_mode="uring", batch_wait_us=1_000_000)
 
 
 def test_failed_ring_writes_are_counted_and_the_rest_still_forward():

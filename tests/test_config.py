@@ -141,6 +141,13 @@ def test_io_mode(tmp_path: Path) -> None:
     assert "switch.io_mode: 'epoll' is not an I/O mode (auto, uring, poll)" in message
 
 
+def test_batch_wait(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "[switch]\n"))[0].batch_wait_us == 50
+    assert load_config(write(tmp_path, "[switch]\nbatch_wait_us = 0\n"))[0].batch_wait_us == 0
+    message = config_error(tmp_path, "[switch]\nbatch_wait_us = 5000\n")
+    assert "switch.batch_wait_us: 5000 is out of range" in message
+
+
 def test_array_written_as_table(tmp_path: Path) -> None:
     message = config_error(tmp_path, '[network]\nname = "blue"\n')
     assert "network: {'name': 'blue'} is not an array of tables" in message

@@ -51,7 +51,7 @@ DATAPATH_IO_MODES = ("poll", "uring")
 URING_EVENTS_DOC = (
     "Events of the io_uring datapath, by kind: submits (io_uring_enter calls), read_rearms (multishot reads "
     "re-armed), buffer_ring_empty (reads stopped on a dry buffer ring), stale_completions (for removed ports), "
-    "write_errors (failed writes). All 0 in poll mode."
+    "write_errors (failed writes), batch_waits (waits for a batch of completions under load). All 0 in poll mode."
 )
 
 

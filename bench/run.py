@@ -176,10 +176,11 @@ def findings(res: dict[str, Any]) -> list[str]:
             if "error" in s:
                 out.append(f"{s['label']}: not measured: {s['error']}")
                 continue
-            loss = s["median"]["udp"]["loss_pct"]
-            if s.get("switch_pids") and (loss is None or loss < SATURATED_LOSS_PCT):
-                out.append(f"{s['label']}: its 64 B frames/s may not be a saturation rate: the switch dropped only "
-                           f"{loss or 0:.1f}% of the frames offered.")
+            for kind, load in (("udp", "one flow"), ("udp_flows", "8 flows")):
+                loss = s["median"].get(kind, {}).get("loss_pct")
+                if s.get("switch_pids") and (loss is None or loss < SATURATED_LOSS_PCT):
+                    out.append(f"{s['label']}: its 64 B frames/s ({load}) may not be a saturation rate: the switch "
+                               f"dropped only {loss or 0:.1f}% of the frames offered.")
     for g in res.get("goals", []):
         what = f"({g['issue']}, {g['topology']}): {g['vswitch']}, {g['figure']}"
         if g["met"] is False:

@@ -1,16 +1,20 @@
 """The figures measured on a topology: TCP throughput, 64-byte UDP frames delivered, RTT, switch CPU.
 
 TCP is iperf3. The 64-byte UDP load is bench/udpflood.py: a sendmmsg(2)
-sender that offers more than any userspace switch forwards, so the frames/s
-figure is each switch's saturation rate, and a sink that holds the port open
-without reading. Frames are counted at the interfaces: offered =
-what the sending container's eth0 handed on (tx_packets + tx_dropped),
-delivered = the receiving eth0's rx_packets. Counters and the switch's CPU
-time are sampled over the same window, inside the run, after a short
-warm-up. The counters are those of /sys/class/net/eth0/statistics in each
-container, read as /proc/PID/net/dev of a process in that namespace (the
-sender, the iperf3 server): a plain file read from here, so both sides are
-sampled microseconds apart rather than a process spawn apart.
+sender that offers more than a userspace switch forwarding frame by frame
+does, and a sink that holds the ports open without reading. It runs twice:
+one flow, and 8 flows interleaved datagram by datagram (which no switch can
+coalesce: every frame is forwarded on its own, so that figure is each
+switch's per-frame saturation rate). Datagrams are counted where they enter
+and leave: offered = what the sending container's eth0 handed on
+(tx_packets + tx_dropped), delivered = the datagrams the receiving
+container's UDP took in (InDatagrams + InErrors: the sink never reads, so
+most overflow its buffer), not its eth0's rx_packets, which counts a
+coalesced super-frame once. Counters and the switch's CPU time are sampled
+over the same window, inside the run, after a short warm-up. The counters
+are read as /proc/PID/net/dev and /proc/PID/net/snmp of a process in each
+namespace (the sender, the iperf3 server): plain file reads from here, so
+both sides are sampled microseconds apart rather than a process spawn apart.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ from topologies import Topo
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 IPERF_PORT = 5201
 UDP_PORT = 5301
+UDP_FLOWS = 8                      # the interleaved load's flows: ports UDP_PORT and up
 UDPFLOOD = ROOT / "bench" / "udpflood.py"
 UDP_WARMUP_S = 0.5
 UDP_TAIL_S = 0.2
@@ -58,6 +63,13 @@ def ns_counters(pid: int, ifname: str = "eth0") -> dict[str, int]:
     raise BenchError(f"no {ifname} in the namespace of pid {pid}")
 
 
+def udp_received(pid: int) -> int:
+    """Datagrams the UDP of process `pid`'s network namespace took in, read or dropped."""
+    lines = [line.split() for line in Path(f"/proc/{pid}/net/snmp").read_text().splitlines() if line.startswith("Udp:")]
+    udp = dict(zip(lines[0][1:], (int(x) for x in lines[1][1:])))
+    return udp["InDatagrams"] + udp["InErrors"]
+
+
 def listen(lab: Lab, topo: Topo, name: str, argv: list[str], ss_flags: str, port: int) -> subprocess.Popen:
     """Start `argv` in the server container; returns once something listens on `port` there."""
     proc = lab.spawn(name, topo.server.cmd(*argv))
@@ -73,7 +85,8 @@ def listen(lab: Lab, topo: Topo, name: str, argv: list[str], ss_flags: str, port
 def start_server(lab: Lab, topo: Topo) -> int:
     """The receiving side: iperf3's server (TCP) and the UDP sink; returns the iperf3 server's pid."""
     server = listen(lab, topo, "iperf3-server", ["iperf3", "-s", "-p", str(IPERF_PORT)], "-Hltn", IPERF_PORT)
-    listen(lab, topo, "udp-sink", [str(VENV_PY), str(UDPFLOOD), "sink", str(UDP_PORT)], "-Hlun", UDP_PORT)
+    listen(lab, topo, "udp-sink", [str(VENV_PY), str(UDPFLOOD), "sink", str(UDP_PORT), str(UDP_FLOWS)], "-Hlun",
+           UDP_PORT + UDP_FLOWS - 1)
     return server.pid
 
 
@@ -115,18 +128,18 @@ class Runner:
         t = time.monotonic()
         cpu = sum(cpu_s(pid) for pid in self.topo.switch_pids)
         tx = ns_counters(sender_pid)
-        rx = ns_counters(self.server_pid)
-        return {"t": (t + time.monotonic()) / 2, "cpu": cpu, "rx": rx["rx_packets"],
+        rx = udp_received(self.server_pid)
+        return {"t": (t + time.monotonic()) / 2, "cpu": cpu, "rx": rx,
                 "offered": tx["tx_packets"] + tx["tx_dropped"]}
 
-    def udp(self, seconds: float, busy: Callable[[float], Any] | None = None) -> dict[str, Any]:
-        """One 64-byte UDP run; `busy(deadline)`, if given, runs inside the measuring window
-        and its result is returned under "busy"."""
+    def udp(self, seconds: float, busy: Callable[[float], Any] | None = None, flows: int = 1) -> dict[str, Any]:
+        """One 64-byte UDP run of `flows` interleaved flows; `busy(deadline)`, if given, runs
+        inside the measuring window and its result is returned under "busy"."""
         self._n += 1
         name = f"udpflood-{self._n}"
         t0 = time.monotonic()
         proc = self.lab.spawn(name, self.topo.client.cmd(
-            str(VENV_PY), str(UDPFLOOD), "send", self.topo.server_ip, str(UDP_PORT), f"{seconds:g}"))
+            str(VENV_PY), str(UDPFLOOD), "send", self.topo.server_ip, str(UDP_PORT), f"{seconds:g}", str(flows)))
         a = b = extra = None
         try:
             time.sleep(max(0.0, t0 + UDP_WARMUP_S - time.monotonic()))
@@ -183,8 +196,10 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure(runner: Runner, runs: int, seconds: float, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The whole set of figures for one topology: raw runs and their medians."""
-    raw: dict[str, list[dict[str, Any]]] = {"tcp": [], "udp": [], "ping_adaptive": [], "ping_interval": []}
+    raw: dict[str, list[dict[str, Any]]] = {"tcp": [], "udp": [], "udp_flows": [], "ping_adaptive": [],
+                                            "ping_interval": []}
     for kind, fn in (("tcp", lambda: runner.tcp(seconds)), ("udp", lambda: runner.udp(seconds)),
+                     ("udp_flows", lambda: runner.udp(seconds, flows=UDP_FLOWS)),
                      ("ping_adaptive", lambda: runner.ping(True)), ("ping_interval", lambda: runner.ping(False))):
         for _ in range(runs):
             raw[kind].append(fn())
@@ -195,7 +210,7 @@ def measure(runner: Runner, runs: int, seconds: float, log: Callable[[str], None
 def fmt_run(kind: str, m: dict[str, Any]) -> str:
     if kind == "tcp":
         return f"{m['gbit_s']:.2f} Gbit/s"
-    if kind == "udp":
+    if kind in ("udp", "udp_flows"):
         cpu = m.get("cpu_us_per_frame")
         return (f"{m['delivered_pps'] / 1e3:.0f}k frames/s delivered of {m['offered_pps'] / 1e3:.0f}k offered, "
                 f"loss {m['loss_pct']:.1f}%"

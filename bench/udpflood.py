@@ -16,7 +16,12 @@ the switch on a small machine.
 With FLOWS > 1 the datagrams go round-robin to FLOWS ports from PORT up, one
 flow after the other, so that no two consecutive datagrams belong to one
 flow: nothing can be coalesced on the way, and every frame is forwarded on
-its own (the sink then holds all those ports).
+its own (the sink then holds all those ports). A UDP socket sending to
+changing destinations pays a route lookup per datagram and offers little
+more than a fast switch forwards, so these go out as ready-made frames
+through a packet socket (PACKET_QDISC_BYPASS), like a traffic generator:
+real UDP/IPv4 datagrams with complete checksums, to the MAC address the
+sending container's ARP cache holds for HOST.
 """
 from __future__ import annotations
 
@@ -25,12 +30,17 @@ import errno
 import json
 import signal
 import socket
+import struct
 import sys
 import time
+from pathlib import Path
 
 PAYLOAD = 64
 BATCH = 256
 SINK_RCVBUF = 64 << 10
+SPORT = 40000
+SOL_PACKET = 263                   # linux/socket.h
+PACKET_QDISC_BYPASS = 20           # linux/if_packet.h
 
 
 class Iovec(ctypes.Structure):
@@ -48,27 +58,63 @@ class Mmsghdr(ctypes.Structure):
     _fields_ = [("msg_hdr", Msghdr), ("msg_len", ctypes.c_uint)]
 
 
-class SockaddrIn(ctypes.Structure):
-    _fields_ = [("sin_family", ctypes.c_ushort), ("sin_port", ctypes.c_uint16),
-                ("sin_addr", ctypes.c_uint8 * 4), ("sin_zero", ctypes.c_uint8 * 8)]
+def checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def neighbour(host: str) -> tuple[str, str]:
+    """(interface, MAC address) of `host` in this namespace's ARP cache."""
+    for line in Path("/proc/net/arp").read_text().splitlines()[1:]:
+        ip, _, flags, mac, _, dev = line.split()
+        if ip == host and int(flags, 16) & 0x2:  # ATF_COM: resolved
+            return dev, mac
+    raise SystemExit(f"udpflood: no ARP entry for {host}: ping it first")
+
+
+def udp_frame(src_mac: str, dst_mac: str, src: str, dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    udp_len = 8 + len(payload)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 0, 0x4000, 64, 17, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 17, udp_len)
+    csum = checksum(pseudo + struct.pack("!HHHH", sport, dport, udp_len, 0) + payload) or 0xFFFF
+    udp = struct.pack("!HHHH", sport, dport, udp_len, csum)
+    return bytes.fromhex(dst_mac.replace(":", "")) + bytes.fromhex(src_mac.replace(":", "")) + b"\x08\x00" + ip + udp + payload
+
+
+def flow_frames(host: str, port: int, flows: int) -> tuple[socket.socket, list[bytes]]:
+    """A packet socket on the interface towards `host`, and one frame per flow."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.connect((host, port))
+    src = probe.getsockname()[0]
+    probe.close()
+    ifname, dst_mac = neighbour(host)
+    src_mac = Path(f"/sys/class/net/{ifname}/address").read_text().strip()
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    sock.bind((ifname, 0))
+    sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+    return sock, [udp_frame(src_mac, dst_mac, src, host, SPORT, port + k, bytes(PAYLOAD)) for k in range(flows)]
 
 
 def send(host: str, port: int, seconds: float, flows: int = 1) -> dict[str, float]:
     libc = ctypes.CDLL(None, use_errno=True)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     if flows == 1:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.connect((host, port))
-    buf = ctypes.create_string_buffer(PAYLOAD)
-    iov = Iovec(ctypes.cast(buf, ctypes.c_void_p), PAYLOAD)
+        datagrams = [bytes(PAYLOAD)]
+    else:
+        sock, datagrams = flow_frames(host, port, flows)
+    bufs = [ctypes.create_string_buffer(d, len(d)) for d in datagrams]
+    iovs = [Iovec(ctypes.cast(b, ctypes.c_void_p), len(d)) for b, d in zip(bufs, datagrams)]
     msgs = (Mmsghdr * BATCH)()
-    addrs = [SockaddrIn(socket.AF_INET, socket.htons(port + k), (ctypes.c_uint8 * 4)(*socket.inet_aton(host)))
-             for k in range(flows)]
     for i, m in enumerate(msgs):
-        m.msg_hdr.msg_iov = ctypes.pointer(iov)
+        m.msg_hdr.msg_iov = ctypes.pointer(iovs[i % len(iovs)])
         m.msg_hdr.msg_iovlen = 1
-        if flows > 1:
-            m.msg_hdr.msg_name = ctypes.cast(ctypes.pointer(addrs[i % flows]), ctypes.c_void_p)
-            m.msg_hdr.msg_namelen = ctypes.sizeof(SockaddrIn)
     fd, sent = sock.fileno(), 0
     start = time.monotonic()
     deadline = start + seconds

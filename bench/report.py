@@ -197,9 +197,10 @@ def markdown(res: dict[str, Any]) -> str:
            + (" (quick mode: not the published figures)" if res["quick"] else "") + ".",
            "Frames/s are datagrams of 64 bytes of UDP payload counted as the receiving container's UDP takes "
            "them in (its eth0 counts a coalesced super-frame once). The sender (bench/udpflood.py, sendmmsg in "
-           "batches) sends one flow, or 8 flows interleaved datagram by datagram, which nothing on the way can "
-           "coalesce: that load is forwarded frame by frame, and the sender offers more of it than any userspace "
-           "switch here forwards, so for the userspace switches its figure is the rate at saturation. A switch "
+           "batches) sends one flow from a UDP socket, or 8 flows interleaved datagram by datagram as ready-made "
+           "frames through a packet socket, which nothing on the way can coalesce: that load is forwarded frame "
+           "by frame, and the sender offers more of it than any switch here forwards, so for the userspace "
+           "switches its figure is the rate at saturation. A switch "
            "that coalesces one flow's datagrams (vswitch with offloads) may forward all the single flow a core "
            "can send. Offered is what the sending container's eth0 handed on, and loss compares the two. "
            "For the kernel's switches the sending system call "

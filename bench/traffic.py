@@ -3,9 +3,11 @@
 TCP is iperf3. The 64-byte UDP load is bench/udpflood.py: a sendmmsg(2)
 sender that offers more than a userspace switch forwarding frame by frame
 does, and a sink that holds the ports open without reading. It runs twice:
-one flow, and 8 flows interleaved datagram by datagram (which no switch can
-coalesce: every frame is forwarded on its own, so that figure is each
-switch's per-frame saturation rate). Datagrams are counted where they enter
+one flow from a UDP socket, and 8 flows interleaved datagram by datagram,
+sent as ready-made frames through a packet socket (no switch can coalesce
+them: every frame is forwarded on its own, and the sender offers far more
+than any switch here forwards, so that figure is each switch's per-frame
+saturation rate). Datagrams are counted where they enter
 and leave: offered = what the sending container's eth0 handed on
 (tx_packets + tx_dropped), delivered = the datagrams the receiving
 container's UDP took in (InDatagrams + InErrors: the sink never reads, so

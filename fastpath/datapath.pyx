@@ -482,7 +482,8 @@ cdef class Datapath:
             t = now_ns()
             # Never sleep on unsubmitted writes: a frame counts as handled
             # once its writes are out, and under load the submission that
-            # carries them also brings the next completions.
+            # carries them also brings the next completions. (A batch wait
+            # submits them before it waits.)
             if want > 1 and not (self.tunnel_pending or self.ctl_pending):
                 ts.tv_sec = 0
                 ts.tv_nsec = self.batch_wait_ns

@@ -59,6 +59,7 @@ class Mmsghdr(ctypes.Structure):
 
 
 def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of data."""
     if len(data) % 2:
         data += b"\0"
     s = sum(struct.unpack(f"!{len(data) // 2}H", data))

@@ -30,7 +30,9 @@ cdef uint32_t gro_candidate(const uint8_t *f, uint32_t length, const uint8_t *vn
     if length < ETH_HLEN + 28 or load_be16(f + 12) != 0x0800 or (ip[0] >> 4) != 4 or vnet[1] != VNET_GSO_NONE:
         return 0
     ihl = (ip[0] & 0x0F) * 4
-    if ihl < 20 or load_be16(ip + 2) != length - ETH_HLEN or (load_be16(ip + 6) & 0x3FFF) != 0:
+    if ihl < 20 or length < ETH_HLEN + ihl + 8:
+        return 0
+    if load_be16(ip + 2) != length - ETH_HLEN or (load_be16(ip + 6) & 0x3FFF) != 0:
         return 0  # padded, truncated, or a fragment
     l4_len = length - ETH_HLEN - ihl
     if ip[9] == IPPROTO_TCP:

@@ -168,10 +168,12 @@ def test_udp_frames_that_must_not_merge_pass_unchanged_and_in_order():
     broken = bytearray(datagrams(1, 200, ip_id=106)[0])
     broken[-1] ^= 0xFF                               # a checksum that does not verify
     bigger = datagrams(1, 300, ip_id=107)
-    frames = run + gap + other_tos + [bytes(no_csum), bytes(broken)] + bigger
+    short = bytearray(datagrams(1, 8, ip_id=108)[0])
+    short[14] = 0x4F                                 # an IHL of 60 bytes, more than the frame holds
+    frames = run + gap + other_tos + [bytes(no_csum), bytes(broken)] + bigger + [bytes(short)]
     out = coalesce(frames)
     assert segment(out[0][1], out[0][0]) == run
-    assert [f for _, f in out[1:]] == gap + other_tos + [bytes(no_csum), bytes(broken)] + bigger
+    assert [f for _, f in out[1:]] == gap + other_tos + [bytes(no_csum), bytes(broken)] + bigger + [bytes(short)]
     assert all(v == NO_VNET for v, _ in out[1:])
 
 

@@ -593,11 +593,15 @@ cdef class Datapath:
         self.ring_up = self.ring_live = False
         self.ctl_done = self.ctl_seq  # nobody waits for the loop any more
 
+    cdef void _ring_submit(self) noexcept nogil:
+        """Send what is queued on its way now, without waiting for anything."""
+        io_uring_submit(&self.ring)
+        self.ustats[US_SUBMITS] += 1
+
     cdef io_uring_sqe *_ring_sqe(self) noexcept nogil:
         cdef io_uring_sqe *sqe = io_uring_get_sqe(&self.ring)
         if sqe == NULL:  # the submission queue is full: send it on its way
-            io_uring_submit(&self.ring)
-            self.ustats[US_SUBMITS] += 1
+            self._ring_submit()
             sqe = io_uring_get_sqe(&self.ring)
         return sqe
 
@@ -630,8 +634,7 @@ cdef class Datapath:
             # Queued writes name ports by fixed-file slot: they must leave
             # before a slot changes hands, or a port added since they were
             # decided (in the lock's gap between chunks) would get them.
-            io_uring_submit(&self.ring)
-            self.ustats[US_SUBMITS] += 1
+            self._ring_submit()
         for idx in range(self.max_ports):
             p = &self.ports[idx]
             u = &self.rports[idx]
@@ -794,8 +797,7 @@ cdef class Datapath:
             # Too many writes since the last retirement: submit and retire
             # them now. The completions in hand stay where they are (the
             # queue's head has not moved), so peeking again only adds.
-            io_uring_submit(&self.ring)
-            self.ustats[US_SUBMITS] += 1
+            self._ring_submit()
             self._ring_retire(io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ))
         sqe = self._ring_sqe()
         if sqe == NULL:
@@ -875,8 +877,7 @@ cdef class Datapath:
         """Submit the frame's queued writes before its bytes or headroom change
         (a checksum completed for one output, tunnel headers for another)."""
         if f.queued:
-            io_uring_submit(&self.ring)
-            self.ustats[US_SUBMITS] += 1
+            self._ring_submit()
             f.queued = 0
 
     cdef void _rx_port(self, uint32_t idx, uint32_t events, int64_t now) noexcept nogil:
@@ -1307,8 +1308,7 @@ cdef class Datapath:
         if self.uring and io_uring_sq_ready(&self.ring):
             # The run goes out with write(): ring writes queued before it
             # (of the same flow, maybe) must leave first.
-            io_uring_submit(&self.ring)
-            self.ustats[US_SUBMITS] += 1
+            self._ring_submit()
         self._tx(out, g)
 
     cdef uint16_t _vni_network(self, uint32_t vni) noexcept nogil:

@@ -13,7 +13,7 @@ from scapy.layers.l2 import Ether
 
 from fastpath.gro import coalesce
 from fastpath.gso import segment
-from rawframes import ones_sum
+from rawframes import ones_sum, partial_udp
 
 NO_VNET = bytes(12)
 
@@ -93,7 +93,6 @@ def test_single_segment_is_written_as_it_came():
 # ---- UDP ---------------------------------------------------------------------------
 
 UDP_L4 = 5
-PARTIAL_UDP = struct.pack("<BBHHHHH", 1, 0, 0, 0, 34, 6, 0)  # NEEDS_CSUM over the UDP header at 34
 
 
 def datagrams(n: int, size: int, last: int | None = None, ip_id: int = 100, df: bool = False, tos: int = 0,
@@ -111,21 +110,13 @@ def datagrams(n: int, size: int, last: int | None = None, ip_id: int = 100, df: 
     return out
 
 
-def partial(frame: bytes) -> tuple[bytes, bytes]:
-    """The frame as a kernel with checksum offload hands it over: the UDP
-    checksum field holds the pseudo-header sum only."""
-    udp_len = len(frame) - 34
-    pseudo = ones_sum(frame[26:34] + struct.pack("!BBH", 0, 17, udp_len))
-    return PARTIAL_UDP, frame[:40] + struct.pack("!H", pseudo) + frame[42:]
-
-
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(2, 64), size=st.integers(1, 1400), last_part=st.floats(0.01, 1.0),
        offloaded=st.booleans())
 def test_a_udp_run_coalesces_into_one_superframe_that_segments_back_exactly(n, size, last_part, offloaded):
     last = max(1, int(size * last_part))
     grams = datagrams(n, size, last)
-    sent = [partial(g) for g in grams] if offloaded else [(NO_VNET, g) for g in grams]
+    sent = [partial_udp(g) for g in grams] if offloaded else [(NO_VNET, g) for g in grams]
     out = coalesce(sent)
     # An IPv4 datagram holds 64 KB: a longer run goes out as two, or as a
     # run and a datagram left alone, which goes out as it came.
@@ -186,6 +177,6 @@ def test_a_short_datagram_ends_a_run_and_udp_can_be_left_alone():
 
 
 def test_a_lone_datagram_keeps_the_header_it_came_with():
-    alone = partial(datagrams(1, 64)[0])
+    alone = partial_udp(datagrams(1, 64)[0])
     other_flow = datagrams(1, 64, sport=40001)[0]
     assert coalesce([alone, other_flow]) == [alone, (NO_VNET, other_flow)]

@@ -9,7 +9,7 @@ import pytest
 from tests.harness.hosts import lab  # noqa: F401  (fixture)
 
 from loop_rig import LoopRig
-from rawframes import BROADCAST, eth, mac, ones_sum
+from rawframes import BROADCAST, eth, mac, ones_sum, partial_udp
 
 VNET_F_NEEDS_CSUM = 1
 GSO_NONE, GSO_TCPV4 = 0, 1
@@ -29,12 +29,9 @@ def udp_frame_with_partial_csum(payload: bytes) -> tuple[bytes, bytes]:
     udp_len = 8 + len(payload)
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + udp_len, 1, 0, 64, 17, 0, src, dst)
     ip = ip[:10] + struct.pack("!H", ~ones_sum(ip) & 0xFFFF) + ip[12:]
-    pseudo = ones_sum(src + dst + struct.pack("!BBH", 0, 17, udp_len))
-    partial = struct.pack("!HHHH", 1000, 2000, udp_len, pseudo) + payload
     full_csum = ~ones_sum(src + dst + struct.pack("!BBH", 0, 17, udp_len) + struct.pack("!HHHH", 1000, 2000, udp_len, 0) + payload) & 0xFFFF
-    full = struct.pack("!HHHH", 1000, 2000, udp_len, full_csum or 0xFFFF) + payload
-    head = eth(mac(2), mac(1), ethertype=0x0800) + ip
-    return head + partial, head + full
+    full = eth(mac(2), mac(1), ethertype=0x0800) + ip + struct.pack("!HHHH", 1000, 2000, udp_len, full_csum or 0xFFFF) + payload
+    return partial_udp(full)[1], full
 
 
 @pytest.fixture
@@ -116,11 +113,9 @@ def udp_burst(n: int, size: int = 64, dst_mac: str = "02:00:00:00:00:02", dst_ip
 
 
 def offloaded(frame: bytes) -> bytes:
-    """The frame with the virtio-net header and partial checksum a kernel with
-    checksum offload hands over."""
-    udp_len = len(frame) - 34
-    pseudo = ones_sum(frame[26:34] + struct.pack("!BBH", 0, 17, udp_len))
-    return vnet(VNET_F_NEEDS_CSUM, csum_start=34, csum_offset=6) + frame[:40] + struct.pack("!H", pseudo) + frame[42:]
+    """The frame led by the virtio-net header, with the partial checksum, that
+    a kernel with checksum offload hands over."""
+    return b"".join(partial_udp(frame))
 
 
 @pytest.mark.parametrize("gro_udp", [True, False])

@@ -184,7 +184,8 @@ def findings(res: dict[str, Any]) -> list[str]:
     for g in res.get("goals", []):
         what = f"({g['issue']}, {g['topology']}): {g['vswitch']}, {g['figure']}"
         if g["met"] is False:
-            out.append(f"Goal missed {what} is {g['ratio']:.2f}× {g['peer']}, target {g['target']}.")
+            paired = "" if g.get("paired") is None else f" (round by round {g['paired']:.2f}×)"
+            out.append(f"Goal missed {what} is {g['ratio']:.2f}× {g['peer']}{paired}, target {g['target']}.")
         elif g["met"] is None:
             out.append(f"Goal not evaluated {what} against {g['peer']}: {g['notes']}.")
     if "micro" in res and "flatness" in res["micro"]:

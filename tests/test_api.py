@@ -643,6 +643,22 @@ def test_state_survives_a_restart(api: Api, netns_factory: NetnsFactory, how: st
     assert link is not None and link["address"] == "02:00:00:00:00:01"
 
 
+def test_a_restart_with_its_config_drops_a_port_whose_namespace_went_away(
+        vswitchd_factory: Callable[..., Vswitchd], netns_factory: NetnsFactory) -> None:
+    # A service unit passes --config on every start; the config only seeded the first.
+    gone, kept = netns_factory(), netns_factory()
+    config = '[[network]]\nname = "blue"\n' + "".join(
+        f'[[port]]\nname = "{name}"\nnetwork = "blue"\nnetns = "{ns.name}"\n' for name, ns in (("c1", gone), ("c2", kept)))
+    d = vswitchd_factory(config)
+    assert sorted(p["name"] for p in d.ctl("port", "list")) == ["c1", "c2"]
+    assert d.stop() == 0
+    subprocess.run(["ip", "netns", "del", gone.name], check=True, capture_output=True, timeout=30)
+    d.start()
+    assert [p["name"] for p in d.ctl("port", "list")] == ["c2"]
+    assert f"port c1 not restored: netns {gone.name} is gone" in d.run_stderr
+    assert kept.link("eth0") is not None
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [("{not json", "not valid JSON"), ('{"version": 99}', "version: 99 is not supported")],

@@ -81,11 +81,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings, seed = load_config(args.config, check_netns=True) if args.config else (SwitchSettings(), DesiredState())
-    if args.io_mode is not None:
-        settings = dataclasses.replace(settings, io_mode=args.io_mode)
     store = StateStore(args.state_dir)
     saved = store.load()
+    # The config's networks and ports only seed an empty state dir, so only then must their
+    # namespaces exist; on a restart the saved state rules, and a container that went away
+    # while vswitchd was down loses its port with a warning instead of stopping the switch.
+    settings, seed = (load_config(args.config, check_netns=saved is None) if args.config
+                      else (SwitchSettings(), DesiredState()))
+    if args.io_mode is not None:
+        settings = dataclasses.replace(settings, io_mode=args.io_mode)
     api_requests = ApiRequestCounter()
     switch = Switch(settings, on_change=store.save)
     api = ApiServer(switch, args.api_socket, metrics_hook=api_requests)

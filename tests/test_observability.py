@@ -550,6 +550,11 @@ def test_capture_refusals_and_the_ways_a_stream_ends(lan: Lan, tmp_path: Path) -
     out, err = cli.communicate(timeout=30)
     assert (cli.returncode, out, err) == (1, b"", b"vswitchctl: port 'nope' does not exist\n")
     assert not (tmp_path / "never.pcap").exists()
+    unwritable = tmp_path / "no-such-dir" / "c1.pcap"
+    cli = ctl_capture(d, "c1", "-w", str(unwritable))
+    out, err = cli.communicate(timeout=30)
+    assert (cli.returncode, out, err) == (1, b"", f"vswitchctl: cannot write {unwritable}: No such file or directory\n".encode())
+    wait_until(lambda: capture_status(d, "c1") == 200, message="the capture of c1 outlived the client that could not write it")
 
     # One capture per port: a second one is refused until the first client leaves.
     first, rest = open_capture(d, "c1")

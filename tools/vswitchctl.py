@@ -206,11 +206,17 @@ def _capture(c: Client, ns: argparse.Namespace) -> None:
     out: BinaryIO | None = None
     # SIGTERM ends a capture as cleanly as Ctrl-C (a background job ignores SIGINT).
     signal.signal(signal.SIGTERM, _stop)
+    to_file = ns.write not in (None, "-")
     try:
         for data in whole_records(c.stream(path)):
-            if out is None:  # opened only once the capture runs: a refused one leaves no file
-                out = open(ns.write, "wb") if ns.write not in (None, "-") else sys.stdout.buffer
-            _write_whole(out, data)
+            try:
+                if out is None:  # opened only once the capture runs: a refused one leaves no file
+                    out = open(ns.write, "wb") if to_file else sys.stdout.buffer
+                _write_whole(out, data)
+            except OSError as e:
+                if not to_file:
+                    raise  # a reader that went away is handled below
+                raise ApiError(0, "file", f"cannot write {ns.write}: {e.strerror}") from None
     except KeyboardInterrupt:
         pass  # Ctrl-C or SIGTERM: how an open-ended capture ends
     except BrokenPipeError:

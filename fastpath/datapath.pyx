@@ -1063,7 +1063,9 @@ cdef class Datapath:
         dst.sin_port = htons(self.vx_port)
         dst.sin_addr.s_addr = self.peers[peer].addr
         while first < <uint32_t>nseg:
-            count = min(<uint32_t>nseg - first, UDP_GSO_MAX, UDP_GSO_BYTES // size)
+            # At least one: past an underlay MTU of about 65040 a segment alone
+            # can outgrow a train, and then goes as a datagram of its own.
+            count = max(1, min(<uint32_t>nseg - first, UDP_GSO_MAX, UDP_GSO_BYTES // size))
             length = (count - 1) * size + VXLAN_HLEN + self.segs[first + count - 1].len
             iov.iov_base = self.gso_train + first * size
             iov.iov_len = length

@@ -43,7 +43,9 @@ cdef drop_reason parse_eth(const uint8_t *p, uint32_t length, uint32_t mtu, eth_
 cdef bint parse_vnet(const uint8_t *hdr, uint32_t frame_len, vnet_info *out) noexcept nogil:
     """Read and check a virtio-net header against the frame behind it.
     False when it lies: an unknown GSO type, a GSO frame with gso_size 0 or
-    a header length past its end, a checksum range outside the frame."""
+    a header length past its end, a checksum range outside the frame or
+    starting in its Ethernet header (completing it would rewrite addresses
+    or ethertype after the switch has checked them)."""
     out.flags = hdr[0]
     out.gso_type = hdr[1] & ~VNET_GSO_ECN
     out.hdr_len = load_le16(hdr + 2)
@@ -51,7 +53,7 @@ cdef bint parse_vnet(const uint8_t *hdr, uint32_t frame_len, vnet_info *out) noe
     out.csum_start = load_le16(hdr + 6)
     out.csum_offset = load_le16(hdr + 8)
     if out.flags & VNET_F_NEEDS_CSUM:
-        if <uint32_t>out.csum_start + out.csum_offset + 2 > frame_len:
+        if out.csum_start < ETH_HLEN or <uint32_t>out.csum_start + out.csum_offset + 2 > frame_len:
             return False
     if out.gso_type == VNET_GSO_NONE:
         return True

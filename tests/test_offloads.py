@@ -1,4 +1,5 @@
 """virtio-net headers and TSO super-frames through the loop."""
+import socket
 import struct
 import subprocess
 import sys
@@ -81,6 +82,10 @@ def test_superframe_to_a_plain_port_is_dropped_and_counted(rig):
         (vnet(VNET_F_NEEDS_CSUM, GSO_TCPV4, hdr_len=54, gso_size=0, csum_start=34, csum_offset=16), "gso_size 0"),
         (vnet(VNET_F_NEEDS_CSUM, GSO_TCPV4, hdr_len=9000, gso_size=1448, csum_start=34, csum_offset=16), "hdr_len past the end"),
         (vnet(VNET_F_NEEDS_CSUM, csum_start=3000, csum_offset=6), "checksum past the end"),
+        # Completing it would write into the Ethernet header the switch has checked: here the
+        # ethertype, which could become an 802.1Q tag on an access port.
+        (vnet(VNET_F_NEEDS_CSUM, csum_start=0, csum_offset=12), "checksum inside the Ethernet header"),
+        (vnet(VNET_F_NEEDS_CSUM, csum_start=13, csum_offset=0), "checksum starting inside the Ethernet header"),
         (vnet(0, GSO_TCPV4, hdr_len=54, gso_size=1448), "GSO without a partial checksum"),
     ],
 )
@@ -263,6 +268,50 @@ def test_tcp_across_vxlan_is_intact_and_every_segment_valid(lab, offloads):
     else:
         assert offload["segmented"] == 0 and received["gro_superframes"] == 0
     assert all(v == 0 for v in offload["gso_errors"].values())
+
+
+def tcp_superframe(payload_len: int, gso_size: int) -> bytes:
+    """A virtio-net header and IPv4/TCP super-frame as a container's TSO hands it over."""
+    src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+    tcp_len = 20 + payload_len
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + tcp_len, 1, 0x4000, 64, 6, 0, src, dst)
+    ip = ip[:10] + struct.pack("!H", ~ones_sum(ip) & 0xFFFF) + ip[12:]
+    partial = ones_sum(src + dst + struct.pack("!BBH", 0, 6, tcp_len))
+    tcp = struct.pack("!HHIIBBHHH", 1000, 2000, 1, 1, 5 << 4, 0x10, 65535, partial, 0)
+    frame = eth(BROADCAST, mac(1), ethertype=0x0800) + ip + tcp + bytes(payload_len)
+    return vnet(VNET_F_NEEDS_CSUM, GSO_TCPV4, hdr_len=54, gso_size=gso_size, csum_start=34, csum_offset=16) + frame
+
+
+@pytest.mark.root
+def test_a_segment_too_long_for_a_udp_segment_train_goes_out_alone(io_mode):
+    """With an underlay MTU of 65535 a segment can outgrow what one UDP_SEGMENT
+    send carries (65000 bytes); it must leave on its own, not stall the loop."""
+    rx, peer, gso = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    rig = None
+    try:
+        rx.bind(("127.0.0.1", 0))
+        vxlan_port = rx.getsockname()[1]
+        peer.bind(("127.0.0.2", vxlan_port))
+        peer.settimeout(10)
+        tx.bind(("127.0.0.1", 0))
+        gso.bind(("127.0.0.1", 0))
+        rig = LoopRig(io_mode=io_mode)
+        rig.dp.set_vtep(rx.fileno(), tx.fileno(), vxlan_port, 49152, 65535, 65535)
+        rig.dp.set_udp_gso_sockets([(gso.fileno(), gso.getsockname()[1])])
+        rig.dp.set_network_vni(1, 100)
+        rig.dp.add_peer(1, "127.0.0.2")
+        src = rig.add_port(1, vnet_hdr=True)
+        rig.send(src, tcp_superframe(65495, gso_size=65000))  # an IPv4 packet of 65535 bytes
+        got = [peer.recv(70000) for _ in range(2)]
+        assert [len(d) for d in got] == [8 + 54 + 65000, 8 + 54 + 495]
+        rig.send(src, tcp_superframe(3000, gso_size=1000))  # and the loop goes on
+        assert [len(peer.recv(70000)) for _ in range(3)] == [8 + 54 + 1000] * 3
+    finally:
+        if rig is not None:
+            rig.close()
+        for s in (rx, peer, gso, tx):
+            s.close()
 
 
 RECEIVER = textwrap.dedent("""

@@ -32,6 +32,8 @@ cdef uint32_t gro_candidate(const uint8_t *f, uint32_t length, const uint8_t *vn
     ihl = (ip[0] & 0x0F) * 4
     if ihl < 20 or length < ETH_HLEN + ihl + 8:
         return 0
+    if csum_fold(csum_add(0, ip, ihl)) != 0xFFFF:
+        return 0  # a header that fails its checksum: merged, it would leave with a fresh one
     if load_be16(ip + 2) != length - ETH_HLEN or (load_be16(ip + 6) & 0x3FFF) != 0:
         return 0  # padded, truncated, or a fragment
     l4_len = length - ETH_HLEN - ihl

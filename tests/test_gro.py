@@ -85,6 +85,21 @@ def test_what_must_not_merge_passes_unchanged_and_in_order():
     assert len(coalesce(short_then_full)) == 2
 
 
+def test_frames_whose_ip_header_checksum_fails_pass_unchanged():
+    """Merged, they would leave with a fresh header checksum, carrying a
+    corrupted TOS or ID past the receiver that ought to drop them."""
+    def corrupt(frame: bytes) -> bytes:
+        b = bytearray(frame)
+        b[15] ^= 0x04  # the TOS byte, with the header checksum left as it was
+        return bytes(b)
+
+    for run in (tcp_segments(3, 1000, 1000), datagrams(3, 200)):
+        bad = [corrupt(f) for f in run]
+        assert coalesce(bad) == [(NO_VNET, f) for f in bad]
+        out = coalesce(run + [corrupt(run[-1])])  # one bad frame after a good run ends it
+        assert segment(out[0][1], out[0][0]) == run and out[1:] == [(NO_VNET, corrupt(run[-1]))]
+
+
 def test_single_segment_is_written_as_it_came():
     seg = tcp_segments(1, 1000, 1000)
     assert coalesce(seg) == [(NO_VNET, seg[0])]

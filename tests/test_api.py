@@ -371,6 +371,20 @@ BAD_REQUESTS = [
     ("name-as-number", "POST", "/v1/networks", {"name": 5}, 400, "invalid_argument"),
     ("mtu-as-bool", "POST", "/v1/ports", {**PORT_OK, "mtu": True}, 400, "invalid_argument"),
     ("invalid-remote", "POST", "/v1/peers", {"network": "blue", "remote": "300.1.1.1"}, 400, "invalid_argument"),
+    ("ipv6-remote", "POST", "/v1/peers", {"network": "blue", "remote": "2001:db8::1"}, 400, "invalid_argument"),
+    ("broadcast-remote", "POST", "/v1/peers", {"network": "blue", "remote": "255.255.255.255"}, 400, "invalid_argument"),
+    ("unspecified-remote", "POST", "/v1/peers", {"network": "blue", "remote": "0.0.0.0"}, 400, "invalid_argument"),
+    ("name-ending-in-newline", "POST", "/v1/networks", {"name": "teal\n"}, 400, "invalid_argument"),
+    ("mac-ending-in-newline", "POST", "/v1/fdb", {"network": "blue", "mac": "02:00:00:00:00:77\n", "port": "c1"},
+     400, "invalid_argument"),
+    ("netns-with-nul", "POST", "/v1/ports", {**PORT_OK, "netns": "c1\u0000"}, 400, "invalid_argument"),
+    ("netns-lone-surrogate", "POST", "/v1/ports", b'{"name": "c9", "network": "blue", "netns": "\\ud800"}', 400,
+     "invalid_argument"),
+    ("ifname-of-16-bytes", "POST", "/v1/ports", {**PORT_OK, "ifname": "\u00e9" * 8}, 400, "invalid_argument"),
+    ("ifname-with-vertical-tab", "POST", "/v1/ports", {**PORT_OK, "ifname": "eth\u000b1"}, 400, "invalid_argument"),
+    ("ifname-with-no-break-space", "POST", "/v1/ports", {**PORT_OK, "ifname": "eth\u00e01"}, 400, "invalid_argument"),
+    ("duplicate-json-key", "POST", "/v1/networks", b'{"name": "teal", "name": "teal2"}', 400, "bad_request"),
+    ("capture-count-of-5000-digits", "GET", "/v1/ports/c1/capture?count=" + "1" * 5000, None, 400, "invalid_argument"),
     ("missing-key", "POST", "/v1/ports", {"name": "c9", "network": "blue"}, 400, "invalid_argument"),
     ("unknown-key", "POST", "/v1/networks", {"name": "teal", "colour": "teal"}, 400, "invalid_argument"),
     ("body-is-array", "POST", "/v1/networks", [{"name": "teal"}], 400, "invalid_argument"),
@@ -420,6 +434,16 @@ def test_bad_request_is_refused_and_changes_nothing(
     assert (got_status, answer["error"]) == (status, error), answer
     assert api.snapshot() == before
     assert ns.link("eth0") is not None  # c1's interface is untouched
+
+
+def test_a_peer_past_the_datapaths_table_is_refused(vswitchd_factory: Callable[..., Vswitchd]) -> None:
+    # Remotes on loopback: the floods of head-end replication stay on this machine.
+    peers = "".join(f'[[peer]]\nnetwork = "blue"\nremote = "127.1.{i >> 8}.{i & 255}"\n' for i in range(1024))
+    d = vswitchd_factory(loopback_vtep_config() + '[[network]]\nname = "blue"\nvni = 100\n' + peers)
+    status, answer = d.api("POST", "/v1/peers", {"network": "blue", "remote": "127.2.0.1"})
+    assert (status, answer["error"]) == (409, "conflict") and "1024" in answer["detail"], answer
+    assert len(d.api("GET", "/v1/peers")[1]) == 1024
+    assert d.api("POST", "/v1/networks", {"name": "red"})[0] == 201  # and the switch goes on
 
 
 def test_error_details_name_the_field_and_value(populated: tuple[Api, Netns]) -> None:

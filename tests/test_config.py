@@ -175,6 +175,46 @@ def test_missing_namespace_checked_only_on_request(tmp_path: Path) -> None:
         load_config(path, check_netns=True)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('vtep_ip = "192.0.2.1"', "", "peer[0]: peers need a local VTEP address: set [switch] vtep_ip"),
+        ('vtep_ip = "192.0.2.1"', 'vtep_ip = "192.0.2.2"', "peer[0]: remote: 192.0.2.2 is this switch's own vtep_ip"),
+        ("vni = 100", "", "peer[0]: network 'blue' has no VNI: peers need a VXLAN network"),
+        ('remote = "192.0.2.2"', 'remote = "2001:db8::2"', "peer[0]: remote: '2001:db8::2' is not IPv4"),
+        ('remote = "192.0.2.2"', 'remote = "255.255.255.255"', "peer[0]: remote: '255.255.255.255' is not a unicast"),
+        ('vtep_ip = "192.0.2.1"', 'vtep_ip = "0.0.0.0"', "switch.vtep_ip: '0.0.0.0' is not a unicast address"),
+        ('vtep_ip = "192.0.2.1"', 'vtep_ip = "239.1.1.1"', "switch.vtep_ip: '239.1.1.1' is not a unicast address"),
+    ],
+    ids=["no-vtep", "own-vtep", "no-vni", "ipv6-remote", "broadcast-remote", "unspecified-vtep", "multicast-vtep"],
+)
+def test_peers_the_switch_would_refuse_refuse_the_config(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    """Refused before anything is applied: at start they stopped vswitchd halfway, ports already made."""
+    assert old in FULL
+    assert expected in config_error(tmp_path, FULL.replace(old, new))
+
+
+def test_more_peers_than_the_datapath_holds(tmp_path: Path) -> None:
+    peers = "".join(f'[[peer]]\nnetwork = "blue"\nremote = "10.{i >> 8}.{i & 255}.1"\n' for i in range(1025))
+    message = config_error(tmp_path, FULL.replace('[[peer]]\nnetwork = "blue"\nremote = "192.0.2.2"\n', peers))
+    assert "peer[1024]: more than 1024 peers" in message
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('netns = "vst-cfg-absent"', 'netns = "c1\\u0000"', "port[0].netns: 'c1\\x00' is not a namespace name"),
+        ('ifname = "eth0"', 'ifname = "\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9\u00e9"', "is not a valid interface name (1-15 bytes"),
+        ('ifname = "eth0"', 'ifname = "eth0\\n"', "port[0].ifname: 'eth0\\n' is not a valid interface name"),
+        ('name = "red"', 'name = "red\\n"', "network[1].name: 'red\\n' is not a valid name"),
+    ],
+    ids=["netns-nul", "ifname-16-bytes", "ifname-newline", "name-newline"],
+)
+def test_names_the_kernel_would_refuse(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert old in FULL
+    assert expected in config_error(tmp_path, FULL.replace(old, new, 1))
+
+
 # check_references on its own: one case per rule.
 
 def base() -> DesiredState:

@@ -208,6 +208,16 @@ def _stats(req: Request) -> tuple[int, Any]:
     return 200, req.switch.stats()
 
 
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads would keep the last of two equal keys: {"name": "a", "name": "b"} is not a request to guess at.
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
 def _trace(req: Request) -> tuple[int, Any]:
     body = _object(req)
     check_keys("trace", body, {"in_port", "dst", "src", "vlan"}, {"in_port", "dst"})
@@ -218,7 +228,8 @@ def _capture(req: Request) -> tuple[int, Any]:
     name = check_name("port", req.params["name"])
     count = req.query.get("count")
     if count is not None:
-        if not (count.isascii() and count.isdigit()) or int(count) < 1:
+        # Length first: int() refuses numbers of over 4300 digits with a ValueError of its own.
+        if not (count.isascii() and count.isdigit()) or len(count) > 20 or int(count) < 1:
             raise InvalidArgument(f"count: {count!r} is not a positive integer")
     # Refusals (unknown port, a capture already running) happen here, before any byte of the stream.
     capture = req.switch.start_capture(name, req.query.get("direction", "both"))
@@ -383,7 +394,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.command != "POST" or not data:
             return False, None
         try:
-            return True, json.loads(data)
+            return True, json.loads(data, object_pairs_hook=_refuse_duplicate_keys)
         except (ValueError, RecursionError) as e:
             raise HttpError(400, "bad_request", f"request body is not valid JSON: {_one_line(str(e))}") from None
 

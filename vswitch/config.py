@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, InvalidArgument
-from .model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings
+from .model import (MAX_PEERS, DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings,
+                    peer_problem)
 from .netns import netns_identity, netns_path, resolve_netns
 
 _ARRAYS: dict[str, Any] = {
@@ -69,6 +70,7 @@ def load_config(path: str | Path, *, check_netns: bool = False) -> tuple[SwitchS
     try:
         settings, state = _parse(data)
         check_references(state, check_netns=check_netns)
+        check_peers(settings, state)
     except InvalidArgument as e:
         raise ConfigError(f"{path}: {e}") from None
     return settings, state
@@ -80,6 +82,18 @@ def _first_seen(seen: dict[Any, int], key: Any, i: int) -> int | None:
         return seen[key]
     seen[key] = i
     return None
+
+
+def check_peers(settings: SwitchSettings, state: DesiredState) -> None:
+    """The rules the switch holds a peer to, checked before anything is applied, so a config
+    that cannot work is refused whole instead of stopping vswitchd halfway through its start."""
+    if len(state.peers) > MAX_PEERS:
+        raise InvalidArgument(f"peer[{MAX_PEERS}]: more than {MAX_PEERS} peers")
+    networks = {net.name: net for net in state.networks}
+    for i, peer in enumerate(state.peers):
+        why = peer_problem(peer, networks[peer.network], settings.vtep_ip)
+        if why:
+            raise InvalidArgument(f"peer[{i}]: {why}")
 
 
 def check_references(state: DesiredState, *, check_netns: bool = True) -> None:

@@ -13,12 +13,17 @@ from typing import Any
 
 from .errors import InvalidArgument
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-MAC_RE = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
-IFNAME_MAX = 15  # IFNAMSIZ - 1
+# Matched whole (fullmatch): "$" would also let a name end in a newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+MAC_RE = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
+IFNAME_MAX = 15  # bytes: IFNAMSIZ - 1
+# What the kernel's dev_valid_name refuses inside a name, besides NUL: its
+# isspace() counts 0xA0 (Latin-1 no-break space), which UTF-8 can carry.
+IFNAME_BAD_BYTES = frozenset(b"/: \t\n\v\f\r\xa0")
 VNI_MAX = (1 << 24) - 1
 MTU_MIN, MTU_MAX = 68, 65521  # 65535 less the L2 header and a tag
 IO_MODES = ("auto", "uring", "poll")
+MAX_PEERS = 1024  # tunnel peers over all networks: the datapath's peer table
 
 
 def _fail(where: str, value: Any, why: str) -> InvalidArgument:
@@ -26,13 +31,13 @@ def _fail(where: str, value: Any, why: str) -> InvalidArgument:
 
 
 def check_name(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         raise _fail(where, value, "is not a valid name (1-63 of A-Z a-z 0-9 _ . -, starting alphanumeric)")
     return value
 
 
 def check_mac(where: str, value: Any, *, unicast: bool = True) -> str:
-    if not isinstance(value, str) or not MAC_RE.match(value):
+    if not isinstance(value, str) or not MAC_RE.fullmatch(value):
         raise _fail(where, value, "is not a MAC address (xx:xx:xx:xx:xx:xx)")
     mac = value.lower()
     if unicast and int(mac[:2], 16) & 1:
@@ -69,21 +74,60 @@ def check_ip(where: str, value: Any) -> str:
         raise _fail(where, value, "is not an IP address") from None
 
 
+def _utf8(value: Any) -> bytes | None:
+    """The UTF-8 bytes a name reaches the kernel as; None if it has none (a lone surrogate) or holds NUL."""
+    if not isinstance(value, str) or "\0" in value:
+        return None
+    try:
+        return value.encode()
+    except UnicodeEncodeError:
+        return None
+
+
 def check_ifname(where: str, value: Any) -> str:
-    if (
-        not isinstance(value, str)
-        or not 1 <= len(value) <= IFNAME_MAX
-        or value in (".", "..")
-        or any(c in value for c in "/: \t\n")
-    ):
-        raise _fail(where, value, f"is not a valid interface name (1-{IFNAME_MAX} chars, no '/', ':' or spaces)")
+    raw = _utf8(value)
+    if raw is None or not 1 <= len(raw) <= IFNAME_MAX or raw in (b".", b"..") or IFNAME_BAD_BYTES & set(raw):
+        raise _fail(where, value, f"is not a valid interface name (1-{IFNAME_MAX} bytes, no '/', ':' or spaces)")
     return value
 
 
-def check_str(where: str, value: Any) -> str:
-    if not isinstance(value, str) or not value:
-        raise _fail(where, value, "must be a non-empty string")
+def check_netns(where: str, value: Any) -> str:
+    """A namespace name (under /run/netns) or a path; whether it exists is checked where it is used."""
+    if not _utf8(value):
+        raise _fail(where, value, "is not a namespace name or path (a non-empty string without NUL)")
     return value
+
+
+def _underlay_problem(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why a VXLAN datagram cannot come from or go to `addr` (None if it can)."""
+    if addr.version != 4:
+        return "is not IPv4 (the underlay is IPv4 only)"
+    if addr.is_unspecified or addr.is_multicast or addr == ipaddress.IPv4Address("255.255.255.255"):
+        return "is not a unicast address"
+    return None
+
+
+def check_unicast_ipv4(where: str, value: Any) -> str:
+    addr = ipaddress.ip_address(check_ip(where, value))
+    why = _underlay_problem(addr)
+    if why:
+        raise _fail(where, value, why)
+    return str(addr)
+
+
+def peer_problem(spec: PeerSpec, network: NetworkSpec, vtep_ip: str | None) -> str | None:
+    """Why `spec` cannot be a peer of `network` on a switch with this vtep_ip (None if it can).
+    Checked where a peer is applied, not parsed: a state file stays readable whatever it holds."""
+    why = _underlay_problem(ipaddress.ip_address(spec.remote))
+    if why:
+        return f"remote: {spec.remote!r} {why}"
+    if network.vni is None:
+        return f"network {spec.network!r} has no VNI: peers need a VXLAN network"
+    if vtep_ip is None:
+        return "peers need a local VTEP address: set [switch] vtep_ip"
+    if spec.remote == vtep_ip:
+        return f"remote: {spec.remote} is this switch's own vtep_ip"
+    return None
 
 
 def check_io_mode(where: str, value: Any) -> str:
@@ -137,7 +181,7 @@ class PortSpec:
         return cls(
             name=check_name(f"{where}.name", data["name"]),
             network=check_name(f"{where}.network", data["network"]),
-            netns=check_str(f"{where}.netns", data["netns"]),
+            netns=check_netns(f"{where}.netns", data["netns"]),
             ifname=check_ifname(f"{where}.ifname", data.get("ifname", "eth0")),
             mac=None if data.get("mac") is None else check_mac(f"{where}.mac", data["mac"]),
             ip=None if data.get("ip") is None else check_cidr(f"{where}.ip", data["ip"]),
@@ -213,13 +257,10 @@ class SwitchSettings:
         offloads = data.get("offloads", d.offloads)
         if not isinstance(offloads, bool):
             raise InvalidArgument(f"{where}.offloads: {offloads!r} is not true or false")
-        vtep = data.get("vtep_ip")
-        if vtep is not None and ipaddress.ip_address(check_ip(f"{where}.vtep_ip", vtep)).version != 4:
-            raise InvalidArgument(f"{where}.vtep_ip: {vtep!r} is not IPv4 (the underlay is IPv4 only)")
         return cls(
             mac_aging_s=check_int(f"{where}.mac_aging_s", data.get("mac_aging_s", d.mac_aging_s), 1, 86400 * 365),
             mac_table_size=check_int(f"{where}.mac_table_size", data.get("mac_table_size", d.mac_table_size), 16, 1 << 24),
-            vtep_ip=None if data.get("vtep_ip") is None else check_ip(f"{where}.vtep_ip", data["vtep_ip"]),
+            vtep_ip=None if data.get("vtep_ip") is None else check_unicast_ipv4(f"{where}.vtep_ip", data["vtep_ip"]),
             vxlan_port=check_int(f"{where}.vxlan_port", data.get("vxlan_port", d.vxlan_port), 1, 65535),
             underlay_mtu=check_int(f"{where}.underlay_mtu", data.get("underlay_mtu", d.underlay_mtu), 576, 65535),
             vxlan_src_port_min=lo,

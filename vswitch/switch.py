@@ -14,7 +14,6 @@ the datapath's tables and reads its counters.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import select
@@ -28,7 +27,8 @@ from fastpath import PEER_FLAG, Datapath
 from .capture import Capture
 from .eventlog import EventLog
 from .errors import ConfigError, Conflict, InvalidArgument, NotFound
-from .model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings, check_mac, check_name
+from .model import (MAX_PEERS, DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings, check_mac,
+                    check_name, peer_problem)
 from .netns import netns_identity, netns_path, resolve_netns
 from .tap import TSO_OFFLOADS, TapPort, open_tap
 
@@ -92,6 +92,7 @@ class Switch:
         def make(io_mode: str) -> Datapath:
             return Datapath(
                 max_ports=self.settings.max_ports,
+                max_peers=MAX_PEERS,
                 mac_table_size=self.settings.mac_table_size,
                 mac_aging_s=float(self.settings.mac_aging_s),
                 busy_poll_us=self.settings.busy_poll_us,
@@ -436,17 +437,15 @@ class Switch:
 
     def _add_peer(self, spec: PeerSpec) -> None:
         net = self._network(spec.network)
-        if net.spec.vni is None:
-            raise InvalidArgument(f"network {spec.network!r} has no VNI: peers need a VXLAN network")
-        if ipaddress.ip_address(spec.remote).version != 4:
-            raise InvalidArgument(f"remote: {spec.remote!r} is not IPv4 (the underlay is IPv4 only)")
-        if self.settings.vtep_ip is None:
-            raise InvalidArgument("peers need a local VTEP address: set [switch] vtep_ip")
-        if spec.remote == self.settings.vtep_ip:
-            raise InvalidArgument(f"remote: {spec.remote} is this switch's own vtep_ip")
+        why = peer_problem(spec, net.spec, self.settings.vtep_ip)
+        if why:
+            raise InvalidArgument(why)
         if spec in self._peers:
             raise Conflict(f"peer {spec.remote} is already in network {spec.network!r}")
-        self._peers[spec] = self._dp.add_peer(net.id, spec.remote)
+        try:
+            self._peers[spec] = self._dp.add_peer(net.id, spec.remote)
+        except OverflowError as e:  # all MAX_PEERS in use
+            raise Conflict(str(e)) from None
         log.info("peer %s added to network %s", spec.remote, spec.network)
 
     def del_peer(self, spec: PeerSpec) -> None:

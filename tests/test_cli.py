@@ -217,6 +217,20 @@ def test_errors_exit_1_with_one_line(shared: Vswitchd, args: tuple[str, ...], de
 # --- without a daemon -------------------------------------------------------------------
 
 
+def test_an_argument_that_is_not_utf8_is_a_usage_error(shared: Vswitchd) -> None:
+    proc = shared.ctl_run("network", "del", os.fsdecode(b"bl\xffe"), json_output=False)
+    assert (proc.returncode, proc.stdout) == (2, "")
+    assert proc.stderr == "vswitchctl: name: b'bl\\xffe' is not UTF-8 text\n"
+
+
+def test_output_that_cannot_be_written_is_one_line(shared: Vswitchd) -> None:
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "tools.vswitchctl", "--socket", str(shared.socket_path), "network",
+                               "list"],
+                              cwd=REPO_ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=30)
+    assert (proc.returncode, proc.stderr) == (1, "vswitchctl: cannot write the output: No space left on device\n")
+
+
 def test_unreachable_daemon_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     sock = tmp_path / "none.sock"
     assert main(["--socket", str(sock), "show"]) == 1

@@ -550,11 +550,6 @@ def test_capture_refusals_and_the_ways_a_stream_ends(lan: Lan, tmp_path: Path) -
     out, err = cli.communicate(timeout=30)
     assert (cli.returncode, out, err) == (1, b"", b"vswitchctl: port 'nope' does not exist\n")
     assert not (tmp_path / "never.pcap").exists()
-    unwritable = tmp_path / "no-such-dir" / "c1.pcap"
-    cli = ctl_capture(d, "c1", "-w", str(unwritable))
-    out, err = cli.communicate(timeout=30)
-    assert (cli.returncode, out, err) == (1, b"", f"vswitchctl: cannot write {unwritable}: No such file or directory\n".encode())
-    wait_until(lambda: capture_status(d, "c1") == 200, message="the capture of c1 outlived the client that could not write it")
 
     # One capture per port: a second one is refused until the first client leaves.
     first, rest = open_capture(d, "c1")
@@ -573,6 +568,14 @@ def test_capture_refusals_and_the_ways_a_stream_ends(lan: Lan, tmp_path: Path) -
     assert d.api("DELETE", "/v1/ports/c3")[0] == 204
     assert b"".join(rest) == b""  # ends promptly, before the idle timeout
     assert read_pcap(first) == []
+
+    # A file vswitchctl cannot write ends its capture with one line. Last: a
+    # capture_status probe leaves a capture of its own for the daemon to end.
+    unwritable = tmp_path / "no-such-dir" / "c1.pcap"
+    cli = ctl_capture(d, "c1", "-w", str(unwritable))
+    out, err = cli.communicate(timeout=30)
+    assert (cli.returncode, out, err) == (1, b"", f"vswitchctl: cannot write {unwritable}: No such file or directory\n".encode())
+    wait_until(lambda: capture_status(d, "c1") == 200, message="the capture of c1 outlived the client that could not write it")
     assert d.run_stderr.count("Traceback") == 0
 
 

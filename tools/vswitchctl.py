@@ -215,13 +215,10 @@ def _capture(c: Client, ns: argparse.Namespace) -> None:
                 _write_whole(out, data)
             except OSError as e:
                 if not to_file:
-                    raise  # a reader that went away is handled below
+                    raise  # main() tells a reader that has what it wanted (`| tshark -c 3 -r -`) from a full disk
                 raise ApiError(0, "file", f"cannot write {ns.write}: {e.strerror}") from None
     except KeyboardInterrupt:
         pass  # Ctrl-C or SIGTERM: how an open-ended capture ends
-    except BrokenPipeError:
-        # The reader (e.g. `| tshark -c 3 -r -`) has what it wanted.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     finally:
         if out is not None and out is not sys.stdout.buffer:
             out.close()
@@ -453,24 +450,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    for key, value in vars(ns).items():
+        # Python keeps an argument's undecodable bytes as lone surrogates, which no request can carry.
+        if isinstance(value, str) and not _is_utf8(value):
+            print(f"{PROG}: {key}: {os.fsencode(value)!r} is not UTF-8 text", file=sys.stderr)
+            return 2
     cmd: Command = ns.command
     socket_path = ns.socket or os.environ.get("VSWITCH_SOCKET") or str(DEFAULT_SOCKET)
     try:
         result = cmd.run(Client(socket_path), ns)
+        if ns.json:
+            text = None if result is None else json.dumps(result, indent=2)
+        else:
+            text = None if cmd.render is None else cmd.render(result)
+        if text is not None:
+            print(text, flush=True)
     except ApiError as e:
         print(f"{PROG}: {e.detail}", file=sys.stderr)
         return 1
-    if ns.json:
-        text = None if result is None else json.dumps(result, indent=2)
-    else:
-        text = None if cmd.render is None else cmd.render(result)
-    if text is not None:
-        try:
-            print(text, flush=True)
-        except BrokenPipeError:
-            # The reader (e.g. `| head`) went away: not an error worth a traceback.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: not an error worth a traceback.
+        _drop_stdout()
+    except OSError as e:  # the API's own failures arrive as ApiError: this is our output (a full disk)
+        _drop_stdout()
+        print(f"{PROG}: cannot write the output: {e.strerror or e}", file=sys.stderr)
+        return 1
+    except (KeyError, TypeError, AttributeError) as e:
+        print(f"{PROG}: vswitchd's answer lacks what {' '.join(cmd.words)} shows ({type(e).__name__}: {e})",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
     return 0
+
+
+def _drop_stdout() -> None:
+    # What is still buffered would fail again when Python flushes it at exit.
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -683,6 +683,25 @@ def test_a_restart_with_its_config_drops_a_port_whose_namespace_went_away(
     assert kept.link("eth0") is not None
 
 
+def test_a_change_that_cannot_be_saved_is_in_effect_and_says_so(api: Api) -> None:
+    state_file = api.daemon.state_dir / "state.json"
+    api.ok("POST", "/v1/networks", {"name": "blue"}, expect=201)
+    saved = state_file.read_text()
+    state_file.unlink()
+    (state_file / "in-the-way").mkdir(parents=True)  # a rename onto it fails, even for root
+    try:
+        status, answer = api("POST", "/v1/networks", {"name": "red"})
+        assert (status, answer["error"]) == (500, "state_not_saved"), answer
+        assert f"could not be saved to {state_file}" in answer["detail"]
+        assert sorted(n["name"] for n in api.ok("GET", "/v1/networks")) == ["blue", "red"]
+    finally:
+        (state_file / "in-the-way").rmdir()
+        state_file.rmdir()
+    api.ok("POST", "/v1/networks", {"name": "green"}, expect=201)  # the next change saves them all
+    assert [n["name"] for n in json.loads(state_file.read_text())["networks"]] == ["blue", "red", "green"]
+    assert saved != state_file.read_text()
+
+
 @pytest.mark.parametrize(
     ("content", "expected"),
     [("{not json", "not valid JSON"), ('{"version": 99}', "version: 99 is not supported")],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vswitch.errors import ConfigError
+from vswitch.errors import ConfigError, StateNotSaved
 from vswitch.model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec
 from vswitch.state import STATE_VERSION, StateStore
 
@@ -40,6 +40,14 @@ def test_round_trip(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state")
     store.save(STATE)
     assert StateStore(tmp_path / "state").load() == STATE
+
+
+def test_a_state_that_cannot_be_written_says_where_and_why(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    store = StateStore(tmp_path / "file" / "state")
+    with pytest.raises(StateNotSaved, match=r"could not be saved to .*/file/state/state\.json: Not a directory; "
+                                            r"it is lost if vswitchd restarts"):
+        store.save(STATE)
 
 
 def test_empty_state_round_trips(tmp_path: Path) -> None:

@@ -25,6 +25,12 @@ class Conflict(VswitchError):
     kind = "conflict"
 
 
+class StateNotSaved(VswitchError):
+    """A change took effect but the state file could not be written (HTTP 500)."""
+
+    kind = "state_not_saved"
+
+
 class ConfigError(VswitchError):
     """A config or state file is unusable; the message names the key and value."""
 

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, InvalidArgument
+from .errors import ConfigError, InvalidArgument, StateNotSaved
 from .model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec
 
 STATE_VERSION = 1
@@ -81,6 +81,16 @@ class StateStore:
             raise ConfigError(f"state file {self.path}: {e}; fix or move it away") from None
 
     def save(self, state: DesiredState) -> None:
+        """Write the state atomically and durably; StateNotSaved says why not."""
+        try:
+            self._save(state)
+        except OSError as e:
+            # The change is already in effect, and undoing it could fail too: say so plainly.
+            raise StateNotSaved(f"the change is in effect but could not be saved to {self.path}: "
+                                f"{e.strerror or e}; it is lost if vswitchd restarts before a later change "
+                                f"is saved") from None
+
+    def _save(self, state: DesiredState) -> None:
         data = json.dumps(state_to_dict(state), indent=2, sort_keys=True).encode() + b"\n"
         with self._lock:
             self._ensure_dir()

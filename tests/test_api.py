@@ -506,10 +506,16 @@ def test_keep_alive_connection_serves_many_requests(populated: tuple[Api, Netns]
     api, _ = populated
     conn = UnixHTTPConnection(api.daemon.socket_path, timeout=10)
     try:
-        for path in ["/v1/health", "/v1/nope", "/v1/networks", "/v1/ports/nope", "/v1/stats"]:
+        sock = None
+        for path, status in [("/v1/health", 200), ("/v1/nope", 404), ("/v1/networks", 200), ("/v1/ports/nope", 404),
+                             ("/v1/stats", 200)]:
             conn.request("GET", path)
             resp = conn.getresponse()
+            assert resp.status == status, path
             check_against_openapi(api.doc, "GET", path, resp.status, json.loads(resp.read()))
+            # http.client reconnects quietly after a close: the socket must stay the same one.
+            assert sock is None or conn.sock is sock, f"the connection was closed after the request before {path}"
+            sock = conn.sock
     finally:
         conn.close()
 

@@ -5,6 +5,7 @@ import pytest
 
 from loop_rig import LoopRig
 from rawframes import BROADCAST, eth, mac
+from tests.harness.wait import wait_until
 
 MCAST = b"\x01\x00\x5e\x00\x00\x01"
 
@@ -107,6 +108,7 @@ def test_per_port_mtu(rig):
     small, big = rig.add_port(1, mtu=576), rig.add_port(1, mtu=9000)
     f = eth(BROADCAST, mac(1), b"x" * 1000)
     rig.send(small, f)
+    assert rig.recv_all(big) == []
     rig.send(big, eth(BROADCAST, mac(2), b"x" * 1000))
     assert rig.dp.port_counters(small)["drops"]["too_big"] == 1
     assert rig.recv_all(small) == [eth(BROADCAST, mac(2), b"x" * 1000)]
@@ -160,9 +162,7 @@ def test_slot_reuse_does_not_inherit_counters_or_entries(rig):
     b2 = rig.add_port(1)
     assert b2 == b
     assert rig.dp.port_counters(b2)["rx_packets"] == 0
-    assert rig.dp.fdb_entries() == [(1, "02:00:00:00:00:00", a, False, pytest.approx(0, abs=5))] or all(
-        e[2] != b2 for e in rig.dp.fdb_entries()
-    )
+    assert all(e[2] != b2 for e in rig.dp.fdb_entries())
 
 
 def test_peer_close_marks_port_dead_and_notifies(rig):
@@ -194,26 +194,33 @@ def test_add_and_remove_ports_while_forwarding_loses_nothing(rig):
     rig.send(a, eth(BROADCAST, mac(1)))
     rig.drain()
     stop = threading.Event()
+    cycles, errors = [], []
 
     def churn():
-        while not stop.is_set():
-            idx = rig.add_port(1 + (len(rig.ends) % 2))
-            rig.remove_port(idx)
+        try:
+            while not stop.is_set():
+                idx = rig.add_port(1 + (len(rig.ends) % 2))
+                rig.remove_port(idx)
+                cycles.append(idx)
+        except Exception as e:  # a dead churn thread would leave nothing churned
+            errors.append(e)
 
     t = threading.Thread(target=churn)
     t.start()
     received = []
     try:
+        wait_until(lambda: cycles or errors, message="the churn thread never added and removed a port")
         for i in range(2000):
             rig.ends[a].send(eth(mac(2), mac(1), i.to_bytes(4, "big")))
             if i % 50 == 49:
-                rig.wait_frames(rig.frames_done())  # keep the socket buffers shallow
+                rig.wait_frames(2 + i + 1)  # keep the socket buffers shallow
                 received += rig.recv_all(b)
     finally:
         stop.set()
         t.join()
     rig.wait_frames(2 + 2000)
     received += rig.recv_all(b)
+    assert errors == [] and len(cycles) > 0
     assert [int.from_bytes(f[14:18], "big") for f in received] == list(range(2000))
 
 

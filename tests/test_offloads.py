@@ -248,7 +248,7 @@ def test_tcp_across_vxlan_is_intact_and_every_segment_valid(lab, offloads):
     outer = [decode_vxlan(f, dst_ip=h2.ip) for f in underlay.frames(UNDERLAY_IF)]
     inner = [Ether(bytes(p[VXLAN].payload)) for p in outer if p is not None]
     segments = [p for p in inner if TCP in p and p[TCP].dport == 5001]
-    assert len(segments) > 1 << 20 // 1500
+    assert len(segments) > (1 << 20) // 1500
     for seg in segments:
         assert len(bytes(seg)) <= 1450 + 14, "an inner frame exceeds the network's MTU"
         ip_sum, tcp_sum = seg[IP].chksum, seg[TCP].chksum

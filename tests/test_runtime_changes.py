@@ -10,6 +10,7 @@ import time
 import pytest
 
 from rawframes import eth
+from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.io_modes
 
@@ -71,10 +72,16 @@ mac = "{C2_MAC}"
 
     t = threading.Thread(target=churn)
     t.start()
+    def c1_read() -> int:
+        return d.api("GET", "/v1/ports/c1")[1]["counters"]["rx_packets"]
+
+    base = c1_read()
     try:
         for i in range(0, N_FRAMES, CHUNK):
             a1.send("eth0", frames[i:i + CHUNK])
-            time.sleep(0.005)
+            # Pace by what the switch has read: a full TAP queue would drop in the kernel, not here.
+            wait_until(lambda: c1_read() >= base + min(i + CHUNK, N_FRAMES),
+                       message=f"the switch never read frames {i}..{i + CHUNK} from c1")
         # Keep churning until at least one full add/remove cycle overlapped the stream.
         deadline = time.monotonic() + 60
         while cycles[0] < 1 and time.monotonic() < deadline:

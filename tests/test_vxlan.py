@@ -160,6 +160,8 @@ def test_peer_removal_stops_traffic_and_forgets_its_macs(two: tuple[Host, Host])
     b1.send(b1.frame(BROADCAST, out_bcast), b1.frame(b2.mac, out_ucast))
     fence_all([r1], [r2])
     assert b3.wait(out_bcast) != [], "local flooding stopped with the peer"
+    # b2's MAC was forgotten with the peer: the unicast floods locally too, which shows it was handled.
+    assert b3.wait(out_ucast) != [], "the unicast to a MAC behind the removed peer was not flooded locally"
     assert (b2.seen(out_bcast), b2.seen(out_ucast)) == ([], [])
     # In: h2 still sends to h1, which no longer accepts blue from it.
     before = h1.drops()["unknown_peer"]

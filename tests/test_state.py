@@ -88,7 +88,7 @@ def test_failed_save_leaves_no_temp_file(tmp_path: Path) -> None:
     # A directory where the file should be makes the final rename fail.
     (tmp_path / "state.json").mkdir()
     (tmp_path / "state.json" / "keep").write_text("x")
-    with pytest.raises(OSError):
+    with pytest.raises(StateNotSaved, match="Is a directory|Directory not empty"):
         StateStore(tmp_path).save(STATE)
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
     assert (tmp_path / "state.json" / "keep").read_text() == "x"

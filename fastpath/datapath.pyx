@@ -78,6 +78,14 @@ cdef enum:
     POLL_CTL = 1
     POLL_VXLAN = 2
 cdef uint32_t NO_BUFFER = 0xFFFFFFFF
+cdef enum:
+    FDB_CHUNK = 4096               # slots fdb_entries reads per hold of the lock
+
+cdef struct fdb_row:               # an entry as fdb_entries copies it out from under the lock
+    uint64_t key
+    uint32_t out
+    uint32_t flags
+    int64_t age_ms
 IO_MODES = ("poll", "uring")
 URING_COUNTER_NAMES = ("submits", "read_rearms", "buffer_ring_empty", "stale_completions", "write_errors",
                        "batch_waits")
@@ -1425,37 +1433,43 @@ cdef class Datapath:
         if mtu < 68 or mtu > FRAME_ROOM - 18:
             raise ValueError(f"MTU {mtu} is out of range [68, {FRAME_ROOM - 18}]")
         os.set_blocking(fd, False)
+        # All under the lock happens without the GIL: a thread holding the lock while it
+        # waits for the GIL (up to the 5 ms switch interval) would stall the loop as long.
         with nogil:
             pthread_mutex_lock(&self.lock)
-        try:
+            rc = 0
             for idx in range(self.max_ports):
                 if self.ports[idx].state == PORT_FREE:
                     break
             else:
-                raise OverflowError(f"all {self.max_ports} ports are in use")
-            p = &self.ports[idx]
-            p.gen += 1
-            p.fd = fd
-            p.mtu = mtu
-            p.network = network
-            p.vnet = vnet_hdr
-            p.cap_fd = -1
-            p.cap_dir = 0
-            memset(&self.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
-            if self.uring:
-                self._kick()  # the loop arms a read for it
-            else:
-                ev.events = EPOLLIN
-                ev.data.u64 = (<uint64_t>p.gen << 32) | idx
-                rc = epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev)
-                if rc < 0:
-                    raise OSError(errno, f"epoll_ctl(ADD) of fd {fd} failed: {os.strerror(errno)}")
-            p.state = PORT_UP
-            p.next_in_net = self.net_head[network]
-            self.net_head[network] = idx
-            return idx
-        finally:
+                rc = -1
+            if rc == 0:
+                p = &self.ports[idx]
+                p.gen += 1
+                p.fd = fd
+                p.mtu = mtu
+                p.network = network
+                p.vnet = vnet_hdr
+                p.cap_fd = -1
+                p.cap_dir = 0
+                memset(&self.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
+                if self.uring:
+                    self._kick()  # the loop arms a read for it
+                else:
+                    ev.events = EPOLLIN
+                    ev.data.u64 = (<uint64_t>p.gen << 32) | idx
+                    if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+                        rc = errno
+                if rc == 0:
+                    p.state = PORT_UP
+                    p.next_in_net = self.net_head[network]
+                    self.net_head[network] = idx
             pthread_mutex_unlock(&self.lock)
+        if rc < 0:
+            raise OverflowError(f"all {self.max_ports} ports are in use")
+        if rc > 0:
+            raise OSError(rc, f"epoll_ctl(ADD) of fd {fd} failed: {os.strerror(rc)}")
+        return idx
 
     def remove_port(self, uint32_t idx) -> None:
         """Detach a port and forget every FDB entry (learned or static) that names it.
@@ -1645,23 +1659,25 @@ cdef class Datapath:
         cdef uint32_t addr = int.from_bytes(ipaddress.IPv4Address(remote).packed, "little")
         if network < 1 or network > self.max_networks:
             raise ValueError(f"network id {network} is out of range")
+        cdef bint full = False
         with nogil:
             pthread_mutex_lock(&self.lock)
-        try:
             for idx in range(self.max_peers):
                 if not self.peers[idx].used:
                     break
             else:
-                raise OverflowError(f"all {self.max_peers} peers are in use")
-            self.peers[idx].addr = addr
-            self.peers[idx].network = network
-            memset(&self.pectr[<size_t>idx * PE_COUNT], 0, PE_COUNT * sizeof(uint64_t))
-            self.peers[idx].next_in_net = self.net_peer_head[network]
-            self.net_peer_head[network] = idx
-            self.peers[idx].used = 1
-            return idx
-        finally:
+                full = True
+            if not full:
+                self.peers[idx].addr = addr
+                self.peers[idx].network = network
+                memset(&self.pectr[<size_t>idx * PE_COUNT], 0, PE_COUNT * sizeof(uint64_t))
+                self.peers[idx].next_in_net = self.net_peer_head[network]
+                self.net_peer_head[network] = idx
+                self.peers[idx].used = 1
             pthread_mutex_unlock(&self.lock)
+        if full:
+            raise OverflowError(f"all {self.max_peers} peers are in use")
+        return idx
 
     def remove_peer(self, uint32_t idx) -> int:
         """Remove a peer and the MACs learned behind it; returns how many."""
@@ -1701,18 +1717,24 @@ cdef class Datapath:
         kind one of EVENT_KINDS."""
         cdef uint64_t head, start, i
         cdef dp_event ev
+        cdef dp_event *copy = <dp_event *>malloc(EV_RING * sizeof(dp_event))
+        if copy == NULL:
+            raise MemoryError()
         out = []
-        with nogil:
-            pthread_mutex_lock(&self.lock)
         try:
-            head = self.ev_head
-            start = max(since, head - EV_RING) if head > EV_RING else since
-            for i in range(start, head):
-                ev = self.evring[i & (EV_RING - 1)]
+            with nogil:  # copied under the lock, turned into Python objects after it
+                pthread_mutex_lock(&self.lock)
+                head = self.ev_head
+                start = max(since, head - EV_RING) if head > EV_RING else since
+                for i in range(start, head):
+                    copy[i - start] = self.evring[i & (EV_RING - 1)]
+                pthread_mutex_unlock(&self.lock)
+            for i in range(head - start):
+                ev = copy[i]
                 out.append((EVENT_KINDS[ev.kind], key_network(ev.key),
                             format_mac(ev.key) if ev.key else None, ev.a, ev.b))
         finally:
-            pthread_mutex_unlock(&self.lock)
+            free(copy)
         return out, head, start - since
 
     # ---- FDB -------------------------------------------------------------------------
@@ -1737,43 +1759,65 @@ cdef class Datapath:
         never holds the loop up for long."""
         cdef uint32_t want = OUT_NONE if out is None else out
         cdef uint64_t i = 0, end
+        cdef uint32_t n, j
         cdef int64_t now
         cdef mac_entry *e
+        # Copied chunk by chunk under the lock, turned into Python objects after it.
+        cdef fdb_row *copy = <fdb_row *>malloc(FDB_CHUNK * sizeof(fdb_row))
+        cdef fdb_row *r
+        if copy == NULL:
+            raise MemoryError()
         result = []
-        chunk = []
-        while i <= self.mt.mask:
-            end = min(i + 4096, self.mt.mask + 1)
-            with nogil:
-                pthread_mutex_lock(&self.lock)
-            try:
-                now = now_ms()
-                while i < end:
-                    e = &self.mt.slots[i]
-                    i += 1
-                    if (e.key == 0 or (network and key_network(e.key) != network)
-                            or (want != OUT_NONE and e.out != want) or mt_expired(&self.mt, e, now)):
+        seen = set()  # an entry moved back by a deletion between chunks may be met twice
+        try:
+            while i <= self.mt.mask:
+                end = min(i + FDB_CHUNK, self.mt.mask + 1)
+                n = 0
+                with nogil:
+                    pthread_mutex_lock(&self.lock)
+                    now = now_ms()
+                    while i < end:
+                        e = &self.mt.slots[i]
+                        i += 1
+                        if (e.key == 0 or (network and key_network(e.key) != network)
+                                or (want != OUT_NONE and e.out != want) or mt_expired(&self.mt, e, now)):
+                            continue
+                        copy[n].key = e.key
+                        copy[n].out = e.out
+                        copy[n].flags = e.flags
+                        copy[n].age_ms = now - e.last_seen_ms
+                        n += 1
+                    pthread_mutex_unlock(&self.lock)
+                for j in range(n):
+                    r = &copy[j]
+                    if r.key in seen:
                         continue
-                    chunk.append((e.key, e.out, e.flags, now - e.last_seen_ms))
-            finally:
-                pthread_mutex_unlock(&self.lock)
-            for key, o, flags, age in chunk:
-                result.append((key_network(key), format_mac(key), o, bool(flags & MT_STATIC), age / 1000.0))
-            chunk.clear()
+                    seen.add(r.key)
+                    result.append((key_network(r.key), format_mac(r.key), r.out, bool(r.flags & MT_STATIC),
+                                   r.age_ms / 1000.0))
+        finally:
+            free(copy)
         return result
 
     def fdb_lookup(self, uint16_t network, mac):
         """(out, static, age_s) of a live entry, or None. Does not refresh or age it."""
         cdef bytes m = parse_mac(mac)
+        cdef const uint8_t *mp = m
         cdef mac_entry *e
+        cdef mac_entry found
+        cdef int64_t now
+        cdef bint live
         with nogil:
             pthread_mutex_lock(&self.lock)
-        try:
-            e = mt_peek(&self.mt, mac_key(network, m))
-            if e == NULL or mt_expired(&self.mt, e, now_ms()):
-                return None
-            return (e.out, bool(e.flags & MT_STATIC), (now_ms() - e.last_seen_ms) / 1000.0)
-        finally:
+            now = now_ms()
+            e = mt_peek(&self.mt, mac_key(network, mp))
+            live = e != NULL and not mt_expired(&self.mt, e, now)
+            if live:
+                found = e[0]
             pthread_mutex_unlock(&self.lock)
+        if not live:
+            return None
+        return (found.out, bool(found.flags & MT_STATIC), (now - found.last_seen_ms) / 1000.0)
 
     def fdb_flush(self, uint16_t network=0, out=None, bint with_static=False) -> int:
         cdef uint32_t o = OUT_NONE if out is None else out

@@ -347,10 +347,12 @@ class Switch:
             self._changed()
 
     def _drop_port(self, port: _Port, *, destroy: bool) -> None:
-        if port.capture is not None:
-            port.capture.detach()  # the datapath forgets the capture with the port
-            port.capture = None
+        # The datapath forgets the port and its capture first: closed before, the capture
+        # socket's number could go to a new connection while the loop still mirrors into it.
         self._dp.remove_port(port.index)
+        if port.capture is not None:
+            port.capture.detach()
+            port.capture = None
         for key in [k for k, e in self._static.items() if e.port == port.spec.name]:
             del self._static[key]
         del self._ports[port.spec.name]
@@ -403,6 +405,9 @@ class Switch:
                 break
             dead = set(self._dp.dead_ports()) if ready else set()
             with self._lock:
+                # Re-checked under the lock: a dead port deleted meanwhile may have handed
+                # its index to a new, healthy one.
+                dead = {idx for idx in dead if self._dp.port_state(idx) == "dead"}
                 gone = [
                     p for p in self._ports.values()
                     if p.index in dead or netns_identity(p.netns_path) != p.netns_id

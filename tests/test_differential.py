@@ -6,6 +6,7 @@ malformed frames) each frame is sent through the real loop over socketpairs
 and through tests/model.py; which port receives which frame, the drop
 counters and the FDB afterwards must be identical.
 """
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -47,12 +48,17 @@ def scenarios(draw):
     return networks, capacity, statics, seq
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scenarios())
-def test_compiled_loop_matches_model(scenario):
+pytestmark = pytest.mark.io_modes
+
+
+# io_mode only names the mode: one value for every example is what is wanted.
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(scenario=scenarios())
+def test_compiled_loop_matches_model(io_mode, scenario):
     networks, capacity, statics, seq = scenario
     model = ModelSwitch(capacity=capacity, aging_ms=300_000)
-    rig = LoopRig(mac_table_size=capacity)
+    rig = LoopRig(mac_table_size=capacity, io_mode=io_mode)
     try:
         ports = [rig.add_port(net) for net in networks]
         assert ports == list(range(len(networks)))

@@ -1594,9 +1594,9 @@ cdef class Datapath:
         drop_all_input(tx_fd)
         os.set_blocking(rx_fd, False)
         os.set_blocking(tx_fd, False)
+        cdef int rc = 0
         with nogil:
             pthread_mutex_lock(&self.lock)
-        try:
             self.vx_port = port
             self.sport_lo = sport_lo
             self.sport_hi = sport_hi
@@ -1605,32 +1605,35 @@ cdef class Datapath:
                 ev.events = EPOLLIN
                 ev.data.u64 = TAG_VXLAN
                 if epoll_ctl(self.epfd, EPOLL_CTL_ADD, rx_fd, &ev) < 0:
-                    raise OSError(errno, f"epoll_ctl(ADD) of the VXLAN socket failed: {os.strerror(errno)}")
-            self.vx_rx_fd = rx_fd
-            self.vx_tx_fd = tx_fd
-            if self.uring:
-                self._kick()  # the loop polls the socket from its ring
-        finally:
+                    rc = errno
+            if rc == 0:
+                self.vx_rx_fd = rx_fd
+                self.vx_tx_fd = tx_fd
+                if self.uring:
+                    self._kick()  # the loop polls the socket from its ring
             pthread_mutex_unlock(&self.lock)
+        if rc:
+            raise OSError(rc, f"epoll_ctl(ADD) of the VXLAN socket failed: {os.strerror(rc)}")
 
     def set_udp_gso_sockets(self, list socks) -> None:
         """[(fd, source port)] of UDP sockets bound to the VTEP address, for
         sending super-frames with UDP_SEGMENT (the caller checked the kernel
         has it). Flows then take their outer source port from these ports."""
-        cdef uint32_t i
-        if len(socks) > GSO_SOCKETS:
+        cdef uint32_t i, n = len(socks)
+        cdef int fds[GSO_SOCKETS]
+        cdef uint16_t ports[GSO_SOCKETS]
+        if n > GSO_SOCKETS:
             raise ValueError(f"at most {GSO_SOCKETS} UDP GSO sockets")
-        for fd, _ in socks:
+        for i, (fd, port) in enumerate(socks):
             drop_all_input(fd)  # send-only: nothing may pile up in their queues
             os.set_blocking(fd, False)
+            fds[i], ports[i] = fd, port
         with nogil:
             pthread_mutex_lock(&self.lock)
-        try:
-            for i, (fd, port) in enumerate(socks):
-                self.gso_fds[i] = fd
-                self.gso_ports[i] = port
-            self.n_gso = len(socks)
-        finally:
+            for i in range(n):
+                self.gso_fds[i] = fds[i]
+                self.gso_ports[i] = ports[i]
+            self.n_gso = n
             pthread_mutex_unlock(&self.lock)
 
     def set_network_vni(self, uint16_t network, uint32_t vni) -> None:

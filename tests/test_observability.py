@@ -619,7 +619,7 @@ def random_mac(rng: random.Random, multicast: bool = False) -> str:
 
 
 KINDS = ("unknown_unicast", "learned_unicast", "other_network_mac", "behind_the_peer", "broadcast", "multicast",
-         "ingress_port_mac", "tagged", "multicast_source")
+         "ingress_port_mac", "tagged", "multicast_source", "to_itself")
 
 
 def make_case(kind: str, rng: random.Random, lan: Lan, last_port: dict[str, str]) -> tuple[str, str, str, int | None]:
@@ -642,6 +642,12 @@ def make_case(kind: str, rng: random.Random, lan: Lan, last_port: dict[str, str]
         dst = rng.choice(["01:00:5e:", "33:33:00:"]) + ":".join(f"{rng.randrange(256):02x}" for _ in range(3))
     elif kind == "ingress_port_mac":
         dst = rng.choice([mac for mac, port in last_port.items() if port == sender.port])
+    elif kind == "to_itself":
+        # The loop learns the source before it looks up the destination: a frame to its own
+        # source MAC, new or learned on another port, finds the entry just made on its port.
+        same_network = [m for m, p in last_port.items() if p != sender.port and lan[p].network == sender.network]
+        src = rng.choice([random_mac(rng), *same_network])
+        dst = src
     elif kind == "tagged":
         dst, vlan = rng.choice([BROADCAST, rng.choice(others).mac]), rng.randint(1, 4094)
     else:

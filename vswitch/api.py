@@ -74,22 +74,20 @@ class PcapStream:
         out.flush()
         sent = 0
         while self.count is None or sent < self.count:
-            if not self.switch.has_port(self.port):
+            # The capture's end says its port was removed, even if one of the same name came back since.
+            if self.capture.ended or not self.switch.has_port(self.port):
                 return
-            try:
-                ready = select.select([self.capture, client], [], [], PORT_CHECK_S)[0]
-                if client in ready and _client_gone(client):
+            ready = select.select([self.capture, client], [], [], PORT_CHECK_S)[0]
+            if client in ready and _client_gone(client):
+                return
+            if self.capture not in ready:
+                continue
+            for ns, _direction, frame in self.capture.records(0):
+                out.write(pcap_record(ns, frame))
+                out.flush()
+                sent += 1
+                if sent == self.count:
                     return
-                if self.capture not in ready:
-                    continue
-                for ns, _direction, frame in self.capture.records(0):
-                    out.write(pcap_record(ns, frame))
-                    out.flush()
-                    sent += 1
-                    if sent == self.count:
-                        return
-            except ValueError:
-                return  # the switch closed the capture under us: its port was removed
 
     def close(self) -> None:
         self.capture.close()

@@ -42,6 +42,7 @@ class Capture:
         self._stop = stop
         self.direction = direction
         self.frames = 0
+        self.ended = False  # detached: records() will yield nothing more
         set_capture(self._theirs.fileno(), *DIRECTIONS[direction])
 
     def fileno(self) -> int:
@@ -52,7 +53,8 @@ class Capture:
         while select.select([self._ours], [], [], timeout)[0]:
             msg = self._ours.recv(SNAPLEN + CAP_HDR.size)
             if not msg:
-                return  # detached: the port is gone
+                self.ended = True  # detached: the port is gone (a port re-added under its name is another)
+                return
             self.frames += 1
             ns, length, direction = CAP_HDR.unpack_from(msg)
             yield ns, direction, msg[CAP_HDR.size:CAP_HDR.size + length]

@@ -3,8 +3,9 @@ without letting a storm flood the log.
 
 Each kind of event may log `burst` lines per `window_s`; past that, events
 are only counted, and one summary line per window says how many were held
-back. A storm of any size therefore costs at most burst + 1 lines per kind
-per window.
+back, written when the window ends (`tick()`, called by the watcher) even if
+the storm has stopped. A storm of any size therefore costs at most burst + 1
+lines per kind per window.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ class EventLog:
         self.lines += 1
         log.log(level, msg, *args)
 
-    def _allow(self, kind: str) -> bool:
+    def _allow(self, kind: str, count: int = 1) -> bool:
+        """Whether a line about `count` events of `kind` may be written now; if not, they are held."""
         now = self._clock()
         if now - self._window_start.get(kind, -1e18) >= self._window_s:
             self.flush(kind)
@@ -45,14 +47,26 @@ class EventLog:
         if self._logged[kind] < self._burst:
             self._logged[kind] += 1
             return True
-        self._held[kind] = self._held.get(kind, 0) + 1
+        self._held[kind] = self._held.get(kind, 0) + count
         return False
+
+    def tick(self) -> None:
+        """Write the summary of every window that has ended with events held back."""
+        now = self._clock()
+        for kind in [k for k, held in self._held.items() if held]:
+            if now - self._window_start[kind] >= self._window_s:
+                self.flush(kind)
 
     def flush(self, kind: str | None = None) -> None:
         """Write the summary of what a window held back."""
         for k in [kind] if kind else list(self._held):
             held = self._held.pop(k, 0)
-            if held:
+            if not held:
+                continue
+            if k == "lost":
+                self._emit(logging.WARNING, "%d more datapath events were overwritten in the last %.0fs", held,
+                           self._window_s)
+            else:
                 self._emit(logging.WARNING, "%d more %s events in the last %.0fs were not logged", held, k,
                            self._window_s)
 
@@ -71,5 +85,5 @@ class EventLog:
             self._emit(logging.WARNING, "VXLAN packet from %s for unknown VNI %d: dropped", _ip(a), b)
 
     def lost(self, n: int) -> None:
-        if n and self._allow("lost"):
+        if n and self._allow("lost", n):
             self._emit(logging.WARNING, "%d datapath events were overwritten before they could be logged", n)

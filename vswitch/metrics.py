@@ -136,14 +136,14 @@ class SwitchCollector(Collector):
         yield drops
 
     def _loop_metrics(self, loop: dict) -> Iterator:
-        yield CounterMetricFamily("vswitch_loop_wakeups", "Returns from the forwarding loop's wait.", value=loop["wakeups"])
+        yield CounterMetricFamily("vswitch_loop_wakeups", "Returns from the forwarding loop's wait that found work.", value=loop["wakeups"])
         yield CounterMetricFamily("vswitch_loop_frames", "Frames handled by the forwarding loop.", value=loop["frames"])
         buckets = []
         cumulative = 0
         for bound, n in loop["batch_histogram"]:
             cumulative += n
             buckets.append(("+Inf" if bound is None else str(bound), cumulative))
-        hist = HistogramMetricFamily("vswitch_loop_batch_frames", "Frames read from one port per wakeup.")
+        hist = HistogramMetricFamily("vswitch_loop_batch_frames", "Frames handled per batch: one port's reads or one VXLAN receive (poll), one round of completions (uring).")
         hist.add_metric([], buckets, sum_value=loop["frames"])
         yield hist
         mode = GaugeMetricFamily("vswitch_datapath_io_mode", "The forwarding loop's I/O mode: 1 for the active one.",

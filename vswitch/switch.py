@@ -136,6 +136,7 @@ class Switch:
         for t in (self._loop_thread, self._watch_thread):
             if t is not None:
                 t.join(timeout=5)
+        self._events.flush()  # what a window still held back
         with self._lock:
             for port in self._ports.values():
                 self._dp.remove_port(port.index)
@@ -427,6 +428,7 @@ class Switch:
             names = {n.id: n.spec.name for n in self._networks.values()}
         for kind, net_id, mac, a, b in events:
             self._events.record(kind, names.get(net_id), mac, a, b)
+        self._events.tick()
 
     def _out_name(self, out: int) -> str:
         with self._lock:
@@ -603,6 +605,9 @@ class Switch:
                 steps.append("destination is broadcast/multicast: flood")
                 return self._trace_flood(net, port, result, steps, verdict)
             hit = self._dp.fdb_lookup(net.id, dst)
+            if dst == src_mac and result["learn"]["result"].startswith(("new entry", "refresh", "move")):
+                # The loop learns before it looks up: the entry it finds is the one just learned.
+                hit = (port.index, False, 0.0)
             if hit is None:
                 result["lookup"] = {"hit": False}
                 steps.append("destination unknown in the FDB: flood")
@@ -613,6 +618,9 @@ class Switch:
             steps.append(f"FDB hit: {dst} -> {_where(entry)} ({'static' if static else f'learned {age:.1f}s ago'})")
             if entry.get("port") == in_port:
                 return verdict("drop", "same_port")
+            if entry.get("port") and self._dp.port_state(out) != "up":
+                steps.append(f"port {entry['port']} is not up: flood")
+                return self._trace_flood(net, port, result, steps, verdict)
             if entry.get("port"):
                 result["outputs"]["ports"] = [entry["port"]]
             else:

@@ -560,6 +560,12 @@ cdef class Datapath:
                 last_sweep = now
             pthread_mutex_unlock(&self.lock)
         pthread_mutex_lock(&self.lock)
+        if self.wq_head != self.wq_tail or self.unsubmitted:
+            # The last round's frames were read and their writes queued: send and count
+            # them before the ring goes. A plain submit runs no read's task work, so it
+            # takes no new frame from a port only to drop it.
+            self._ring_submit()
+            self._ring_retire(io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ))
         self._ring_close()
         pthread_mutex_unlock(&self.lock)
 

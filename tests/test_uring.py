@@ -86,6 +86,37 @@ def test_a_batch_wait_beyond_a_second_is_refused():
         Datapath(io_mode="uring", batch_wait_us=1_000_000)
 
 
+@pytest.mark.parametrize("after", [0, 50, 500])
+def test_a_stop_mid_stream_writes_every_frame_it_read(after):
+    """The round that sees the stop has read frames and queued their writes:
+    they go out and are counted before the ring goes. What the loop never read
+    stays in the sender's queue, so sent = delivered + left unread."""
+    rig = LoopRig(io_mode="uring")
+    try:
+        a, b = rig.add_port(1), rig.add_port(1)
+        rig.send(b, eth(mac(1), mac(2)))
+        rig.drain()
+        sent = 3000
+        for k in range(sent):
+            rig.ends[a].send(numbered(k))
+        rig.wait_frames(1 + after)
+        rig.dp.stop()
+        rig._thread.join(timeout=10)
+        assert not rig._thread.is_alive()
+        unread = 0
+        rig._switch_ends[a].setblocking(False)
+        try:
+            while rig._switch_ends[a].recv(70000):
+                unread += 1
+        except BlockingIOError:
+            pass
+        delivered = rig.recv_all(b)
+        assert [int.from_bytes(f[14:18], "big") for f in delivered] == list(range(sent - unread))
+        assert rig.dp.port_counters(b)["tx_packets"] == len(delivered)
+    finally:
+        rig.close()
+
+
 def test_failed_ring_writes_are_counted_and_the_rest_still_forward():
     """A receiver that never reads fills its socket: writes to it fail
     (RWF_NOWAIT: the loop never waits for one port) and are counted, while

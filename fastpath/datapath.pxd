@@ -265,6 +265,7 @@ cdef class Datapath:
     cdef void _ring_settle(self, frame_t *f) noexcept nogil
     cdef void _ring_poll(self, int fd, uint32_t which) noexcept nogil
     cdef void _ring_submit(self) noexcept nogil
+    cdef void _ring_submit_and_retire(self) noexcept nogil
     cdef io_uring_sqe *_ring_sqe(self) noexcept nogil
     cdef uint64_t _kick(self) noexcept nogil
     cdef void _forward_batch(self, frame_t *frames, uint32_t n, int64_t now) noexcept nogil

@@ -16,7 +16,7 @@ from libc.string cimport memcpy, memset
 from fastpath.frame cimport (DROP_BAD_VNET, DROP_GSO_UNSUPPORTED, DROP_NONE, DROP_REASONS, DROP_RUNT, DROP_SAME_PORT,
                              DROP_TUNNEL_MTU, DROP_VLAN_TAGGED, ETH_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_HLEN,
                              complete_csum, drop_reason, eth_info, mac_is_group, parse_eth, parse_vnet)
-from fastpath.gro cimport gro_append, gro_candidate, gro_finish, gro_start
+from fastpath.gro cimport gro_append, gro_candidate, gro_finish, gro_pair
 from fastpath.gso cimport GSO_ERRORS, GSO_SEG_ROOM, gso_segment
 from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry,
                                 mac_key, mt_delete, mt_result,
@@ -564,8 +564,7 @@ cdef class Datapath:
             # The last round's frames were read and their writes queued: send and count
             # them before the ring goes. A plain submit runs no read's task work, so it
             # takes no new frame from a port only to drop it.
-            self._ring_submit()
-            self._ring_retire(io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ))
+            self._ring_submit_and_retire()
         self._ring_close()
         pthread_mutex_unlock(&self.lock)
 
@@ -611,6 +610,12 @@ cdef class Datapath:
         """Send what is queued on its way now, without waiting for anything."""
         io_uring_submit(&self.ring)
         self.ustats[US_SUBMITS] += 1
+
+    cdef void _ring_submit_and_retire(self) noexcept nogil:
+        """Send the queued writes and count them now: each completes within
+        its submission, and a failed one has posted its completion."""
+        self._ring_submit()
+        self._ring_retire(io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ))
 
     cdef io_uring_sqe *_ring_sqe(self) noexcept nogil:
         cdef io_uring_sqe *sqe = io_uring_get_sqe(&self.ring)
@@ -811,8 +816,7 @@ cdef class Datapath:
             # Too many writes since the last retirement: submit and retire
             # them now. The completions in hand stay where they are (the
             # queue's head has not moved), so peeking again only adds.
-            self._ring_submit()
-            self._ring_retire(io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ))
+            self._ring_submit_and_retire()
         sqe = self._ring_sqe()
         if sqe == NULL:
             self.pctr[<size_t>idx * PC_COUNT + PC_TX_ERRORS] += 1
@@ -1289,12 +1293,11 @@ cdef class Datapath:
         if self.gro.len and gro_append(&self.gro, f.data, f.len, hdr, out):
             self.stats[LS_GRO_COALESCED] += 1
             return True
-        if self.gro_holding and gro_start(&self.gro, h.data, h.len, self.gro_held_hdr, h.vnet, self.gro_held_out):
-            if gro_append(&self.gro, f.data, f.len, hdr, out):
-                self.gro_holding = False
-                self.stats[LS_GRO_COALESCED] += 1
-                return True
-            self.gro.len = 0  # they do not continue one another
+        if self.gro_holding and gro_pair(&self.gro, h.data, h.len, self.gro_held_hdr, h.vnet, self.gro_held_out,
+                                         f.data, f.len, hdr, out):
+            self.gro_holding = False
+            self.stats[LS_GRO_COALESCED] += 1
+            return True
         self._gro_flush()
         h[0] = f[0]
         h.queued = 0

@@ -42,13 +42,15 @@ cdef struct gro_state:
 # `vnet` is the header the frame came with (all zero: none); `udp` allows
 # UDP runs (the receiving kernel must take UDP_L4 super-frames).
 cdef uint32_t gro_candidate(const uint8_t *frame, uint32_t length, const uint8_t *vnet, bint udp) noexcept nogil
-# Start a run with a candidate (hdr from gro_candidate); False for one that
-# could take nothing more (TCP with PSH): it goes as it is.
-cdef bint gro_start(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t hdr, const uint8_t *vnet,
-                    uint32_t out) noexcept nogil
 # Take a candidate into the pending run (True), or refuse it (False: the
 # caller must flush the pending run first).
 cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t hdr, uint32_t out) noexcept nogil
+# Start a run with a held candidate (hdr from gro_candidate) and take the
+# next into it (True), or leave no run pending (False: the two do not
+# continue one another, or the held one could take nothing more, as TCP with
+# PSH; it goes as it came).
+cdef bint gro_pair(gro_state *g, const uint8_t *held, uint32_t held_len, uint32_t held_hdr, const uint8_t *held_vnet,
+                   uint32_t held_out, const uint8_t *frame, uint32_t length, uint32_t hdr, uint32_t out) noexcept nogil
 # Finish the pending run in place: fix the IPv4 length and checksum, the TCP
 # flags or UDP length, the L4 partial checksum, and write the virtio-net
 # header for it (a run of one keeps its own). Returns the frame length;

@@ -25,7 +25,7 @@ cdef inline uint64_t pseudo_sum(const uint8_t *ip, uint8_t proto, uint32_t l4_le
 
 cdef uint32_t gro_candidate(const uint8_t *f, uint32_t length, const uint8_t *vnet, bint udp) noexcept nogil:
     cdef const uint8_t *ip = f + ETH_HLEN
-    cdef uint32_t ihl, doff, hdr, l4_len
+    cdef uint32_t ihl, doff, hdr, l4_len, csum_offset
     cdef bint partial
     if length < ETH_HLEN + 28 or load_be16(f + 12) != 0x0800 or (ip[0] >> 4) != 4 or vnet[1] != VNET_GSO_NONE:
         return 0
@@ -46,17 +46,21 @@ cdef uint32_t gro_candidate(const uint8_t *f, uint32_t length, const uint8_t *vn
             return 0
         if (ip[ihl + 13] & ~(TCP_ACK | TCP_PSH)) or not (ip[ihl + 13] & TCP_ACK):
             return 0  # SYN, FIN, RST, URG, ECE, CWR: the kernel must see these alone
-        partial = (vnet[0] & VNET_F_NEEDS_CSUM) and load_le16(vnet + 6) == ETH_HLEN + ihl and load_le16(vnet + 8) == 16
+        csum_offset = 16
     elif ip[9] == IPPROTO_UDP and udp:
         hdr = ETH_HLEN + ihl + 8
         if hdr >= length or hdr > GRO_MAX_HDR or load_be16(ip + ihl + 4) != l4_len:
             return 0
-        partial = (vnet[0] & VNET_F_NEEDS_CSUM) and load_le16(vnet + 6) == ETH_HLEN + ihl and load_le16(vnet + 8) == 6
-        if not partial and load_be16(ip + ihl + 6) == 0:
-            return 0  # sent without a checksum: segmenting would add one
+        csum_offset = 6
     else:
         return 0
-    if not partial and csum_fold(csum_add(pseudo_sum(ip, ip[9], l4_len), ip + ihl, l4_len)) != 0xFFFF:
+    partial = ((vnet[0] & VNET_F_NEEDS_CSUM) and load_le16(vnet + 6) == ETH_HLEN + ihl
+               and load_le16(vnet + 8) == csum_offset)
+    if partial:
+        return hdr
+    if ip[9] == IPPROTO_UDP and load_be16(ip + ihl + 6) == 0:
+        return 0  # sent without a checksum: segmenting would add one
+    if csum_fold(csum_add(pseudo_sum(ip, ip[9], l4_len), ip + ihl, l4_len)) != 0xFFFF:
         return 0
     return hdr
 
@@ -121,6 +125,16 @@ cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32
     g.last_payload = <uint16_t>payload
     g.nseg += 1
     return True
+
+
+cdef bint gro_pair(gro_state *g, const uint8_t *held, uint32_t held_len, uint32_t held_hdr, const uint8_t *held_vnet,
+                   uint32_t held_out, const uint8_t *frame, uint32_t length, uint32_t hdr, uint32_t out) noexcept nogil:
+    if not gro_start(g, held, held_len, held_hdr, held_vnet, held_out):
+        return False
+    if gro_append(g, frame, length, hdr, out):
+        return True
+    g.len = 0  # a run of one is no run: the held frame goes as it came
+    return False
 
 
 cdef uint32_t gro_finish(gro_state *g, uint8_t *vnet) noexcept nogil:
@@ -196,11 +210,9 @@ def coalesce(list frames, bint udp=True, uint32_t cap=65536 + 256) -> list:
             continue
         if g.len and gro_append(&g, fb, len(fb), hdr, 0):
             continue
-        if held is not None and gro_start(&g, held[1], len(held[1]), held[2], held[0], 0):
-            if gro_append(&g, fb, len(fb), hdr, 0):
-                held = None
-                continue
-            g.len = 0  # they do not continue one another
+        if held is not None and gro_pair(&g, held[1], len(held[1]), held[2], held[0], 0, fb, len(fb), hdr, 0):
+            held = None
+            continue
         _flush(&g, buf, held, out)
         held = (vb, fb, hdr)
     return _flush(&g, buf, held, out)

@@ -13,7 +13,7 @@ from tests.harness.daemon import REPO_ROOT, Vswitchd, loopback_vtep_config
 from tests.harness.agent import Agent
 from tests.harness.netns import Netns, NetnsFactory
 from tests.harness.wait import wait_until
-from tools.vswitchctl import COMMANDS, main
+from vswitch.cli import COMMANDS, main
 
 
 def human(d: Vswitchd, *args: str) -> str:
@@ -188,7 +188,7 @@ def test_json_flag_is_accepted_after_the_command(d: Vswitchd) -> None:
 @pytest.mark.root
 def test_socket_from_the_environment(d: Vswitchd) -> None:
     env = {**os.environ, "VSWITCH_SOCKET": str(d.socket_path)}
-    proc = subprocess.run([sys.executable, "-m", "tools.vswitchctl", "--json", "network", "list"],
+    proc = subprocess.run([sys.executable, "-m", "vswitch.cli", "--json", "network", "list"],
                           cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert (proc.returncode, proc.stdout.strip(), proc.stderr) == (0, "[]", "")
 
@@ -223,7 +223,7 @@ def test_errors_exit_1_with_one_line(shared: Vswitchd, args: tuple[str, ...], de
 @pytest.mark.root
 def test_output_that_cannot_be_written_is_one_line(shared: Vswitchd) -> None:
     with open("/dev/full", "wb") as full:
-        proc = subprocess.run([sys.executable, "-m", "tools.vswitchctl", "--socket", str(shared.socket_path), "network",
+        proc = subprocess.run([sys.executable, "-m", "vswitch.cli", "--socket", str(shared.socket_path), "network",
                                "list"],
                               cwd=REPO_ROOT, stdout=full, stderr=subprocess.PIPE, text=True, timeout=30)
     assert (proc.returncode, proc.stderr) == (1, "vswitchctl: cannot write the output: No space left on device\n")

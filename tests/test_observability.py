@@ -259,7 +259,7 @@ def open_capture(daemon: Vswitchd, port: str, **query: Any) -> tuple[bytes, Iter
 def ctl_capture(daemon: Vswitchd, *args: str) -> subprocess.Popen[bytes]:
     """`vswitchctl capture ARGS` running in the background."""
     return subprocess.Popen(
-        [sys.executable, "-m", "tools.vswitchctl", "--socket", str(daemon.socket_path), "capture", *args],
+        [sys.executable, "-m", "vswitch.cli", "--socket", str(daemon.socket_path), "capture", *args],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
 

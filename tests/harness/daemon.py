@@ -150,7 +150,7 @@ class Vswitchd:
 
     def ctl_run(self, *args: str, json_output: bool = True) -> subprocess.CompletedProcess[str]:
         """Runs vswitchctl against this daemon; output captured as text, exit status not checked."""
-        cmd = [sys.executable, "-m", "tools.vswitchctl", "--socket", str(self.socket_path)]
+        cmd = [sys.executable, "-m", "vswitch.cli", "--socket", str(self.socket_path)]
         if json_output:
             cmd.append("--json")
         return subprocess.run([*cmd, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=CTL_TIMEOUT_S)

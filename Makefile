@@ -119,3 +119,16 @@ $(BENCH_REQ_STAMP): bench/requirements.txt | $(VENV_CFG)
 .PHONY: bench
 bench: build $(BENCH_REQ_STAMP)
 	$(VENV_PY) bench/run.py
+
+# Two builds of vswitch side by side, B against A, in alternating runs
+# (bench/ab.py, as root; ~8 minutes): A and B are checkouts, each built with
+# `make build` in it. AB_ARGS passes more options, e.g. AB_ARGS='--only same_host,vxlan'.
+ifneq ($(filter bench-ab,$(MAKECMDGOALS)),)
+ifeq ($(and $(A),$(B)),)
+$(error usage: make bench-ab A=DIR B=DIR [AB_ARGS='--rounds N --seconds S --only same_host,vxlan --out DIR'])
+endif
+endif
+
+.PHONY: bench-ab
+bench-ab: build $(BENCH_REQ_STAMP)
+	$(VENV_PY) bench/ab.py --a $(A) --b $(B) $(AB_ARGS)

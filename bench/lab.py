@@ -131,12 +131,13 @@ class Lab:
         ns.ip("link", "set", "lo", "up")
         return ns
 
-    def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    def spawn(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None,
+              cwd: Path = ROOT) -> subprocess.Popen:
         """Start a process in its own session (a terminal's Ctrl-C reaches only us, and we stop
         it in order); its stdout goes to NAME.out and its stderr to NAME.log in the lab's directory."""
         with open(self.dir / f"{name}.out", "wb") as out, open(self.dir / f"{name}.log", "ab") as err:
             proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                    env=env, cwd=ROOT, start_new_session=True)
+                                    env=env, cwd=cwd, start_new_session=True)
         self.cleanup.push(f"{name} (pid {proc.pid})", lambda: stop_process(proc))
         return proc
 

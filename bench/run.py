@@ -33,14 +33,16 @@ from typing import Any, Callable
 import report
 import topologies
 from api_latency import measure as api_measure, report as api_report
-from lab import ROOT, VENV_PY, BenchError, Lab, interrupt_on_signals, run
+from checkout import THIS
+from lab import ROOT, VENV_PY, BenchError, interrupt_on_signals
+from machine import install_packages, loadavg, machine_info, tool_version
 from scale import measure as scale_measure
-from traffic import PING_ADAPTIVE_COUNT, PING_INTERVAL_COUNT, Runner, measure, median_of, start_server
+from traffic import (PING_ADAPTIVE_COUNT, PING_INTERVAL_COUNT, SATURATED_LOSS_PCT, Runner, measure_fresh,
+                     median_of)
 
 DEB_PACKAGES = ["iproute2", "iperf3", "iputils-ping", "openvswitch-switch"]
 SECTIONS = ("same_host", "vxlan", "api", "scale", "micro")
 FLAT_RATIO = 0.7  # lookups at 1M entries at least this fraction of the rate at 1k: "flat"
-SATURATED_LOSS_PCT = 5.0  # a userspace switch dropping less of the offered load may not be at its limit
 MAC_SLOT_BYTES = 24  # fastpath/mactable.pxd: mac_entry; slots = 2 x capacity, rounded up to a power of two
 
 
@@ -48,51 +50,11 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def install_packages() -> None:
-    def missing() -> list[str]:
-        return [p for p in DEB_PACKAGES
-                if run(["dpkg-query", "-W", "-f=${Status}", p], check=False).strip() != "install ok installed"]
-    need = missing()
-    if not need:
-        return
-    log(f"bench: apt-get install {' '.join(need)}")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "-q", "-y"]
-    install = [*apt, "install", "--no-install-recommends", *need]
-    if subprocess.run(install, env=env, stdin=subprocess.DEVNULL).returncode != 0:
-        subprocess.run([*apt, "update"], env=env, stdin=subprocess.DEVNULL, check=True)
-        subprocess.run(install, env=env, stdin=subprocess.DEVNULL, check=True)
-    if missing():
-        raise BenchError(f"still missing after apt-get: {' '.join(missing())}")
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.machine())
-    mem_kib = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal:"))
-    caches = {}
-    for idx in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        level, kind = (idx / "level").read_text().strip(), (idx / "type").read_text().strip()
-        if kind in ("Unified", "Data"):
-            caches[f"L{level}"] = (idx / "size").read_text().strip()
-    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(), "memory_gib": mem_kib / 2**20,
-            "caches": caches, "loadavg_start": loadavg()}
-
-
-def loadavg() -> str:
-    return " ".join(open("/proc/loadavg").read().split()[:3])
-
-
 def versions() -> dict[str, str]:
-    def first(argv: list[str]) -> str:
-        out = run(argv, check=False)
-        return out.splitlines()[0] if out else "?"
-    commit = run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], check=False).strip() or "?"
-    dirty = run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"], check=False).strip()
-    return {"vswitch": commit + (" + uncommitted changes" if dirty else ""),
-            "Open vSwitch": first(["ovs-vswitchd", "--version"]).split()[-1],
-            "iperf3": first(["iperf3", "--version"]).split()[1],
-            "iputils": first(["ping", "-V"]).split()[-1],
+    return {"vswitch": THIS.version(),
+            "Open vSwitch": tool_version(["ovs-vswitchd", "--version"], -1),
+            "iperf3": tool_version(["iperf3", "--version"], 1),
+            "iputils": tool_version(["ping", "-V"], -1),
             "kernel": platform.release(), "Python": platform.python_version()}
 
 
@@ -120,15 +82,10 @@ def topology(name: str, setups: list[Any], runs: int, seconds: float,
             log(f"  {s.label}" + (f" (round {r + 1} of {runs})" if runs > 1 else ""))
             t0 = time.monotonic()
             try:
-                with Lab(f"{name[:2]}{i}") as lab:
-                    topo = s.build(lab)
-                    topologies.reachable(topo)
-                    entry["switch_pids"] = len(topo.switch_pids)
-                    runner = Runner(lab, topo, start_server(lab, topo))
-                    for kind, got in measure(runner, 1, seconds, log)["runs"].items():
-                        raws[i].setdefault(kind, []).extend(got)
-                    if extra and s.default and r == runs - 1:
-                        extra(runner)
+                got, entry["switch_pids"] = measure_fresh(f"{name[:2]}{i}", s.build, seconds, log,
+                                                          extra=extra if s.default and r == runs - 1 else None)
+                for kind, kind_runs in got.items():
+                    raws[i].setdefault(kind, []).extend(kind_runs)
             except BenchError as e:
                 entry["error"] = str(e)
                 log(f"    not measured: {e}")
@@ -214,7 +171,7 @@ def main() -> int:
     # a slow spell of the shared machine that hits two rounds of one switch.
     runs, seconds = (1, 2.0) if args.quick else (5, 3.0)
     try:
-        install_packages()
+        install_packages(DEB_PACKAGES, log)
         res: dict[str, Any] = {
             "date": date, "quick": args.quick, "runs": runs, "seconds": seconds,
             "ping_counts": f"ping -A -c {PING_ADAPTIVE_COUNT}, ping -i 0.01 -c {PING_INTERVAL_COUNT}",

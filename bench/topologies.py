@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lab import VENV_PY, BenchError, Lab, Netns, wait_for
+from checkout import THIS, Checkout
+from lab import BenchError, Lab, Netns, wait_for
 from ovs import Ovs
 
 from fastpath import uring_unavailable
@@ -88,10 +89,10 @@ def default_io_mode() -> str:
 
 
 def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None,
-                   io_mode: str | None = None) -> tuple[subprocess.Popen, Path]:
-    """vswitchd with this config (in `host`'s namespace if given) and, if given, --io-mode;
-    returns once its API answers, which the daemon does only after every configured port is
-    attached, and it has said it runs in that mode."""
+                   io_mode: str | None = None, checkout: Checkout = THIS) -> tuple[subprocess.Popen, Path]:
+    """vswitchd of `checkout` with this config (in `host`'s namespace if given) and, if given,
+    --io-mode; returns once its API answers, which the daemon does only after every configured
+    port is attached, and it has said it runs in that mode from that checkout's own build."""
     why = uring_unavailable() if io_mode == "uring" else None
     if why:
         raise BenchError(f"the io_uring datapath is unavailable here: {why}")
@@ -101,11 +102,11 @@ def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None,
     sock = d / "api.sock"
     metrics = "127.0.0.1:0" if host else f"127.0.0.1:{free_tcp_port()}"
     (d / "metrics").write_text(metrics)
-    argv = [str(VENV_PY), "-m", "vswitch", "--config", str(d / "vswitch.toml"), "--api-socket", str(sock),
-            "--state-dir", str(d / "state"), "--metrics", metrics, "--log-level", "warning"]
+    argv = checkout.vswitchd("--config", str(d / "vswitch.toml"), "--api-socket", str(sock),
+                             "--state-dir", str(d / "state"), "--metrics", metrics, "--log-level", "warning")
     if io_mode:
         argv += ["--io-mode", io_mode]
-    proc = lab.spawn(name, host.cmd(*argv) if host else argv)
+    proc = lab.spawn(name, host.cmd(*argv) if host else argv, env=checkout.env(), cwd=checkout.root)
     client = Client(sock, timeout=5.0)
 
     def healthy() -> bool:
@@ -119,14 +120,16 @@ def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None,
     running = client.request("GET", "/v1/stats")["io_mode"] if io_mode else None
     if running != io_mode:
         raise BenchError(f"{name} runs in I/O mode {running!r}, not the {io_mode!r} asked for")
+    checkout.verify_process(proc.pid)
     return proc, sock
 
 
-def vswitch_same_host(lab: Lab, io_mode: str | None = None, switch: dict[str, object] | None = None) -> Topo:
+def vswitch_same_host(lab: Lab, io_mode: str | None = None, switch: dict[str, object] | None = None,
+                      checkout: Checkout = THIS) -> Topo:
     c1, c2 = containers(lab)
     config = (toml("[switch]", switch or {}) + toml("[[network]]", {"name": "bench"})
               + port_toml("c1", c1, 1) + port_toml("c2", c2, 2))
-    proc, sock = start_vswitchd(lab, "vswitchd", config, io_mode=io_mode)
+    proc, sock = start_vswitchd(lab, "vswitchd", config, io_mode=io_mode, checkout=checkout)
     for c in (c1, c2):
         c.ip("link", "set", "eth0", "up")
     metrics = (sock.parent / "metrics").read_text()
@@ -170,7 +173,7 @@ def underlay(lab: Lab) -> tuple[Netns, Netns]:
     return h1, h2
 
 
-def vswitch_vxlan(lab: Lab, io_mode: str | None = None) -> Topo:
+def vswitch_vxlan(lab: Lab, io_mode: str | None = None, checkout: Checkout = THIS) -> Topo:
     hosts = underlay(lab)
     cs = containers(lab)
     pids = []
@@ -179,7 +182,7 @@ def vswitch_vxlan(lab: Lab, io_mode: str | None = None) -> Topo:
         config = (toml("[switch]", {"vtep_ip": f"{UNDERLAY}{i}", "underlay_mtu": UNDERLAY_MTU})
                   + toml("[[network]]", {"name": "bench", "vni": VNI}) + port_toml(f"c{i}", c, i)
                   + toml("[[peer]]", {"network": "bench", "remote": f"{UNDERLAY}{3 - i}"}))
-        proc, _ = start_vswitchd(lab, f"vswitchd-h{i}", config, host=h, io_mode=io_mode)
+        proc, _ = start_vswitchd(lab, f"vswitchd-h{i}", config, host=h, io_mode=io_mode, checkout=checkout)
         c.ip("link", "set", "eth0", "up")
         pids.append(proc.pid)
     return Topo(cs[0], cs[1], f"{NET}2", pids)

@@ -27,10 +27,10 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from lab import ROOT, VENV_PY, BenchError, Lab, wait_for
-from topologies import Topo
+from topologies import Topo, reachable
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 IPERF_PORT = 5201
@@ -42,6 +42,8 @@ UDP_TAIL_S = 0.2
 PING_ADAPTIVE_COUNT = 2000
 PING_INTERVAL_COUNT = 200
 BUSY_RETRIES = 5
+SATURATED_LOSS_PCT = 5.0  # a userspace switch dropping less of the offered load may not be at its limit
+KINDS = ("tcp", "udp", "udp_flows", "ping_adaptive", "ping_interval")  # every figure measure() takes
 
 
 def percentile(ordered: list[float], q: int) -> float:
@@ -196,17 +198,34 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def measure(runner: Runner, runs: int, seconds: float, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The whole set of figures for one topology: raw runs and their medians."""
-    raw: dict[str, list[dict[str, Any]]] = {"tcp": [], "udp": [], "udp_flows": [], "ping_adaptive": [],
-                                            "ping_interval": []}
-    for kind, fn in (("tcp", lambda: runner.tcp(seconds)), ("udp", lambda: runner.udp(seconds)),
-                     ("udp_flows", lambda: runner.udp(seconds, flows=UDP_FLOWS)),
-                     ("ping_adaptive", lambda: runner.ping(True)), ("ping_interval", lambda: runner.ping(False))):
-        for _ in range(runs):
-            raw[kind].append(fn())
+def measure(runner: Runner, runs: int, seconds: float, log: Callable[[str], None] = print,
+            kinds: Sequence[str] = KINDS) -> dict[str, Any]:
+    """The figures `kinds` (all by default) for one topology, in KINDS order: raw runs and their medians."""
+    fns: dict[str, Callable[[], dict[str, Any]]] = {
+        "tcp": lambda: runner.tcp(seconds), "udp": lambda: runner.udp(seconds),
+        "udp_flows": lambda: runner.udp(seconds, flows=UDP_FLOWS),
+        "ping_adaptive": lambda: runner.ping(True), "ping_interval": lambda: runner.ping(False)}
+    raw: dict[str, list[dict[str, Any]]] = {}
+    for kind in (k for k in KINDS if k in kinds):
+        raw[kind] = [fns[kind]() for _ in range(runs)]
         log(f"    {kind:<14} {fmt_run(kind, median_of(raw[kind]))}")
     return {"runs": raw, "median": {k: median_of(v) for k, v in raw.items()}}
+
+
+def measure_fresh(tag: str, build: Callable[[Lab], Topo], seconds: float, log: Callable[[str], None] = print,
+                  kinds: Sequence[str] = KINDS,
+                  extra: Callable[[Runner], None] | None = None) -> tuple[dict[str, list[dict[str, Any]]], int]:
+    """Build a topology in a lab of its own, measure each figure of `kinds` once on it, run
+    `extra(runner)` if given, and take it all down; returns the runs by figure and the number of
+    switch processes."""
+    with Lab(tag) as lab:
+        topo = build(lab)
+        reachable(topo)
+        runner = Runner(lab, topo, start_server(lab, topo))
+        runs = measure(runner, 1, seconds, log, kinds)["runs"]
+        if extra:
+            extra(runner)
+        return runs, len(topo.switch_pids)
 
 
 def fmt_run(kind: str, m: dict[str, Any]) -> str:

@@ -121,7 +121,7 @@ bench: build $(BENCH_REQ_STAMP)
 	$(VENV_PY) bench/run.py
 
 # Two builds of vswitch side by side, B against A, in alternating runs
-# (bench/ab.py, as root; ~8 minutes): A and B are checkouts, each built with
+# (bench/ab.py, as root; ~4 minutes): A and B are checkouts, each built with
 # `make build` in it. AB_ARGS passes more options, e.g. AB_ARGS='--only same_host,vxlan'.
 ifneq ($(filter bench-ab,$(MAKECMDGOALS)),)
 ifeq ($(and $(A),$(B)),)

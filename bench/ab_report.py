@@ -56,6 +56,10 @@ def compare(modes: dict[str, dict[str, list[dict[str, Any]]]], threshold: float)
             if ok is not None and ok_paired is not None and ok != ok_paired:
                 notes.append(f"round by round it {'meets' if ok_paired else 'misses'} the bound: "
                              "within the noise of this run")
+            elif ok is False and any(meets(x, higher, threshold) for x in per_round):
+                have = [x for x in per_round if x is not None]
+                notes.append(f"its rounds fall on both sides of the bound ({min(have):.2f} to {max(have):.2f}): "
+                             "more rounds tell a loss from noise")
             if key in LOAD_OF:
                 loss = {s: median(values(sides[s], LOAD_OF[key], "loss_pct")) for s in ("A", "B")}
                 if all(x is not None and x < SATURATED_LOSS_PCT for x in loss.values()):

@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             if watchdog.start():
                 log.info("systemd watchdog: a ping every %.3g s while the forwarding loop turns", notifier.watchdog_s / 2)
         stop.wait()
+        watchdog.stop()  # no ping may follow STOPPING=1
         notifier.stopping()
         if loop_failure:
             log.error("exiting with status %d so that the service manager restarts vswitchd (ports stay in their "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -82,8 +83,6 @@ def test_inject_failure_wants_a_positive_errno(io_mode: str | None) -> None:
 
 
 def test_requested_stop_returns_none_even_with_ports(io_mode: str | None) -> None:
-    import socket
-
     dp = _datapath(io_mode)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
@@ -179,6 +178,18 @@ def test_loop_cpu_time_is_the_loop_threads_own(io_mode: str | None) -> None:
         assert loop_cpu is not None and loop_cpu < 0.2, loop_cpu
         own = thread_cpu_seconds(threading.get_native_id())
         assert own is not None and own >= 0.29
+        # One frame starts a second of busy polling: now the loop's own time grows.
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            dp.add_port(b.fileno(), 1, 1500, False)
+            a.send(b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + bytes(46))
+            wait_until(lambda: (runner.cpu_seconds() or 0) >= loop_cpu + 0.2, timeout=10,
+                       message="a busy-polling loop used no CPU")
+        finally:
+            dp.stop()
+            runner.join(10)
+            a.close()
+            b.close()
     finally:
         dp.stop()
         runner.join(10)

@@ -10,10 +10,13 @@ BUILD := build
 # The one test command: README and .ci/run go through `make test` to reach it.
 PYTEST := $(VENV_PY) -m pytest -q -ra -p no:cacheprovider
 
-# Debian packages the build, the tests and the demo use: liburing for the
-# loop's io_uring mode (linked statically), ping, captures, and the reference
-# switches and Prometheus that later tests compare against.
-DEB_PACKAGES := liburing-dev iproute2 iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch
+# Debian packages. `make deps` installs what building and running vswitch
+# needs: a compiler and Python headers for fastpath, liburing for the loop's
+# io_uring mode (linked statically), venv for the install. `make test-deps`
+# adds the peers that only the tests, the demo and the benchmarks use: ping,
+# captures, the reference switches, Prometheus, systemd-analyze, iperf3.
+DEB_BUILD_PACKAGES := gcc python3-dev python3-venv liburing-dev iproute2
+DEB_TEST_PACKAGES := iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch systemd iperf3
 
 EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.h)
 # C files that cythonize writes beside each .pyx; their directives differ
@@ -30,23 +33,31 @@ MODE_FILE := $(BUILD)/ext-mode
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: deps build debug test demo demo-vxlan clean distclean
+.PHONY: deps test-deps build debug test demo demo-vxlan clean distclean wheel install uninstall
 
 deps:
-	@missing=$$(for p in $(DEB_PACKAGES); do \
+	@$(call apt_install,$(DEB_BUILD_PACKAGES))
+
+test-deps:
+	@$(call apt_install,$(DEB_TEST_PACKAGES))
+
+# $(call apt_install,PACKAGES): apt-get install those of PACKAGES that are missing.
+define apt_install
+	missing=$$(for p in $(1); do \
 		dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -qx 'install ok installed' || echo $$p; \
 	done); \
 	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" -ne 0 ]; then echo "make deps: root is needed to install:" $$missing >&2; exit 1; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then echo "make: root is needed to install:" $$missing >&2; exit 1; fi; \
 	mkdir -p $(BUILD); \
 	export DEBIAN_FRONTEND=noninteractive; \
 	echo 'wireshark-common wireshark-common/install-setuid boolean false' | debconf-set-selections; \
 	apt_get() { apt-get -o DPkg::Lock::Timeout=600 -q "$$@"; }; \
 	if [ ! -f $(APT_STAMP) ]; then apt_get update && touch $(APT_STAMP); fi; \
-	echo "make deps: installing" $$missing; \
+	echo "make: apt-get installing" $$missing; \
 	apt_get install -y --no-install-recommends $$missing \
-		|| { echo "make deps: retrying after refreshing the package lists"; \
+		|| { echo "make: retrying after refreshing the package lists"; \
 		     apt_get update && touch $(APT_STAMP) && apt_get install -y --no-install-recommends $$missing; }
+endef
 
 $(VENV_CFG):
 	$(PYTHON) -m venv $(VENV)
@@ -91,17 +102,54 @@ debug: $(EDITABLE_STAMP)
 	cd / && LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0 \
 		$(abspath $(VENV_PY)) -c 'import fastpath.datapath, vswitch'
 
-test: deps build
+test: deps test-deps build
 	$(PYTEST) tests
 
-demo: deps build
+demo: deps test-deps build
 	bash tools/demo.sh
 
-demo-vxlan: deps build
+demo-vxlan: deps test-deps build
 	bash tools/demo_vxlan.sh
 
+# --- installing like software ----------------------------------------------------
+#
+# `make install` builds a wheel (pip wheel .) and installs it into a venv of its
+# own under PREFIX with only the runtime dependencies, at the versions of
+# requirements.txt; links vswitchd and vswitchctl into BINDIR, the systemd unit
+# into UNITDIR and bash completion for vswitchctl into BASH_COMPLETION_DIR.
+# Running it again upgrades in place: then `systemctl restart vswitchd`.
+PREFIX ?= /opt/vswitch
+BINDIR ?= /usr/local/bin
+UNITDIR ?= /etc/systemd/system
+BASH_COMPLETION_DIR ?= /usr/share/bash-completion/completions
+DIST := dist
+RUNTIME_PYTHON ?= python3
+
+wheel: build
+	rm -rf $(DIST)
+	$(PIP) wheel -q --no-deps -w $(DIST) .
+
+install: deps wheel
+	@whl=$$(ls $(DIST)/vswitch-*.whl) && \
+	set -x && \
+	{ [ -x $(PREFIX)/bin/python ] || $(RUNTIME_PYTHON) -m venv $(PREFIX); } && \
+	$(PREFIX)/bin/python -m pip install -q -c requirements.txt "$$whl" && \
+	$(PREFIX)/bin/python -m pip install -q --force-reinstall --no-deps "$$whl"
+	mkdir -p $(BINDIR) $(UNITDIR) $(BASH_COMPLETION_DIR)
+	ln -sfn $(abspath $(PREFIX))/bin/vswitchd $(BINDIR)/vswitchd
+	ln -sfn $(abspath $(PREFIX))/bin/vswitchctl $(BINDIR)/vswitchctl
+	sed 's#/opt/vswitch/bin/vswitchd#$(abspath $(PREFIX))/bin/vswitchd#' tools/vswitchd.service > $(UNITDIR)/vswitchd.service
+	chmod 0644 $(UNITDIR)/vswitchd.service
+	$(PREFIX)/bin/python -m vswitch.completion > $(BASH_COMPLETION_DIR)/vswitchctl
+	@if [ -d /run/systemd/system ] && [ "$(UNITDIR)" = /etc/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed $$($(PREFIX)/bin/vswitchd --version) in $(PREFIX); start it with: systemctl enable --now vswitchd"
+
+uninstall:
+	rm -f $(BINDIR)/vswitchd $(BINDIR)/vswitchctl $(UNITDIR)/vswitchd.service $(BASH_COMPLETION_DIR)/vswitchctl
+	rm -rf $(PREFIX)
+
 clean:
-	rm -rf $(BUILD) *.egg-info fastpath/*.so $(GENERATED_C) fastpath/*.html
+	rm -rf $(BUILD) $(DIST) *.egg-info fastpath/*.so $(GENERATED_C) fastpath/*.html
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean
@@ -117,7 +165,7 @@ $(BENCH_REQ_STAMP): bench/requirements.txt | $(VENV_CFG)
 	touch $@
 
 .PHONY: bench
-bench: build $(BENCH_REQ_STAMP)
+bench: test-deps build $(BENCH_REQ_STAMP)
 	$(VENV_PY) bench/run.py
 
 # Two builds of vswitch side by side, B against A, in alternating runs

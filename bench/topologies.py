@@ -113,7 +113,7 @@ def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None,
         if proc.poll() is not None:
             raise BenchError(f"{name} exited {proc.returncode}: {lab.log_tail(name)}")
         try:
-            return client.request("GET", "/v1/health") == {"status": "ok"}
+            return (client.request("GET", "/v1/health") or {}).get("status") == "ok"
         except ApiError:
             return False
     wait_for(f"{name} API", healthy, timeout=START_TIMEOUT_S)

@@ -40,6 +40,12 @@ cdef enum:
     UR_CHUNK = 64                  # completions handled per hold of the lock
     UR_TUNNEL_ROUNDS = 8           # recvmmsg batches per tunnel wakeup before yielding to the ports
 
+cdef enum loop_failure:          # what ended the loop when it was not asked to stop
+    FAILED_NONE = 0
+    FAILED_EPOLL_WAIT = 1
+    FAILED_RING_WAIT = 2
+    FAILED_INJECTED = 3
+
 cdef enum event_kind:
     EV_MAC_MOVED = 1               # a: old output, b: new output
     EV_TABLE_FULL = 2              # a: the output it came from
@@ -247,12 +253,19 @@ cdef class Datapath:
     cdef bint mirror_pending              # a queued write is captured: recycle only after it is retired
     cdef uint64_t ustats[US_COUNT]
 
+    # liveness: the supervisor watches the loop through these
+    cdef int64_t turn_ns                  # CLOCK_MONOTONIC at the start of the latest turn (one store per turn)
+    cdef int inject_err                   # inject_failure()'s errno, taken by the loop's next turn
+    cdef int loop_err                     # errno that ended the loop without a stop
+    cdef int loop_failed_in               # what failed: a FAILED_* code
+
     cdef void _event(self, uint8_t kind, uint64_t key, uint32_t a, uint32_t b) noexcept nogil
     cdef void _learn(self, uint16_t network, const uint8_t *src, uint32_t out, int64_t now) noexcept nogil
     cdef void _loop(self) noexcept nogil
     cdef void _rx_port(self, uint32_t idx, uint32_t events, int64_t now) noexcept nogil
     cdef int _rx_tunnel(self, int64_t now) noexcept nogil
     cdef void _loop_uring(self) noexcept nogil
+    cdef void _loop_failed(self, int failed_in, int err) noexcept nogil
     cdef int _ring_open(self) noexcept nogil
     cdef void _ring_close(self) noexcept nogil
     cdef void _ring_reconcile(self) noexcept nogil

@@ -25,7 +25,7 @@ from fastpath.mactable cimport (MT_MOVED, MT_REFUSED, MT_STATIC, OUT_NONE, OUT_P
 from fastpath.posix_io cimport (AF_INET, CLOCK_MONOTONIC, CLOCK_REALTIME, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN,
                                 CMSG_NXTHDR,
                                 CMSG_SPACE, cmsghdr, htons, iovec, msghdr, sendmsg, writev, EAGAIN, ECANCELED,
-                                EFD_CLOEXEC, EFD_NONBLOCK, EINTR, ENOBUFS, EOPNOTSUPP, EPOLL_CLOEXEC, POLLERR, POLLHUP, POLLIN,
+                                EFD_CLOEXEC, EFD_NONBLOCK, EINTR, ENOBUFS, EOPNOTSUPP, EPOLL_CLOEXEC, ETIME, POLLERR, POLLHUP, POLLIN,
                                 poll, pollfd, posix_memalign, sched_yield,
                                 EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP, EPOLLIN, MSG_DONTWAIT,
                                 SO_ATTACH_FILTER, SOL_SOCKET, clock_gettime, close, epoll_create1, epoll_ctl,
@@ -51,6 +51,9 @@ from fastpath.uring cimport (IORING_CQE_BUFFER_SHIFT, IORING_CQE_F_BUFFER, IORIN
 from fastpath.vxlan cimport (UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORMED, VX_OK, VX_TRUNCATED,
                              VX_UNKNOWN_PEER, VX_UNKNOWN_VNI, VXLAN_FLAG_I, VXLAN_HLEN, VXLAN_IP_OVERHEAD,
                              flow_hash, udp_write, vxlan_vni, vxlan_write)
+
+cdef extern from "<errno.h>" nogil:
+    enum: EBUSY
 
 import ipaddress
 import os
@@ -101,6 +104,8 @@ PEER_COUNTER_NAMES = ("tx_packets", "tx_bytes", "rx_packets", "rx_bytes", "tx_er
 PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "flooded", "tx_errors")
 HIST_BOUNDS = (1, 3, 7, 15, 31, 63)   # upper bound of each frames-per-batch bucket; the last is open
 PORT_STATES = ("free", "up", "dead")
+# What ended the loop, by FAILED_* code, for run()'s OSError.
+LOOP_FAILURES = (None, "epoll_wait", "io_uring wait", "injected failure")
 
 
 cdef inline int64_t now_ns() noexcept nogil:
@@ -370,6 +375,8 @@ cdef class Datapath:
         if self.uring and not self.ring_up:
             raise RuntimeError("an io_uring datapath runs once (its ring is bound to the thread that ran it)")
         self.running = True
+        self.loop_err = 0
+        self.loop_failed_in = FAILED_NONE
         try:
             with nogil:
                 if self.uring:
@@ -381,6 +388,23 @@ cdef class Datapath:
         if self.ring_error:
             err, self.ring_error = self.ring_error, 0
             raise OSError(err, f"cannot start the io_uring datapath: {os.strerror(err)}")
+        if self.loop_err:
+            err, what = self.loop_err, LOOP_FAILURES[self.loop_failed_in]
+            self.loop_err = 0
+            raise OSError(err, f"datapath loop failed: {what}: {os.strerror(err)}")
+
+    @property
+    def last_turn_ns(self) -> int:
+        """CLOCK_MONOTONIC ns at the start of the loop's latest turn (0 before its first).
+        The loop turns at least every SWEEP_INTERVAL_MS, idle or not."""
+        return self.turn_ns
+
+    def inject_failure(self, int err) -> None:
+        """For tests of a supervisor: the loop ends at its next turn as if its
+        wait had failed with errno `err`, so run() raises OSError(err, ...)."""
+        if err <= 0:
+            raise ValueError(f"inject_failure needs a positive errno, got {err}")
+        self.inject_err = err
 
     @property
     def io_mode(self) -> str:
@@ -403,8 +427,13 @@ cdef class Datapath:
         while not stopping:
             n = epoll_wait(self.epfd, events, MAX_EVENTS, timeout)
             if n < 0 and errno != EINTR:
+                self._loop_failed(FAILED_EPOLL_WAIT, errno)
                 break
             t = now_ns()
+            self.turn_ns = t
+            if self.inject_err:
+                self._loop_failed(FAILED_INJECTED, self.inject_err)
+                break
             now = t // 1000000
             # Busy polling: for busy_poll_ns after traffic, poll instead of
             # sleeping, so the next frame of a conversation does not wait for
@@ -473,6 +502,7 @@ cdef class Datapath:
         cdef int64_t t, now, last_sweep = now_ms()
         cdef int64_t spin_until = 0
         cdef uint32_t want = 1
+        cdef int wait_ret
         cdef int ret = io_uring_enable_rings(&self.ring)  # this thread becomes its only submitter
         if ret < 0:
             self.ring_error = -ret
@@ -495,19 +525,27 @@ cdef class Datapath:
             if want > 1 and not (self.tunnel_pending or self.ctl_pending):
                 ts.tv_sec = 0
                 ts.tv_nsec = self.batch_wait_ns
-                io_uring_submit_and_wait_timeout(&self.ring, &cqe, want, &ts, NULL)
+                wait_ret = io_uring_submit_and_wait_timeout(&self.ring, &cqe, want, &ts, NULL)
                 self.ustats[US_BATCH_WAITS] += 1
             elif (t < spin_until or self.tunnel_pending or self.ctl_pending or self.wq_head != self.wq_tail
                     or self.unsubmitted):
-                io_uring_submit_and_get_events(&self.ring)
+                wait_ret = io_uring_submit_and_get_events(&self.ring)
             else:
                 ts.tv_sec = 0
                 ts.tv_nsec = SWEEP_INTERVAL_MS * 1000000
-                io_uring_submit_and_wait_timeout(&self.ring, &cqe, 1, &ts, NULL)
+                wait_ret = io_uring_submit_and_wait_timeout(&self.ring, &cqe, 1, &ts, NULL)
             self.ustats[US_SUBMITS] += 1
+            # A timeout, a signal or a passing shortage (EAGAIN, EBUSY) is a turn like any other.
+            if wait_ret < 0 and -wait_ret not in (ETIME, EINTR, EAGAIN, EBUSY):
+                self._loop_failed(FAILED_RING_WAIT, -wait_ret)
+                break
             n = io_uring_peek_batch_cqe(&self.ring, self.cqes, UR_CQ)
             t = now_ns()
             now = t // 1000000
+            self.turn_ns = t
+            if self.inject_err:
+                self._loop_failed(FAILED_INJECTED, self.inject_err)
+                break
             # Batch waits: a round that brought UR_BATCH_MIN completions or
             # more means frames come faster than the loop turns round. The
             # next wait then asks for as many as that round brought, for at
@@ -567,6 +605,11 @@ cdef class Datapath:
             self._ring_submit_and_retire()
         self._ring_close()
         pthread_mutex_unlock(&self.lock)
+
+    cdef void _loop_failed(self, int failed_in, int err) noexcept nogil:
+        self.loop_failed_in = failed_in
+        self.loop_err = err
+        self.inject_err = 0
 
     cdef int _ring_open(self) noexcept nogil:
         """Set the ring up, disabled: the loop thread enables it and so

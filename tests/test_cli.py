@@ -1,6 +1,7 @@
 """vswitchctl: every verb in table and --json form against a real vswitchd, and its exit statuses."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -216,8 +217,15 @@ def test_errors_exit_1_with_one_line(shared: Vswitchd, args: tuple[str, ...], de
     proc = shared.ctl_run(*args, json_output=json_output)
     assert proc.returncode == 1
     assert proc.stdout == ""
-    assert proc.stderr.startswith("vswitchctl: ") and proc.stderr.endswith("\n") and proc.stderr.count("\n") == 1, proc.stderr
-    assert detail in proc.stderr
+    assert proc.stderr.endswith("\n") and proc.stderr.count("\n") == 1, proc.stderr
+    if json_output:  # the API's error body, kind and all, for scripts
+        doc = json.loads(proc.stderr)
+        assert set(doc) == {"error", "detail", "status"}
+        assert (doc["error"], doc["status"]) in {("not_found", 404), ("conflict", 409), ("invalid_argument", 400)}, doc
+        assert detail in doc["detail"]
+    else:
+        assert proc.stderr.startswith("vswitchctl: ")
+        assert detail in proc.stderr
 
 
 @pytest.mark.root
@@ -244,6 +252,25 @@ def test_unreachable_daemon_is_one_line(tmp_path: Path, capsys: pytest.CaptureFi
     out, err = capsys.readouterr()
     assert out == ""
     assert err == f"vswitchctl: cannot reach vswitchd at {sock}: No such file or directory\n"
+
+
+def test_unreachable_daemon_with_json_is_a_json_error_with_its_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sock = tmp_path / "none.sock"
+    assert main(["--socket", str(sock), "--json", "show"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert json.loads(err) == {"error": "unreachable", "detail": f"cannot reach vswitchd at {sock}: No such file or directory"}
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("prog", ["vswitchctl", "vswitchd"])
+def test_version(prog: str) -> None:
+    from vswitch import __version__
+
+    module = {"vswitchctl": "vswitch.cli", "vswitchd": "vswitch"}[prog]
+    proc = subprocess.run([sys.executable, "-m", module, "--version"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=30)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, f"{prog} {__version__}\n", "")
 
 
 def test_environment_names_the_socket_and_the_flag_wins(

@@ -101,6 +101,15 @@ EXPECTED_METRICS = {
     "vswitch_uring_events_total": {"event"},
     "vswitch_api_requests_total": {"path", "status"},
     "vswitch_build_info": {"version"},
+    "vswitch_datapath_loop_running": set(),
+    "vswitch_datapath_loop_last_turn_age_seconds": set(),
+    "vswitch_datapath_loop_cpu_seconds_total": set(),
+    "vswitch_process_cpu_seconds_total": set(),
+    "vswitch_process_resident_memory_bytes": set(),
+    "vswitch_process_virtual_memory_bytes": set(),
+    "vswitch_process_open_fds": set(),
+    "vswitch_process_max_fds": set(),
+    "vswitch_process_start_time_seconds": set(),
 }
 
 
@@ -451,7 +460,9 @@ def test_dashboard_queries_only_metrics_the_daemon_exposes(lan: Lan) -> None:
             "vswitch_port_tx_packets_total", "vswitch_port_rx_dropped_total", "vswitch_fdb_entries", "vswitch_fdb_capacity",
             "vswitch_fdb_learned_total", "vswitch_fdb_moved_total", "vswitch_fdb_aged_total", "vswitch_peer_tx_bytes_total",
             "vswitch_peer_rx_bytes_total", "vswitch_vxlan_rx_dropped_total", "vswitch_loop_frames_total",
-            "vswitch_loop_batch_frames_bucket", "vswitch_api_requests_total"} <= used
+            "vswitch_loop_batch_frames_bucket", "vswitch_api_requests_total", "vswitch_process_cpu_seconds_total",
+            "vswitch_datapath_loop_cpu_seconds_total", "vswitch_process_resident_memory_bytes",
+            "vswitch_process_open_fds", "vswitch_datapath_loop_last_turn_age_seconds"} <= used
 
 
 # --- capture -------------------------------------------------------------------------

@@ -131,7 +131,18 @@ def _query(req: Request, allowed: tuple[str, ...]) -> dict[str, str | None]:
 
 
 def _health(req: Request) -> tuple[int, Any]:
-    return 200, {"status": "ok"}
+    """200 while the forwarding loop turns; 503, with the error body's kind and detail, once it
+    has ended or made no progress for its stall threshold (a supervisor's cue to restart)."""
+    loop = req.switch.loop.health()
+    if loop["state"] == "running":
+        return 200, {"status": "ok", "loop": loop}
+    if loop["state"] == "stalled":
+        detail = f"the forwarding loop has not turned for {loop['last_turn_age_s']:.1f} s"
+    elif loop["state"] == "starting":
+        detail = "the forwarding loop has not turned yet"
+    else:
+        detail = f"the forwarding loop has {loop['state']}" + (f": {loop['error']}" if "error" in loop else "")
+    return 503, {"status": "unhealthy", "error": "unhealthy", "detail": detail, "loop": loop}
 
 
 def _networks_list(req: Request) -> tuple[int, Any]:

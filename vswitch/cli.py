@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote, urlencode
 
+from vswitch import __version__
 from vswitch.client import DEFAULT_SOCKET, ApiError, Client
 
 PROG = "vswitchctl"
@@ -424,6 +425,7 @@ def _global_options(parser: argparse.ArgumentParser, default: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog=PROG, description="Control a running vswitchd.", epilog=_listing(COMMANDS), formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     _global_options(parser, None)
     groups = parser.add_subparsers(dest="group", metavar="COMMAND", required=True, help="one of the commands below")
     nested: dict[str, argparse._SubParsersAction] = {}
@@ -448,12 +450,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _error(as_json: bool, kind: str, detail: str, status: int | None = None) -> None:
+    """One line on stderr: text, or with --json an object with the error's kind (as the API's error bodies)."""
+    if as_json:
+        doc: dict[str, Any] = {"error": kind, "detail": detail}
+        if status:
+            doc["status"] = status
+        print(json.dumps(doc), file=sys.stderr)
+    else:
+        print(f"{PROG}: {detail}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     for key, value in vars(ns).items():
         # Python keeps an argument's undecodable bytes as lone surrogates, which no request can carry.
         if isinstance(value, str) and not _is_utf8(value):
-            print(f"{PROG}: {key}: {os.fsencode(value)!r} is not UTF-8 text", file=sys.stderr)
+            _error(ns.json, "invalid_argument", f"{key}: {os.fsencode(value)!r} is not UTF-8 text")
             return 2
     cmd: Command = ns.command
     socket_path = ns.socket or os.environ.get("VSWITCH_SOCKET") or str(DEFAULT_SOCKET)
@@ -466,18 +479,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         if text is not None:
             print(text, flush=True)
     except ApiError as e:
-        print(f"{PROG}: {e.detail}", file=sys.stderr)
+        _error(ns.json, e.error, e.detail, e.status)
         return 1
     except BrokenPipeError:
         # The reader (e.g. `| head`) went away: not an error worth a traceback.
         _drop_stdout()
     except OSError as e:  # the API's own failures arrive as ApiError: this is our output (a full disk)
         _drop_stdout()
-        print(f"{PROG}: cannot write the output: {e.strerror or e}", file=sys.stderr)
+        _error(ns.json, "output_failed", f"cannot write the output: {e.strerror or e}")
         return 1
     except (KeyError, TypeError, AttributeError) as e:
-        print(f"{PROG}: vswitchd's answer lacks what {' '.join(cmd.words)} shows ({type(e).__name__}: {e})",
-              file=sys.stderr)
+        _error(ns.json, "bad_response",
+               f"vswitchd's answer lacks what {' '.join(cmd.words)} shows ({type(e).__name__}: {e})")
         return 1
     except KeyboardInterrupt:
         return 130

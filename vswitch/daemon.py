@@ -5,11 +5,22 @@ second vswitchd stops there, before touching anything), then the forwarding
 loop starts, ports are attached (re-attached after a restart), and only then
 are requests served, so anything that gets an answer sees a switch that
 forwards.
+
+Under systemd (``Type=notify``) READY=1 is sent once the saved state is
+restored and the loop turns, and WATCHDOG=1 only while the loop makes
+progress. If the loop ends without being asked to, vswitchd logs why and
+exits with status 70 so that the supervisor restarts it; the persistent TAPs
+keep the containers' interfaces in place meanwhile.
+
+Test hook: with ``VSWITCH_TEST_LOOP_FAILURE=ERRNO`` in the environment (a
+number or a name such as EIO), SIGUSR2 makes the loop fail with that errno,
+as if its wait had failed. Without the variable SIGUSR2 keeps its default.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import logging
 import os
 import signal
@@ -17,6 +28,7 @@ import sys
 import threading
 from pathlib import Path
 
+from . import __version__
 from .api import ApiServer
 from .config import load_config
 from .errors import ConfigError, VswitchError
@@ -24,12 +36,16 @@ from .metrics import ApiRequestCounter, serve_metrics
 from .model import IO_MODES, DesiredState, SwitchSettings
 from .state import StateStore
 from .switch import Switch
+from .systemd import JournalFormatter, Notifier, Watchdog, stderr_is_journal
 
 log = logging.getLogger("vswitch.daemon")
 
 DEFAULT_SOCKET = "/run/vswitch/vswitch.sock"
 DEFAULT_STATE_DIR = "/var/lib/vswitch"
 DEFAULT_METRICS = "127.0.0.1:9477"
+EXIT_LOOP_FAILED = 70  # EX_SOFTWARE: the forwarding loop died
+FIRST_TURN_TIMEOUT_S = 10.0
+TEST_LOOP_FAILURE_ENV = "VSWITCH_TEST_LOOP_FAILURE"
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
@@ -41,6 +57,7 @@ def parse_hostport(value: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vswitchd", description="Userspace virtual switch for containers.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--config", type=Path, help="TOML config; seeds the state when the state dir has none")
     p.add_argument("--api-socket", type=Path, default=Path(DEFAULT_SOCKET), help=f"control API socket ({DEFAULT_SOCKET})")
     p.add_argument("--metrics", type=parse_hostport, default=parse_hostport(DEFAULT_METRICS),
@@ -62,13 +79,29 @@ def preflight() -> str | None:
     return None
 
 
+def setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if stderr_is_journal():
+        handler.setFormatter(JournalFormatter())  # journald adds the time and keeps the priority
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level.upper()), handlers=[handler])
+
+
+def loop_failure_hook_errno() -> int | None:
+    """The errno of the test hook (see the module docstring), None when it is off."""
+    value = os.environ.get(TEST_LOOP_FAILURE_ENV)
+    if not value:
+        return None
+    err = int(value) if value.isdigit() else getattr(errno, value, None)
+    if not isinstance(err, int) or err <= 0:
+        raise ConfigError(f"{TEST_LOOP_FAILURE_ENV}={value!r} is not a positive errno number or name")
+    return err
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=getattr(logging, args.log_level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level)
     problem = preflight()
     if problem:
         log.error("%s", problem)
@@ -81,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    failure_errno = loop_failure_hook_errno()
     store = StateStore(args.state_dir)
     saved = store.load()
     # The config's networks and ports only seed an empty state dir, so only then must their
@@ -98,10 +132,22 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if failure_errno is not None:
+        log.warning("test hook on: SIGUSR2 makes the forwarding loop fail with %s", errno.errorcode.get(failure_errno, failure_errno))
+        signal.signal(signal.SIGUSR2, lambda *_: switch.inject_loop_failure(failure_errno))
 
+    loop_failure: list[str] = []
+
+    def loop_ended(error: str | None) -> None:
+        if error is not None:
+            loop_failure.append(error)
+            stop.set()
+
+    notifier = Notifier()
+    watchdog = Watchdog(notifier, lambda: switch.loop.healthy())
     metrics_server = None
     try:
-        switch.start()
+        switch.start(on_loop_exit=loop_ended)
         if saved is not None:
             log.info("restoring state from %s", args.state_dir)
             switch.apply(saved, strict=False)
@@ -113,12 +159,25 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise ConfigError(f"cannot serve metrics on {host}:{port}: {e.strerror or e}") from None
         log.info("metrics on http://%s:%d/metrics", host, bound)
+        if not switch.loop.wait_turning(FIRST_TURN_TIMEOUT_S) and not switch.loop.ended:
+            raise VswitchError(f"the forwarding loop did not start turning within {FIRST_TURN_TIMEOUT_S:g} s")
         api.start()
-        log.info("vswitchd ready: %d networks, %d ports; API on %s",
-                 len(switch.list_networks()), len(switch.list_ports()), args.api_socket)
+        summary = f"{len(switch.list_networks())} networks, {len(switch.list_ports())} ports"
+        if not loop_failure:
+            log.info("vswitchd ready: %s; API on %s", summary, args.api_socket)
+            notifier.ready(f"forwarding: {summary}")
+            if watchdog.start():
+                log.info("systemd watchdog: a ping every %.3g s while the forwarding loop turns", notifier.watchdog_s / 2)
         stop.wait()
-        log.info("stopping")
+        watchdog.stop()  # no ping may follow STOPPING=1
+        notifier.stopping()
+        if loop_failure:
+            log.error("exiting with status %d so that the service manager restarts vswitchd (ports stay in their "
+                      "namespaces): %s", EXIT_LOOP_FAILED, loop_failure[0])
+        else:
+            log.info("stopping")
     finally:
+        watchdog.stop()
         # Each server's shutdown waits out its poll interval: wait for both at once.
         metrics_stop = threading.Thread(target=metrics_server.shutdown) if metrics_server else None
         if metrics_stop is not None:
@@ -127,5 +186,8 @@ def run(args: argparse.Namespace) -> int:
         switch.stop()
         if metrics_stop is not None:
             metrics_stop.join()
+        notifier.close()
+    if loop_failure:
+        return EXIT_LOOP_FAILED
     log.info("stopped")
     return 0

@@ -10,7 +10,7 @@ import threading
 from collections import Counter
 from typing import TYPE_CHECKING, Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
@@ -83,6 +83,7 @@ class SwitchCollector(Collector):
         yield from self._fdb_metrics(stats["fdb"])
         yield from self._vxlan_metrics(stats["vxlan"])
         yield from self._loop_metrics(stats["loop"])
+        yield from self._liveness_metrics()
         api = CounterMetricFamily("vswitch_api_requests", "Control API requests.", labels=["path", "status"])
         for (path, status), n in sorted(self._api.snapshot().items()):
             api.add_metric([path, status], n)
@@ -157,9 +158,29 @@ class SwitchCollector(Collector):
         yield uring
 
 
+    def _liveness_metrics(self) -> Iterator:
+        loop = self._switch.loop
+        health = loop.health()
+        yield GaugeMetricFamily("vswitch_datapath_loop_running",
+                                "1 while the forwarding loop runs and turned within its stall threshold.",
+                                value=1 if health["state"] == "running" else 0)
+        age = health["last_turn_age_s"]
+        if age is not None:
+            yield GaugeMetricFamily("vswitch_datapath_loop_last_turn_age_seconds",
+                                    "Seconds since the forwarding loop's latest turn (it turns at least every 0.1 s).",
+                                    value=age)
+        cpu = loop.cpu_seconds()
+        if cpu is not None:
+            yield CounterMetricFamily("vswitch_datapath_loop_cpu_seconds",
+                                      "CPU time (user + system) of the forwarding loop's thread; busy polling shows here.",
+                                      value=cpu)
+
+
 def serve_metrics(switch: Switch, api_requests: ApiRequestCounter, host: str, port: int) -> tuple[object, int]:
     """Serve /metrics on host:port in a background thread; returns (server, bound port)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SwitchCollector(switch, api_requests))
+    # CPU seconds, RSS, open fds and their limit of the whole process, beside the loop thread's own CPU.
+    ProcessCollector(namespace="vswitch", registry=registry)
     server, _thread = start_http_server(port, addr=host, registry=registry)
     return server, server.server_port

@@ -26,6 +26,7 @@ from fastpath import PEER_FLAG, Datapath
 
 from .capture import Capture
 from .eventlog import EventLog
+from .liveness import LoopRunner
 from .errors import ConfigError, Conflict, InvalidArgument, NotFound
 from .model import (MAX_PEERS, DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings, check_mac,
                     check_name, peer_problem)
@@ -76,7 +77,7 @@ class Switch:
         self._peers: dict[PeerSpec, int] = {}  # -> datapath peer index
         self._vxlan_sockets: list[socket.socket] = []
         self._static: dict[tuple[str, str], StaticFdbSpec] = {}
-        self._loop_thread: threading.Thread | None = None
+        self._loop: LoopRunner | None = None
         self._watch_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()  # wakes the port watcher at stop
@@ -117,13 +118,17 @@ class Switch:
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Open the VTEP (if configured), start the forwarding loop and the port watcher."""
+    def start(self, on_loop_exit: Callable[[str | None], None] | None = None) -> None:
+        """Open the VTEP (if configured), start the forwarding loop and the port watcher.
+
+        ``on_loop_exit(error)`` is called when the loop ends: error is None
+        after stop(), else why it failed (the switch then forwards nothing).
+        """
         log.info("datapath I/O mode: %s", self.io_mode)
         if self.settings.vtep_ip is not None:
             self._open_vtep()
-        self._loop_thread = threading.Thread(target=self._dp.run, name="datapath", daemon=True)
-        self._loop_thread.start()
+        self._loop = LoopRunner(self._dp, on_exit=on_loop_exit)
+        self._loop.start()
         self._watch_thread = threading.Thread(target=self._watch_ports, name="port-watch", daemon=True)
         self._watch_thread.start()
 
@@ -133,9 +138,10 @@ class Switch:
         self._stopping.set()
         os.write(self._wake_w, b"x")
         self._dp.stop()
-        for t in (self._loop_thread, self._watch_thread):
-            if t is not None:
-                t.join(timeout=5)
+        if self._loop is not None:
+            self._loop.join(timeout=5)
+        if self._watch_thread is not None:
+            self._watch_thread.join(timeout=5)
         self._events.flush()  # what a window still held back
         with self._lock:
             for port in self._ports.values():
@@ -146,6 +152,17 @@ class Switch:
         os.close(self._wake_w)
         for sock in self._vxlan_sockets:
             sock.close()
+
+    @property
+    def loop(self) -> LoopRunner:
+        """The forwarding loop's runner: its health, progress and CPU time (after start())."""
+        if self._loop is None:
+            raise RuntimeError("the switch has not been started")
+        return self._loop
+
+    def inject_loop_failure(self, err: int) -> None:
+        """Test hook: make the forwarding loop fail with errno `err` at its next turn."""
+        self._dp.inject_failure(err)
 
     def _open_vtep(self) -> None:
         s = self.settings

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -44,6 +45,7 @@ class Vswitchd:
         extra_args: Sequence[str] = (),
         socket_path: Path | None = None,
         io_mode: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.tmp_path = Path(tmp_path)
         self.config_path = self.tmp_path / "vswitch.toml"
@@ -53,6 +55,7 @@ class Vswitchd:
         self.metrics_port = free_port()
         self.extra_args = list(extra_args)
         self.io_mode = io_mode  # --io-mode; None leaves it to the config (auto by default)
+        self.env = dict(env or {})  # added to this process's environment
         self.proc: subprocess.Popen[bytes] | None = None
         self._stderr_offset = 0
         if config is not None:
@@ -86,7 +89,8 @@ class Vswitchd:
             raise RuntimeError(f"vswitchd (pid {self.pid}) is already running")
         self._stderr_offset = self.stderr_path.stat().st_size if self.stderr_path.exists() else 0
         with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+            self.proc = subprocess.Popen(self.argv, cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                         env={**os.environ, **self.env})
         if wait:
             self.wait_ready()
 
@@ -99,7 +103,7 @@ class Vswitchd:
             if rc is not None:
                 raise RuntimeError(f"vswitchd exited with status {rc} before it was ready; stderr:\n{self.run_stderr}")
             try:
-                if client.request("GET", "/v1/health") == {"status": "ok"}:
+                if (client.request("GET", "/v1/health") or {}).get("status") == "ok":
                     return
             except ApiError:
                 pass

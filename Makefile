@@ -14,6 +14,13 @@ PYTEST := $(VENV_PY) -m pytest -q -ra -p no:cacheprovider
 # loop's io_uring mode (linked statically), ping, captures, and the reference
 # switches and Prometheus that later tests compare against.
 DEB_PACKAGES := liburing-dev iproute2 iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch
+# The CNI plugin's: a real runtime (podman, crun, conmon), the reference
+# plugins (host-local, portmap, bridge), busybox for the container image,
+# nftables for masquerade and iptables for portmap.
+DEB_PACKAGES += podman crun conmon containernetworking-plugins busybox nftables iptables util-linux
+
+# Where `make install-cni` puts the plugin (an executable named vswitch).
+CNI_BIN_DIR ?= /opt/cni/bin
 
 EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.h)
 # C files that cythonize writes beside each .pyx; their directives differ
@@ -30,7 +37,7 @@ MODE_FILE := $(BUILD)/ext-mode
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: deps build debug test demo demo-vxlan clean distclean
+.PHONY: deps build debug test demo demo-vxlan demo-podman install-cni clean distclean
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -99,6 +106,12 @@ demo: deps build
 
 demo-vxlan: deps build
 	bash tools/demo_vxlan.sh
+
+demo-podman: deps build
+	bash tools/demo_podman.sh
+
+install-cni: build
+	sh tools/install-cni.sh $(CNI_BIN_DIR)
 
 clean:
 	rm -rf $(BUILD) *.egg-info fastpath/*.so $(GENERATED_C) fastpath/*.html

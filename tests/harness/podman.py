@@ -101,6 +101,10 @@ runroot = "{self.base}/runroot"
             (rootfs / sub).mkdir(parents=True)
         busybox = shutil.which("busybox") or "/bin/busybox"
         shutil.copy2(busybox, rootfs / "bin" / "busybox")
+        for lib in _shared_libraries(busybox):  # Debian's busybox is linked against libc
+            target = rootfs / lib.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(lib, target)
         applets = subprocess.run([busybox, "--list"], capture_output=True, text=True, check=True).stdout.split()
         for applet in applets:
             if applet != "busybox":
@@ -117,6 +121,17 @@ runroot = "{self.base}/runroot"
         finally:
             _unmount_under(self.base)
             shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _shared_libraries(binary: str) -> list[str]:
+    """The libraries (and loader) a dynamic binary needs, as ldd lists them; none for a static one."""
+    proc = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    libs = []
+    for line in proc.stdout.splitlines():
+        for word in line.split():
+            if word.startswith("/"):
+                libs.append(word)
+    return libs
 
 
 def _unmount_under(base: Path) -> None:

@@ -260,3 +260,22 @@ def test_vswitchctl_port_verbs_for_runtimes(api: Api, host: Netns, netns_factory
     bad = d.ctl_run("port", "set", "c1", "--mtu", "5")
     assert bad.returncode == 1 and "mtu" in bad.stderr
     d.ctl("port", "del", "gw")
+
+
+def test_config_file_takes_the_new_port_keys(tmp_path: Path) -> None:
+    from vswitch.config import load_config
+    from vswitch.errors import ConfigError
+
+    cfg = tmp_path / "vswitch.toml"
+    cfg.write_text('[[network]]\nname = "blue"\n'
+                   '[[port]]\nname = "gw"\nnetwork = "blue"\nhost = true\nips = ["10.1.0.1/24", "10.2.0.1/24"]\n'
+                   'masquerade = true\nlabels = { role = "gateway" }\n'
+                   '[[port]]\nname = "c1"\nnetwork = "blue"\nnetns = "/proc/self/ns/net"\nifname = "vst0"\n'
+                   'routes = [{ dst = "0.0.0.0/0", gw = "10.1.0.1" }]\n')
+    _, state = load_config(cfg, check_netns=True)
+    gw, c1 = state.ports
+    assert (gw.host, gw.netns, gw.ips, gw.label_map) == (True, None, ("10.1.0.1/24", "10.2.0.1/24"), {"role": "gateway"})
+    assert c1.routes[0].gw == "10.1.0.1"
+    cfg.write_text(cfg.read_text() + '[[port]]\nname = "gw2"\nnetwork = "blue"\nhost = true\nifname = "gw"\n')
+    with pytest.raises(ConfigError, match=r"port\[2\].ifname: 'gw' in vswitchd's namespace is already used by port\[0\]"):
+        load_config(cfg, check_netns=True)

@@ -379,3 +379,16 @@ def test_del_with_vswitchd_down_releases_the_lease(rig: Rig) -> None:
     rig.daemon.start()  # the port comes back from the state file: a retried DEL removes it
     assert rig.run("DEL", conf, att).status == 0
     rig.assert_clean()
+
+
+def test_vni_is_given_to_the_network_and_must_match(rig: Rig) -> None:
+    conf = rig.conf(vni=4242, network="vx")
+    att = rig.container()
+    add_ok(rig, conf, att)
+    assert rig.daemon.api("GET", "/v1/networks/vx")[1]["vni"] == 4242
+    other = rig.container()
+    inv = rig.run("ADD", {**conf, "vni": 4243}, other)
+    assert inv.status == 1 and inv.out["code"] == 7 and "4243" in inv.out["msg"] and "4242" in inv.out["msg"]
+    assert rig.leases() == ["10.88.5.2"]  # the refused ADD's lease went back
+    assert rig.run("DEL", conf, att).status == 0
+    rig.assert_clean()

@@ -68,15 +68,19 @@ class Vswitchd:
         self.client = Client(socket, timeout=API_TIMEOUT_S)
 
     def call(self, method: str, path: str, body: Any = None, *, missing_ok: bool = False) -> Any:
+        """The answer; None for a 404 when missing_ok; any other failure as a CNI error."""
         try:
             return self.client.request(method, path, body)
         except ApiError as e:
-            if e.status == 0:
-                raise CniError(ERR_TRY_AGAIN_LATER, f"vswitchd is not reachable on {self.socket}", e.detail) from None
             if e.status == 404 and missing_ok:
                 return None
-            raise CniError(ERR_VSWITCHD_REFUSED, f"vswitchd refused {method} {path.split('?')[0]}: {e.detail}",
-                           f"{e.status} {e.error}") from None
+            raise self.error(e, method, path) from None
+
+    def error(self, e: ApiError, method: str, path: str) -> CniError:
+        if e.status == 0:
+            return CniError(ERR_TRY_AGAIN_LATER, f"vswitchd is not reachable on {self.socket}", e.detail)
+        return CniError(ERR_VSWITCHD_REFUSED, f"vswitchd refused {method} {path.split('?')[0]}: {e.detail}",
+                        f"{e.status} {e.error}")
 
     def reachable(self) -> str | None:
         """None when vswitchd answers its health check, else why not."""
@@ -92,15 +96,17 @@ class Vswitchd:
     def ports(self, **query: str) -> list[dict[str, Any]]:
         return self.call("GET", f"/v1/ports?{urlencode(query)}" if query else "/v1/ports")
 
-    def delete_port(self, name: str) -> bool:
-        """True if it was there."""
+    def delete_port(self, name: str) -> None:
+        """Gone afterwards, whether it was there or not."""
+        self.call("DELETE", f"/v1/ports/{_seg(name)}", missing_ok=True)
+
+    def delete_network(self, name: str) -> None:
+        """Gone, or kept because it is in use again (409): both are fine here."""
         try:
-            self.client.request("DELETE", f"/v1/ports/{_seg(name)}")
+            self.client.request("DELETE", f"/v1/networks/{_seg(name)}")
         except ApiError as e:
-            if e.status == 404:
-                return False
-            self.call("DELETE", f"/v1/ports/{_seg(name)}")  # raises it as a CNI error
-        return True
+            if e.status not in (404, 409):
+                raise self.error(e, "DELETE", f"/v1/networks/{_seg(name)}") from None
 
 
 @contextmanager
@@ -169,12 +175,10 @@ def _ensure_network(vs: Vswitchd, conf: NetConf) -> None:
             vs.client.request("POST", "/v1/networks", body)
             return
         except ApiError as e:
-            if e.status != 409:  # 409: made meanwhile by another ADD, or the VNI is taken
-                vs.call("POST", "/v1/networks", body)
-        net = vs.call("GET", f"/v1/networks/{_seg(conf.network)}", missing_ok=True)
-        if net is None:
-            vs.call("POST", "/v1/networks", body)  # raises the 409's reason (e.g. the VNI in use)
-            return
+            # A 409 may mean another ADD made it meanwhile; or the VNI is taken, which is an error.
+            net = vs.call("GET", f"/v1/networks/{_seg(conf.network)}", missing_ok=True) if e.status == 409 else None
+            if net is None:
+                raise vs.error(e, "POST", "/v1/networks") from None
     if conf.vni is not None and net.get("vni") != conf.vni:
         raise CniError(ERR_INVALID_CONFIG, f"network config: vni: {conf.vni} differs from vswitch network "
                                            f"{conf.network!r}, which has VNI {net.get('vni')}")
@@ -277,11 +281,7 @@ def _remove_unused(vs: Vswitchd, conf: NetConf) -> None:
         vs.delete_port(p["name"])
     if net.get("peers"):
         return  # an operator's tunnel peers: the network stays for them
-    try:
-        vs.client.request("DELETE", f"/v1/networks/{_seg(conf.network)}")
-    except ApiError as e:
-        if e.status not in (404, 409):  # gone already, or in use again
-            raise CniError(ERR_VSWITCHD_REFUSED, f"vswitchd refused to delete network {conf.network!r}: {e.detail}") from None
+    vs.delete_network(conf.network)
 
 
 def cmd_del(conf: NetConf, env: Env) -> None:

@@ -392,3 +392,23 @@ def test_vni_is_given_to_the_network_and_must_match(rig: Rig) -> None:
     assert rig.leases() == ["10.88.5.2"]  # the refused ADD's lease went back
     assert rig.run("DEL", conf, att).status == 0
     rig.assert_clean()
+
+
+def test_concurrent_attachments_share_one_gateway(rig: Rig) -> None:
+    """Runtimes run plugins for different containers at once: the network and its gateway
+    are made once, every container gets its own address, and the last DEL cleans up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    conf = rig.conf(gateway=True, ipMasq=True)
+    atts = [rig.container() for _ in range(6)]
+    with ThreadPoolExecutor(len(atts)) as pool:
+        results = list(pool.map(lambda a: rig.run("ADD", conf, a), atts))
+    assert all(r.status == 0 for r in results), [r.out for r in results]
+    addresses = {r.out["ips"][0]["address"] for r in results}
+    assert len(addresses) == len(atts)
+    ports = rig.ports()
+    assert [p["name"] for p in ports if p["host"]] == ["gw-blue"] and len(ports) == len(atts) + 1
+    with ThreadPoolExecutor(len(atts)) as pool:
+        dels = list(pool.map(lambda a: rig.run("DEL", conf, a), atts))
+    assert all(r.status == 0 for r in dels), [r.out for r in dels]
+    rig.assert_clean()

@@ -230,7 +230,6 @@ def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
         ips: list[IpConfig] = []
         routes: list[dict[str, Any]] = []
         dns: dict[str, Any] = {}
-        made_port = False
         try:
             if ipam is not None:
                 result = ipam.call("ADD", {})
@@ -248,11 +247,9 @@ def cmd_add(conf: NetConf, env: Env) -> dict[str, Any]:
             if conf.mtu is not None:
                 body["mtu"] = conf.mtu
             port = vs.call("POST", "/v1/ports", body)
-            made_port = True
         except BaseException:
-            # Leave nothing behind: no port, no lease, no gateway or network of no use.
-            if made_port:
-                vs.delete_port(name)
+            # Leave nothing behind (a refused port was never made): no lease, no gateway or
+            # network of no use.
             if ipam is not None:
                 try:
                     ipam.call("DEL", {})

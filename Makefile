@@ -12,11 +12,18 @@ PYTEST := $(VENV_PY) -m pytest -q -ra -p no:cacheprovider
 
 # Debian packages. `make deps` installs what building and running vswitch
 # needs: a compiler and Python headers for fastpath, liburing for the loop's
-# io_uring mode (linked statically), venv for the install. `make test-deps`
-# adds the peers that only the tests, the demo and the benchmarks use: ping,
-# captures, the reference switches, Prometheus, systemd-analyze, iperf3.
-DEB_BUILD_PACKAGES := gcc python3-dev python3-venv liburing-dev iproute2
-DEB_TEST_PACKAGES := iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch systemd iperf3
+# io_uring mode (linked statically), venv for the install, nftables for the
+# CNI plugin's masquerade. `make test-deps` adds the peers that only the
+# tests, the demo and the benchmarks use: ping, captures, the reference
+# switches, Prometheus, systemd-analyze, iperf3, and for the CNI plugin a real
+# runtime (podman, crun, conmon), the reference plugins (host-local, portmap,
+# bridge), busybox for the container image and iptables for portmap.
+DEB_BUILD_PACKAGES := gcc python3-dev python3-venv liburing-dev iproute2 nftables
+DEB_TEST_PACKAGES := iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch systemd iperf3 \
+	podman crun conmon containernetworking-plugins busybox iptables util-linux
+
+# Where `make install-cni` puts the plugin (an executable named vswitch).
+CNI_BIN_DIR ?= /opt/cni/bin
 
 EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.h)
 # C files that cythonize writes beside each .pyx; their directives differ
@@ -33,7 +40,7 @@ MODE_FILE := $(BUILD)/ext-mode
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: deps test-deps build debug test demo demo-vxlan clean distclean wheel install uninstall
+.PHONY: deps test-deps build debug test demo demo-vxlan clean distclean wheel install uninstall demo-podman install-cni
 
 deps:
 	@$(call apt_install,$(DEB_BUILD_PACKAGES))
@@ -147,6 +154,12 @@ install: deps wheel
 uninstall:
 	rm -f $(BINDIR)/vswitchd $(BINDIR)/vswitchctl $(UNITDIR)/vswitchd.service $(BASH_COMPLETION_DIR)/vswitchctl
 	rm -rf $(PREFIX)
+
+demo-podman: deps test-deps build
+	bash tools/demo_podman.sh
+
+install-cni: build
+	sh tools/install-cni.sh $(CNI_BIN_DIR)
 
 clean:
 	rm -rf $(BUILD) $(DIST) *.egg-info fastpath/*.so $(GENERATED_C) fastpath/*.html

@@ -29,12 +29,14 @@ from urllib.parse import parse_qs, unquote
 
 from .capture import Capture, pcap_header, pcap_record
 from .errors import Conflict, ConfigError, InvalidArgument, NotFound, VswitchError
-from .model import NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, check_keys, check_mac, check_name
+from .model import (NetworkSpec, PeerSpec, PortSpec, PortUpdate, StaticFdbSpec, check_keys, check_label_filter, check_mac,
+                    check_name)
 from .switch import Switch
 
 log = logging.getLogger("vswitch.api")
 
 MAX_BODY = 64 * 1024
+BODY_METHODS = ("POST", "PATCH")  # the methods whose request body is JSON the handler reads
 PCAP_TYPE = "application/vnd.tcpdump.pcap"
 # How often an idle capture stream checks that its port still exists.
 PORT_CHECK_S = 0.5
@@ -57,8 +59,8 @@ class Request:
     switch: Switch
     params: dict[str, str]  # path parameters, already URL-decoded
     query: dict[str, str]
-    body: Any  # decoded JSON of a POST body
-    has_body: bool  # a POST body was sent (`null` is a body, an empty one is not)
+    body: Any  # decoded JSON of a POST or PATCH body
+    has_body: bool  # a POST/PATCH body was sent (`null` is a body, an empty one is not)
 
 
 class PcapStream:
@@ -163,7 +165,9 @@ def _network_del(req: Request) -> tuple[int, Any]:
 
 
 def _ports_list(req: Request) -> tuple[int, Any]:
-    return 200, req.switch.list_ports()
+    network = _query(req, ("network",))["network"]
+    label = None if req.query.get("label") is None else check_label_filter("label", req.query["label"])
+    return 200, req.switch.list_ports(network=network, label=label)
 
 
 def _port_add(req: Request) -> tuple[int, Any]:
@@ -172,6 +176,10 @@ def _port_add(req: Request) -> tuple[int, Any]:
 
 def _port_get(req: Request) -> tuple[int, Any]:
     return 200, req.switch.get_port(check_name("port", req.params["name"]))
+
+
+def _port_patch(req: Request) -> tuple[int, Any]:
+    return 200, req.switch.set_port(check_name("port", req.params["name"]), PortUpdate.parse(_object(req)))
 
 
 def _port_del(req: Request) -> tuple[int, Any]:
@@ -257,8 +265,8 @@ ROUTES: dict[str, dict[str, tuple[Handler, tuple[str, ...]]]] = {
     "/v1/health": {"GET": (_health, ())},
     "/v1/networks": {"GET": (_networks_list, ()), "POST": (_network_add, ())},
     "/v1/networks/{name}": {"GET": (_network_get, ()), "DELETE": (_network_del, ())},
-    "/v1/ports": {"GET": (_ports_list, ()), "POST": (_port_add, ())},
-    "/v1/ports/{name}": {"GET": (_port_get, ()), "DELETE": (_port_del, ())},
+    "/v1/ports": {"GET": (_ports_list, ("network", "label")), "POST": (_port_add, ())},
+    "/v1/ports/{name}": {"GET": (_port_get, ()), "DELETE": (_port_del, ()), "PATCH": (_port_patch, ())},
     "/v1/ports/{name}/capture": {"GET": (_capture, ("direction", "count"))},
     "/v1/peers": {"GET": (_peers_list, ("network",)), "POST": (_peer_add, ())},
     "/v1/peers/{network}/{remote}": {"DELETE": (_peer_del, ())},
@@ -382,11 +390,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return length
 
     def _read_body(self) -> tuple[bool, Any]:
-        """(whether a POST body was sent, its decoded JSON); other methods' bodies are read and ignored."""
+        """(whether a POST/PATCH body was sent, its decoded JSON); other methods' bodies are read and ignored."""
         length = self._content_length()
         if length is None:
-            if self.command == "POST":
-                raise HttpError(411, "length_required", "POST needs a Content-Length header")
+            if self.command in BODY_METHODS:
+                raise HttpError(411, "length_required", f"{self.command} needs a Content-Length header")
             return False, None
         if length > MAX_BODY:
             # The body is never read, so the connection cannot carry another request.
@@ -400,7 +408,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if len(data) < length:
             self.close_connection = True
             raise HttpError(400, "bad_request", f"request body ended after {len(data)} of {length} bytes")
-        if self.command != "POST" or not data:
+        if self.command not in BODY_METHODS or not data:
             return False, None
         try:
             return True, json.loads(data, object_pairs_hook=_refuse_duplicate_keys)

@@ -61,8 +61,27 @@ def render_networks(networks: list[dict[str, Any]], indent: str = "") -> str:
 
 
 def render_ports(ports: list[dict[str, Any]], indent: str = "") -> str:
-    rows = [(p["name"], p.get("network"), p.get("netns"), p.get("ifname"), p.get("mac"), p.get("ip"), p.get("mtu"), p.get("state")) for p in ports]
-    return table(("NAME", "NETWORK", "NETNS", "IFNAME", "MAC", "IP", "MTU", "STATE"), rows, indent)
+    def netns(p: dict[str, Any]) -> Any:
+        return "(host)" if p.get("host") else p.get("netns")
+
+    rows = [[p["name"], p.get("network"), netns(p), p.get("ifname"), p.get("mac"), p.get("ips") or p.get("ip"), p.get("mtu"),
+             p.get("state")] for p in ports]
+    headers = ["NAME", "NETWORK", "NETNS", "IFNAME", "MAC", "IP", "MTU", "STATE"]
+    # Labels get a column only when a port has some: most ports made by hand have none.
+    if any(p.get("labels") for p in ports):
+        headers.append("LABELS")
+        for row, p in zip(rows, ports):
+            row.append([f"{k}={v}" for k, v in sorted((p.get("labels") or {}).items())])
+    return table(headers, rows, indent)
+
+
+def render_port(port: dict[str, Any]) -> str:
+    """One port, one field a line (counters summed by group as in stats)."""
+    routes = [f"{r['dst']} via {r['gw']}" if r.get("gw") else f"{r['dst']} on-link" for r in port.get("routes") or []]
+    lines = [(k, port.get(k)) for k in ("name", "network", "netns", "ifname", "mac", "mtu", "state", "host", "masquerade")]
+    lines += [("ips", port.get("ips") or port.get("ip")), ("routes", ", ".join(routes) or None)]
+    lines += [(f"label {k}", v) for k, v in sorted((port.get("labels") or {}).items())]
+    return table(("FIELD", "VALUE"), lines)
 
 
 def render_peers(peers: list[dict[str, Any]], indent: str = "") -> str:
@@ -243,12 +262,14 @@ class Arg:
     type: Callable[[str], Any] = str
     aliases: tuple[str, ...] = ()  # e.g. "--write" beside "-w"; the first long one names the attribute
     choices: tuple[str, ...] | None = None
+    action: str | None = None  # "store_true" for a flag, "append" for an option given once per value
 
     def usage(self) -> str:
         if not self.name.startswith("-"):
             return self.metavar
-        text = f"{self.name} {self.metavar}"
-        return text if self.required else f"[{text}]"
+        text = self.name if self.action == "store_true" else f"{self.name} {self.metavar}"
+        text = text if self.required else f"[{text}]"
+        return f"{text}..." if self.action == "append" else text
 
 
 @dataclass(frozen=True)
@@ -258,6 +279,8 @@ class Command:
     run: Callable[[Client, argparse.Namespace], Any]  # returns what --json prints
     render: Callable[[Any], str] | None = None  # human output; None prints nothing
     args: tuple[Arg, ...] = field(default_factory=tuple)
+    # What the parser cannot say about the arguments together: a usage error's text, or None.
+    check: Callable[[argparse.Namespace], str | None] | None = None
 
     def usage(self) -> str:
         return " ".join([*self.words, *(a.usage() for a in self.args)])
@@ -274,6 +297,43 @@ def _with_query(path: str, **params: str | None) -> str:
 
 def _body(ns: argparse.Namespace, *keys: str) -> dict[str, Any]:
     return {k: getattr(ns, k) for k in keys if getattr(ns, k) is not None}
+
+
+def _route(value: str) -> dict[str, str]:
+    dst, sep, gw = value.partition(",")
+    if not dst or (sep and not gw):
+        raise argparse.ArgumentTypeError(f"{value!r} is not DST or DST,GW (e.g. 0.0.0.0/0,10.1.0.254)")
+    return {"dst": dst, "gw": gw} if gw else {"dst": dst}
+
+
+def _label(value: str) -> tuple[str, str]:
+    key, sep, text = value.partition("=")
+    if not key or not sep:
+        raise argparse.ArgumentTypeError(f"{value!r} is not KEY=VALUE")
+    return key, text
+
+
+def _port_body(ns: argparse.Namespace, *keys: str) -> dict[str, Any]:
+    """The port fields given on the command line: one --ip is 'ip', several are 'ips'."""
+    body = _body(ns, *keys)
+    ips = getattr(ns, "ip", None)
+    if ips is not None:
+        del body["ip"]
+        body.update({"ip": ips[0]} if len(ips) == 1 else {"ips": ips})
+    if getattr(ns, "route", None) is not None:
+        body["routes"] = body.pop("route")
+    if getattr(ns, "label", None) is not None:
+        body["labels"] = dict(body.pop("label"))
+    return body
+
+
+def _port_add(c: Client, ns: argparse.Namespace) -> Any:
+    body = _port_body(ns, "name", "network", "netns", "ifname", "mac", "ip", "mtu", "route", "label", "host", "masquerade")
+    return c.request("POST", "/v1/ports", body)
+
+
+def _port_list(c: Client, ns: argparse.Namespace) -> Any:
+    return c.request("GET", _with_query("/v1/ports", network=ns.network, label=ns.label))
 
 
 def _show(c: Client, ns: argparse.Namespace) -> dict[str, Any]:
@@ -310,17 +370,46 @@ COMMANDS: tuple[Command, ...] = (
     Command(("network", "list"), "list networks", lambda c, ns: c.request("GET", "/v1/networks"), render_networks),
     Command(
         ("port", "add"),
-        "add a port: a TAP device whose interface sits in namespace NS",
-        lambda c, ns: c.request("POST", "/v1/ports", _body(ns, "name", "network", "netns", "ifname", "mac", "ip", "mtu")),
+        "add a port: a TAP device whose interface sits in namespace NS (with --host: in vswitchd's own)",
+        _port_add,
+        check=lambda ns: None if ns.host or ns.netns is not None else "the following arguments are required: --netns (or --host)",
         args=(
             Arg("name", "NAME", "unique port name"),
             NET,
-            Arg("--netns", "NS", "namespace name under /run/netns, or a path"),
-            Arg("--ifname", "IF", "interface name inside the namespace (default eth0)", required=False),
+            Arg("--netns", "NS", "namespace name under /run/netns, or a path (not with --host)", required=False),
+            Arg("--host", "", "a host port: the interface stays in vswitchd's namespace, e.g. the network's gateway",
+                required=False, action="store_true"),
+            Arg("--ifname", "IF", "interface name (default eth0; a host port's: the port's name)", required=False),
             Arg("--mac", "MAC", "fixed MAC of the interface", required=False),
-            Arg("--ip", "CIDR", "address to configure inside the namespace, e.g. 10.1.0.1/24", required=False),
+            Arg("--ip", "CIDR", "address to configure on the interface, e.g. 10.1.0.1/24; repeat for more",
+                required=False, action="append"),
+            Arg("--route", "DST[,GW]", "route to configure beside the addresses; repeat for more", required=False,
+                type=_route, action="append"),
+            Arg("--mtu", "N", "interface MTU", required=False, type=int),
+            Arg("--label", "K=V", "a label (e.g. who made the port); repeat for more", required=False, type=_label,
+                action="append"),
+            Arg("--masquerade", "", "host port: masquerade its IPv4 subnets' traffic out of vswitchd's namespace",
+                required=False, action="store_true"),
+        ),
+    ),
+    Command(
+        ("port", "set"),
+        "change a port's addresses, routes or MTU in place (given ones replace the old)",
+        lambda c, ns: c.request("PATCH", f"/v1/ports/{_seg(ns.name)}", _port_body(ns, "ip", "route", "mtu")),
+        render_port,
+        args=(
+            Arg("name", "NAME", "port name"),
+            Arg("--ip", "CIDR", "the port's addresses; repeat for more", required=False, action="append"),
+            Arg("--route", "DST[,GW]", "the port's routes; repeat for more", required=False, type=_route, action="append"),
             Arg("--mtu", "N", "interface MTU", required=False, type=int),
         ),
+    ),
+    Command(
+        ("port", "show"),
+        "one port: addresses, routes, labels and state",
+        lambda c, ns: c.request("GET", f"/v1/ports/{_seg(ns.name)}"),
+        render_port,
+        args=(Arg("name", "NAME", "port name"),),
     ),
     Command(
         ("port", "del"),
@@ -328,7 +417,13 @@ COMMANDS: tuple[Command, ...] = (
         lambda c, ns: c.request("DELETE", f"/v1/ports/{_seg(ns.name)}"),
         args=(Arg("name", "NAME", "port name"),),
     ),
-    Command(("port", "list"), "list ports with their state", lambda c, ns: c.request("GET", "/v1/ports"), render_ports),
+    Command(
+        ("port", "list"),
+        "list ports with their state",
+        _port_list,
+        render_ports,
+        args=(NET_FILTER, Arg("--label", "K[=V]", "only ports with this label (any value without =V)", required=False)),
+    ),
     Command(
         ("peer", "add"),
         "add a remote VTEP to a network",
@@ -441,9 +536,11 @@ def build_parser() -> argparse.ArgumentParser:
             leaf = nested[group].add_parser(cmd.words[1], description=cmd.help, formatter_class=fmt)
         _global_options(leaf, argparse.SUPPRESS)
         for arg in cmd.args:
-            if arg.name.startswith("-"):
+            if arg.action == "store_true":
+                leaf.add_argument(arg.name, *arg.aliases, help=arg.help, action="store_true", default=None)
+            elif arg.name.startswith("-"):
                 leaf.add_argument(arg.name, *arg.aliases, metavar=arg.metavar, help=arg.help, required=arg.required,
-                                  type=arg.type, default=None, choices=arg.choices)
+                                  type=arg.type, default=None, choices=arg.choices, action=arg.action or "store")
             else:
                 leaf.add_argument(arg.name, metavar=arg.metavar, help=arg.help, type=arg.type)
         leaf.set_defaults(command=cmd)
@@ -462,7 +559,11 @@ def _error(as_json: bool, kind: str, detail: str, status: int | None = None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    problem = ns.command.check(ns) if ns.command.check is not None else None
+    if problem is not None:
+        parser.error(f"{' '.join(ns.command.words)}: {problem}")
     for key, value in vars(ns).items():
         # Python keeps an argument's undecodable bytes as lone surrogates, which no request can carry.
         if isinstance(value, str) and not _is_utf8(value):

@@ -116,13 +116,17 @@ def check_references(state: DesiredState, *, check_netns: bool = True) -> None:
             raise InvalidArgument(f"port[{i}].name: {port.name!r} is already defined by port[{j}]")
         if port.network not in networks:
             raise InvalidArgument(f"port[{i}].network: {port.network!r} is not a defined network")
-        path = resolve_netns(port.netns, where=f"port[{i}].netns") if check_netns else netns_path(port.netns)
-        # With the namespace at hand, /proc/PID/ns/net and /run/netns/NAME
-        # for the same namespace compare equal.
-        ns_key = (netns_identity(path) if check_netns else None) or path
+        if port.netns is None:  # a host port: its interface sits in vswitchd's own namespace
+            ns_key: Any = ("host",)
+        else:
+            path = resolve_netns(port.netns, where=f"port[{i}].netns") if check_netns else netns_path(port.netns)
+            # With the namespace at hand, /proc/PID/ns/net and /run/netns/NAME
+            # for the same namespace compare equal.
+            ns_key = (netns_identity(path) if check_netns else None) or path
         if (j := _first_seen(interfaces, (ns_key, port.ifname), i)) is not None:
+            where = "vswitchd's namespace" if port.netns is None else f"netns {port.netns!r}"
             raise InvalidArgument(
-                f"port[{i}].ifname: {port.ifname!r} in netns {port.netns!r} is already used by port[{j}] ({state.ports[j].name!r})"
+                f"port[{i}].ifname: {port.ifname!r} in {where} is already used by port[{j}] ({state.ports[j].name!r})"
             )
 
     peers: dict[tuple[str, str], int] = {}

@@ -6,6 +6,7 @@ InvalidArgument with a message that names the field and the offending value.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import re
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,11 @@ VNI_MAX = (1 << 24) - 1
 MTU_MIN, MTU_MAX = 68, 65521  # 65535 less the L2 header and a tag
 IO_MODES = ("auto", "uring", "poll")
 MAX_PEERS = 1024  # tunnel peers over all networks: the datapath's peer table
+MAX_PORT_IPS = 16
+MAX_PORT_ROUTES = 64
+MAX_LABELS = 32
+LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./-]{0,62}")
+LABEL_VALUE_MAX = 253
 
 
 def _fail(where: str, value: Any, why: str) -> InvalidArgument:
@@ -165,31 +171,214 @@ class NetworkSpec:
         return asdict(self)
 
 
+def check_bool(where: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(where, value, "is not true or false")
+    return value
+
+
+def check_list(where: str, value: Any, most: int) -> list[Any]:
+    if not isinstance(value, list):
+        raise _fail(where, value, "is not a list")
+    if len(value) > most:
+        raise InvalidArgument(f"{where}: {len(value)} items, at most {most} are allowed")
+    return value
+
+
+def check_labels(where: str, value: Any) -> tuple[tuple[str, str], ...]:
+    """Labels as sorted (key, value) pairs: keys like names (also '/'), values short printable text."""
+    if not isinstance(value, dict):
+        raise _fail(where, value, "is not an object of string keys and values")
+    if len(value) > MAX_LABELS:
+        raise InvalidArgument(f"{where}: {len(value)} labels, at most {MAX_LABELS} are allowed")
+    for key, text in value.items():
+        if not isinstance(key, str) or not LABEL_KEY_RE.fullmatch(key):
+            raise _fail(f"{where} key", key, "is not a label key (1-63 of A-Z a-z 0-9 _ . / -, starting alphanumeric)")
+        if not isinstance(text, str) or len(text) > LABEL_VALUE_MAX or not text.isprintable():
+            raise _fail(f"{where}.{key}", text, f"is not a label value (printable text of at most {LABEL_VALUE_MAX} characters)")
+    return tuple(sorted(value.items()))
+
+
+def check_label_filter(where: str, value: Any) -> tuple[str, str | None]:
+    """'KEY=VALUE' (that value) or 'KEY' (any value) as (key, value or None)."""
+    if not isinstance(value, str):
+        raise _fail(where, value, "is not KEY or KEY=VALUE")
+    key, sep, text = value.partition("=")
+    if not LABEL_KEY_RE.fullmatch(key):
+        raise _fail(where, value, "is not KEY or KEY=VALUE with a valid label key")
+    return key, (text if sep else None)
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    """A route configured beside a port's addresses: to `dst` via `gw`, or on the link when gw is None."""
+
+    dst: str
+    gw: str | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: str = "route") -> RouteSpec:
+        check_keys(where, data, {"dst", "gw"}, {"dst"})
+        dst = data["dst"]
+        try:
+            net = ipaddress.ip_network(dst, strict=False) if isinstance(dst, str) and "/" in dst else None
+        except ValueError:
+            net = None
+        if net is None:
+            raise _fail(f"{where}.dst", dst, "is not a destination network (e.g. 0.0.0.0/0 or 10.2.0.0/16)")
+        gw = None if data.get("gw") is None else check_ip(f"{where}.gw", data["gw"])
+        if gw is not None and ipaddress.ip_address(gw).version != net.version:
+            raise _fail(f"{where}.gw", gw, f"is not of the same IP version as dst {net}")
+        return cls(dst=str(net), gw=gw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dst": self.dst} if self.gw is None else {"dst": self.dst, "gw": self.gw}
+
+
+def _parse_ips(where: str, data: dict[str, Any]) -> tuple[str, ...]:
+    """A port's addresses from 'ip' (one) or 'ips' (several), never both."""
+    if data.get("ip") is not None and data.get("ips") is not None:
+        raise InvalidArgument(f"{where}: give 'ip' or 'ips', not both")
+    if data.get("ips") is None:
+        return () if data.get("ip") is None else (check_cidr(f"{where}.ip", data["ip"]),)
+    ips = tuple(check_cidr(f"{where}.ips[{i}]", v) for i, v in enumerate(check_list(f"{where}.ips", data["ips"], MAX_PORT_IPS)))
+    seen = set()
+    for i, ip in enumerate(ips):
+        addr = ipaddress.ip_interface(ip).ip
+        if addr in seen:
+            raise _fail(f"{where}.ips[{i}]", ip, "repeats an address given before")
+        seen.add(addr)
+    return ips
+
+
+def _parse_routes(where: str, value: Any) -> tuple[RouteSpec, ...]:
+    if value is None:
+        return ()
+    items = check_list(where, value, MAX_PORT_ROUTES)
+    return tuple(RouteSpec.parse(item, where=f"{where}[{i}]") for i, item in enumerate(items))
+
+
+PORT_KEYS = {"name", "network", "netns", "ifname", "mac", "ip", "ips", "mtu", "routes", "labels", "host", "masquerade"}
+
+
 @dataclass(frozen=True)
 class PortSpec:
+    """A port. Most are a TAP inside a container's namespace; a host port's
+    interface stays in vswitchd's own namespace (netns is None), e.g. as the
+    network's gateway, optionally masquerading its IPv4 subnets.
+
+    `ip` is the first of `ips` (either may be given when building one)."""
+
     name: str
     network: str
-    netns: str
+    netns: str | None
     ifname: str = "eth0"
     mac: str | None = None
     ip: str | None = None
     mtu: int | None = None
+    ips: tuple[str, ...] = ()
+    routes: tuple[RouteSpec, ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+    host: bool = False
+    masquerade: bool = False
+
+    def __post_init__(self) -> None:
+        # One source of truth for the addresses, whichever of the two was given.
+        if not self.ips and self.ip is not None:
+            object.__setattr__(self, "ips", (self.ip,))
+        if self.ips and self.ip != self.ips[0]:
+            object.__setattr__(self, "ip", self.ips[0])
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str = "port") -> PortSpec:
-        check_keys(where, data, {"name", "network", "netns", "ifname", "mac", "ip", "mtu"}, {"name", "network", "netns"})
+        check_keys(where, data, PORT_KEYS, {"name", "network"})
+        name = check_name(f"{where}.name", data["name"])
+        host = check_bool(f"{where}.host", data.get("host", False))
+        if host and data.get("netns") is not None:
+            raise InvalidArgument(f"{where}.netns: a host port stays in vswitchd's namespace; give no netns")
+        if not host and data.get("netns") is None:
+            raise InvalidArgument(f"{where}: missing required key 'netns'")
+        # A host port's interface sits among the host's own: it is named after the port, not eth0.
+        ifname = data.get("ifname", name if host else "eth0")
+        if host and "ifname" not in data and len(name.encode()) > IFNAME_MAX:
+            raise InvalidArgument(f"{where}.ifname: a host port named {name!r} needs an ifname of at most {IFNAME_MAX} bytes")
+        ips = _parse_ips(where, data)
+        masquerade = check_bool(f"{where}.masquerade", data.get("masquerade", False))
+        if masquerade and not host:
+            raise InvalidArgument(f"{where}.masquerade: only a host port (the network's way out) can masquerade")
+        if masquerade and not any(ipaddress.ip_interface(ip).version == 4 for ip in ips):
+            raise InvalidArgument(f"{where}.masquerade: needs an IPv4 address on the port: its subnet is what is masqueraded")
         return cls(
-            name=check_name(f"{where}.name", data["name"]),
+            name=name,
             network=check_name(f"{where}.network", data["network"]),
-            netns=check_netns(f"{where}.netns", data["netns"]),
-            ifname=check_ifname(f"{where}.ifname", data.get("ifname", "eth0")),
+            netns=None if host else check_netns(f"{where}.netns", data["netns"]),
+            ifname=check_ifname(f"{where}.ifname", ifname),
             mac=None if data.get("mac") is None else check_mac(f"{where}.mac", data["mac"]),
-            ip=None if data.get("ip") is None else check_cidr(f"{where}.ip", data["ip"]),
+            ips=ips,
             mtu=None if data.get("mtu") is None else check_int(f"{where}.mtu", data["mtu"], MTU_MIN, MTU_MAX),
+            routes=_parse_routes(f"{where}.routes", data.get("routes")),
+            labels=() if data.get("labels") is None else check_labels(f"{where}.labels", data["labels"]),
+            host=host,
+            masquerade=masquerade,
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # Written as older vswitchds wrote it where it can be: one address is 'ip', and
+        # keys at their defaults are left out.
+        out: dict[str, Any] = {"name": self.name, "network": self.network}
+        if self.netns is not None:
+            out["netns"] = self.netns
+        out["ifname"] = self.ifname
+        for key in ("mac", "mtu"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if len(self.ips) == 1:
+            out["ip"] = self.ips[0]
+        elif self.ips:
+            out["ips"] = list(self.ips)
+        if self.routes:
+            out["routes"] = [r.to_dict() for r in self.routes]
+        if self.labels:
+            out["labels"] = dict(self.labels)
+        if self.host:
+            out["host"] = True
+        if self.masquerade:
+            out["masquerade"] = True
+        return out
+
+    @property
+    def label_map(self) -> dict[str, str]:
+        return dict(self.labels)
+
+
+@dataclass(frozen=True)
+class PortUpdate:
+    """What PATCH may change on a live port without re-creating its interface; None leaves a part as it is."""
+
+    ips: tuple[str, ...] | None = None
+    routes: tuple[RouteSpec, ...] | None = None
+    mtu: int | None = None
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: str = "port") -> PortUpdate:
+        check_keys(where, data, {"ip", "ips", "routes", "mtu"}, set())
+        if not data:
+            raise InvalidArgument(f"{where}: nothing to change (give ip, ips, routes or mtu)")
+        given_ips = "ip" in data or "ips" in data
+        return cls(
+            ips=_parse_ips(where, data) if given_ips else None,
+            routes=_parse_routes(f"{where}.routes", data["routes"]) if "routes" in data else None,
+            mtu=None if data.get("mtu") is None else check_int(f"{where}.mtu", data["mtu"], MTU_MIN, MTU_MAX),
+        )
+
+
+def attachment_port_name(container_id: str, ifname: str) -> str:
+    """The port name of a container runtime's attachment (container ID, ifname): always the
+    same for the same pair, a valid name (<= 63 characters) for any pair. The first 12
+    characters of the ID are kept for people; the hash tells attachments apart."""
+    readable = re.sub(r"[^A-Za-z0-9]", "", container_id)[:12] or "x"
+    digest = hashlib.sha256(f"{container_id}\0{ifname}".encode()).hexdigest()[:16]
+    return f"cni-{readable}-{digest}"
 
 
 @dataclass(frozen=True)

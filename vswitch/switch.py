@@ -14,6 +14,7 @@ the datapath's tables and reads its counters.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import select
@@ -28,10 +29,11 @@ from .capture import Capture
 from .eventlog import EventLog
 from .liveness import LoopRunner
 from .errors import ConfigError, Conflict, InvalidArgument, NotFound
-from .model import (MAX_PEERS, DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, SwitchSettings, check_mac,
-                    check_name, peer_problem)
+from .masquerade import Masquerade, subnets_of
+from .model import (MAX_PEERS, DesiredState, NetworkSpec, PeerSpec, PortSpec, PortUpdate, StaticFdbSpec, SwitchSettings,
+                    check_mac, check_name, peer_problem)
 from .netns import netns_identity, netns_path, resolve_netns
-from .tap import TSO_OFFLOADS, TapPort, open_tap
+from .tap import TSO_OFFLOADS, TapPort, open_tap, reconfigure_tap
 
 log = logging.getLogger("vswitch.switch")
 
@@ -41,6 +43,9 @@ UDP_GRO = 104
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348)
 DEFAULT_MTU = 1500
 NETNS_CHECK_INTERVAL_S = 0.5
+# Where a host port's interface lives: vswitchd's own namespace (the main thread's,
+# whichever thread opens it).
+HOST_NETNS = "/proc/self/ns/net"
 
 
 def _where(out: dict[str, Any]) -> str:
@@ -83,6 +88,7 @@ class Switch:
         self._wake_r, self._wake_w = os.pipe()  # wakes the port watcher at stop
         self._events = EventLog(self._out_name)
         self._event_seq = 0
+        self._masquerade = Masquerade()
 
     def _make_datapath(self, requested: str) -> Datapath:
         """The datapath in the io_mode setting's I/O mode. auto takes io_uring
@@ -231,7 +237,7 @@ class Switch:
             for net in state.networks:
                 self._add_network(net)
             for port in state.ports:
-                if not strict and netns_identity(netns_path(port.netns)) is None:
+                if not strict and port.netns is not None and netns_identity(netns_path(port.netns)) is None:
                     log.warning("port %s not restored: netns %s is gone", port.name, port.netns)
                     continue
                 self._add_port(port)
@@ -336,26 +342,77 @@ class Switch:
         if spec.name in self._ports:
             raise Conflict(f"port {spec.name!r} already exists")
         net = self._network(spec.network)
-        path = resolve_netns(spec.netns, "netns")
+        path = HOST_NETNS if spec.host else resolve_netns(spec.netns or "", "netns")
+        where = "vswitchd's namespace" if spec.host else f"netns {spec.netns}"
         for other in self._ports.values():
             if other.netns_path == path and other.spec.ifname == spec.ifname:
-                raise Conflict(f"port {other.spec.name!r} already uses {spec.ifname} in netns {spec.netns}")
+                raise Conflict(f"port {other.spec.name!r} already uses {spec.ifname} in {where}")
         mtu = spec.mtu or self._default_mtu(net)
         vnet = self.settings.offloads
         # TSO super-frames cross between local ports as they are, and are
         # cut into segments in the loop when bound for a VXLAN peer.
         offloads = TSO_OFFLOADS if vnet else 0
-        tap = open_tap(path, spec.ifname, mac=spec.mac, ip=spec.ip, mtu=mtu, vnet_hdr=vnet, offloads=offloads)
+        tap = open_tap(path, spec.ifname, mac=spec.mac, ips=spec.ips, mtu=mtu, vnet_hdr=vnet, offloads=offloads,
+                       routes=[(r.dst, r.gw) for r in spec.routes])
         try:
             index = self._dp.add_port(tap.fd, net.id, mtu, vnet)
         except Exception as e:
             tap.destroy() if tap.created else tap.close()
             raise Conflict(f"port {spec.name!r} cannot be attached: {e}") from e
-        self._ports[spec.name] = _Port(spec, tap, index, mtu, path, netns_identity(path))
+        port = _Port(spec, tap, index, mtu, path, netns_identity(path))
+        self._ports[spec.name] = port
+        if spec.masquerade:
+            try:
+                self._sync_masquerade()
+            except Exception:
+                self._drop_port(port, destroy=tap.created)
+                raise
         log.info(
-            "port %s %s: %s in netns %s, network %s, mtu %d",
-            spec.name, "created" if tap.created else "re-attached", spec.ifname, spec.netns, spec.network, mtu,
+            "port %s %s: %s in %s, network %s, mtu %d",
+            spec.name, "created" if tap.created else "re-attached", spec.ifname, where, spec.network, mtu,
         )
+
+    def _sync_masquerade(self) -> None:
+        self._masquerade.sync({p.spec.name: subnets_of(p.spec.ips) for p in self._ports.values() if p.spec.masquerade})
+
+    def set_port(self, name: str, update: PortUpdate) -> dict[str, Any]:
+        """Change a port's addresses, routes or MTU in place: its interface, MAC and
+        namespace stay. A new MTU re-registers the same TAP fd with the datapath, so the
+        port's learned FDB entries and counters start afresh (static entries are kept)."""
+        with self._lock:
+            port = self._port(name)
+            old = port.spec
+            ips = old.ips if update.ips is None else update.ips
+            routes = old.routes if update.routes is None else update.routes
+            new = dataclasses.replace(old, ip=None, ips=ips, routes=routes,
+                                      mtu=old.mtu if update.mtu is None else update.mtu)
+            if new.masquerade and not subnets_of(new.ips):
+                raise InvalidArgument(f"port {name!r} masquerades: it needs an IPv4 address")
+            mtu_changes = update.mtu is not None and update.mtu != port.mtu
+            if mtu_changes and port.capture is not None:
+                raise Conflict(f"port {name!r} is being captured: stop the capture before changing its MTU")
+            reconfigure_tap(port.netns_path, old.ifname, old_ips=old.ips, new_ips=new.ips,
+                            old_routes=[(r.dst, r.gw) for r in old.routes],
+                            new_routes=[(r.dst, r.gw) for r in new.routes],
+                            mtu=update.mtu if mtu_changes else None)
+            port.spec = new
+            if mtu_changes:
+                self._reattach(port, update.mtu)  # type: ignore[arg-type]
+            if new.masquerade:
+                self._sync_masquerade()
+            log.info("port %s changed: ips %s, %d routes, mtu %d", name, list(new.ips) or "none", len(new.routes), port.mtu)
+            self._changed()
+            return self._port_view(port)
+
+    def _reattach(self, port: _Port, mtu: int) -> None:
+        """The same TAP fd registered again under a new MTU (the datapath fixes a port's MTU when added)."""
+        net = self._networks[port.spec.network]
+        self._dp.remove_port(port.index)
+        port.index = self._dp.add_port(port.tap.fd, net.id, mtu, self.settings.offloads)
+        port.mtu = mtu
+        for entry in self._static.values():
+            if entry.port == port.spec.name:
+                self._dp.fdb_set_static(net.id, entry.mac, port.index)
 
     def del_port(self, name: str) -> None:
         with self._lock:
@@ -379,10 +436,22 @@ class Switch:
         except OSError as e:  # the interface may already be gone with its namespace
             log.debug("closing port %s: %s", port.spec.name, e)
             port.tap.close()
+        if port.spec.masquerade:
+            try:
+                self._sync_masquerade()
+            except Conflict as e:  # the port is gone all the same; its rule stays until the next change
+                log.warning("port %s removed, but its masquerade rule could not be: %s", port.spec.name, e)
 
-    def list_ports(self) -> list[dict[str, Any]]:
+    def list_ports(self, network: str | None = None, label: tuple[str, str | None] | None = None) -> list[dict[str, Any]]:
+        """All ports, or those in `network` and/or carrying label (key, value; None: any value)."""
         with self._lock:
-            return [self._port_view(p) for p in self._ports.values()]
+            if network is not None:
+                self._network(network)
+            ports = [p for p in self._ports.values() if network is None or p.spec.network == network]
+            if label is not None:
+                key, value = label
+                ports = [p for p in ports if key in p.spec.label_map and value in (None, p.spec.label_map[key])]
+            return [self._port_view(p) for p in ports]
 
     def get_port(self, name: str) -> dict[str, Any]:
         with self._lock:
@@ -407,6 +476,11 @@ class Switch:
             "index": port.index,
             "state": self._dp.port_state(port.index),
             "counters": self._dp.port_counters(port.index),
+            "ips": list(s.ips),
+            "routes": [r.to_dict() for r in s.routes],
+            "labels": s.label_map,
+            "host": s.host,
+            "masquerade": s.masquerade,
         }
 
     def _watch_ports(self) -> None:

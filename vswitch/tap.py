@@ -12,6 +12,8 @@ import fcntl
 import ipaddress
 import os
 import socket
+from typing import Sequence
+
 import pytun
 from pyroute2 import IPRoute, NetlinkError
 
@@ -74,13 +76,11 @@ def _link_kind(ipr: IPRoute, ifname: str) -> str | None:
     return "tun" if tun_type not in (None, IFLA_TUN_TYPE_TAP) else "tap"
 
 
-def _configure(ipr: IPRoute, idx: int, mac: str | None, ip: str | None, mtu: int | None) -> str:
-    link = ipr.get_links(idx)[0]
-    if mac is not None and link.get_attr("IFLA_ADDRESS") != mac.lower():
-        ipr.link("set", index=idx, address=mac)
-    if mtu is not None and link.get_attr("IFLA_MTU") != mtu:
-        ipr.link("set", index=idx, mtu=mtu)
-    if ip is not None:
+Route = tuple[str, str | None]  # (destination network, gateway or None for on-link)
+
+
+def _add_addresses(ipr: IPRoute, idx: int, ips: Sequence[str]) -> None:
+    for ip in ips:
         iface = ipaddress.ip_interface(ip)
         family = socket.AF_INET6 if iface.version == 6 else socket.AF_INET
         present = {
@@ -89,8 +89,81 @@ def _configure(ipr: IPRoute, idx: int, mac: str | None, ip: str | None, mtu: int
         }
         if (str(iface.ip), iface.network.prefixlen) not in present:
             ipr.addr("add", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+
+
+def _route_args(idx: int, route: Route) -> dict[str, object]:
+    dst, gw = route
+    net = ipaddress.ip_network(dst)
+    args: dict[str, object] = {"dst": str(net), "oif": idx,
+                               "family": socket.AF_INET6 if net.version == 6 else socket.AF_INET}
+    if gw is not None:
+        args["gateway"] = gw
+    return args
+
+
+def _add_routes(ipr: IPRoute, idx: int, routes: Sequence[Route]) -> None:
+    # "replace": a route the kernel already has for dst (the subnet's own, say) is not a failure.
+    for route in routes:
+        ipr.route("replace", **_route_args(idx, route))
+
+
+def _configure(ipr: IPRoute, idx: int, mac: str | None, ips: Sequence[str], mtu: int | None,
+               routes: Sequence[Route] = ()) -> str:
+    link = ipr.get_links(idx)[0]
+    if mac is not None and link.get_attr("IFLA_ADDRESS") != mac.lower():
+        ipr.link("set", index=idx, address=mac)
+    if mtu is not None and link.get_attr("IFLA_MTU") != mtu:
+        ipr.link("set", index=idx, mtu=mtu)
+    _add_addresses(ipr, idx, ips)
     ipr.link("set", index=idx, state="up")
+    # After the link is up: a route through a gateway needs the gateway's subnet reachable.
+    _add_routes(ipr, idx, routes)
     return str(ipr.get_links(idx)[0].get_attr("IFLA_ADDRESS"))
+
+
+def _reconfigure_in_ns(path: str, ifname: str, old_ips: Sequence[str], new_ips: Sequence[str],
+                       old_routes: Sequence[Route], new_routes: Sequence[Route], mtu: int | None) -> None:
+    where = f"netns {netns_label(path)}"
+    ipr = IPRoute()
+    try:
+        found = ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise Conflict(f"{where}: interface {ifname} is gone")
+        idx = found[0]
+        try:
+            if mtu is not None:
+                ipr.link("set", index=idx, mtu=mtu)
+            for route in old_routes:
+                if route not in new_routes:
+                    try:
+                        ipr.route("del", **_route_args(idx, route))
+                    except NetlinkError as e:
+                        if e.code != errno.ESRCH:  # already gone (with its address, say)
+                            raise
+            # Only what vswitch configured is taken away: addresses the container added stay.
+            for ip in old_ips:
+                if ip not in new_ips:
+                    iface = ipaddress.ip_interface(ip)
+                    try:
+                        ipr.addr("del", index=idx, address=str(iface.ip), prefixlen=iface.network.prefixlen)
+                    except NetlinkError as e:
+                        if e.code != errno.EADDRNOTAVAIL:
+                            raise
+            _add_addresses(ipr, idx, new_ips)
+            _add_routes(ipr, idx, new_routes)
+        except NetlinkError as e:
+            raise InvalidArgument(f"{where}: cannot reconfigure {ifname} (ips={list(new_ips)}, routes={list(new_routes)}, "
+                                  f"mtu={mtu}): {os.strerror(e.code)}") from None
+    finally:
+        ipr.close()
+
+
+def reconfigure_tap(netns_path: str, ifname: str, *, old_ips: Sequence[str], new_ips: Sequence[str],
+                    old_routes: Sequence[Route], new_routes: Sequence[Route], mtu: int | None) -> None:
+    """Change a live interface's addresses, routes and MTU in place: what vswitch configured
+    before and is no longer wanted goes, the rest is added; the interface stays."""
+    run_in_netns(resolve_netns(netns_path), _reconfigure_in_ns, netns_path, ifname, old_ips, new_ips,
+                 old_routes, new_routes, mtu)
 
 
 def _set_offloads(fd: int, vnet_hdr: bool, offloads: int) -> None:
@@ -99,8 +172,8 @@ def _set_offloads(fd: int, vnet_hdr: bool, offloads: int) -> None:
     fcntl.ioctl(fd, TUNSETOFFLOAD, offloads)
 
 
-def _open_in_ns(path: str, ifname: str, flags: int, mac: str | None, ip: str | None, mtu: int | None,
-                offloads: int) -> TapPort:
+def _open_in_ns(path: str, ifname: str, flags: int, mac: str | None, ips: Sequence[str], mtu: int | None,
+                offloads: int, routes: Sequence[Route]) -> TapPort:
     where = f"netns {netns_label(path)}"
     ipr = IPRoute()
     try:
@@ -124,10 +197,13 @@ def _open_in_ns(path: str, ifname: str, flags: int, mac: str | None, ip: str | N
             dev.persist(True)
             idx = ipr.link_lookup(ifname=ifname)[0]
             try:
-                actual_mac = _configure(ipr, idx, mac, ip, mtu)
+                actual_mac = _configure(ipr, idx, mac, ips, mtu, routes)
             except NetlinkError as e:
                 # e.g. an IPv6 address in a namespace with IPv6 disabled
-                raise InvalidArgument(f"{where}: cannot configure {ifname} (mac={mac}, ip={ip}, mtu={mtu}): {os.strerror(e.code)}") from None
+                shown = ips[0] if len(ips) == 1 else (list(ips) or None)
+                extra = f", routes={[r for r in routes]}" if routes else ""
+                raise InvalidArgument(f"{where}: cannot configure {ifname} (mac={mac}, ip={shown}, mtu={mtu}{extra}): "
+                                      f"{os.strerror(e.code)}") from None
         except BaseException:
             if existing is None:
                 dev.persist(False)  # leave nothing behind that we created
@@ -147,6 +223,8 @@ def open_tap(
     mtu: int | None = None,
     vnet_hdr: bool = False,
     offloads: int = 0,
+    ips: Sequence[str] = (),
+    routes: Sequence[Route] = (),
 ) -> TapPort:
     """Create (or re-attach to) the persistent TAP `ifname` inside a namespace and configure it.
 
@@ -155,9 +233,11 @@ def open_tap(
     interface or the TAP is already held open. With vnet_hdr, every frame on
     the fd is led by a 12-byte virtio-net header, and `offloads` (TUN_F_*)
     says which super-frames and partial checksums the container may send.
+    `ips` (or the one `ip`) are configured on it, then `routes` (dst, gw or None).
     """
     path = resolve_netns(netns_path)
     flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
     if offloads and not vnet_hdr:
         raise ValueError("offloads need the virtio-net header (vnet_hdr=True)")
-    return run_in_netns(path, _open_in_ns, path, ifname, flags, mac, ip, mtu, offloads)
+    addresses = tuple(ips) or ((ip,) if ip is not None else ())
+    return run_in_netns(path, _open_in_ns, path, ifname, flags, mac, addresses, mtu, offloads, tuple(routes))

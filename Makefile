@@ -13,7 +13,7 @@ PYTEST := $(VENV_PY) -m pytest -q -ra -p no:cacheprovider
 # Debian packages the build, the tests and the demo use: liburing for the
 # loop's io_uring mode (linked statically), ping, captures, and the reference
 # switches and Prometheus that later tests compare against.
-DEB_PACKAGES := liburing-dev iproute2 iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch
+DEB_PACKAGES := liburing-dev iproute2 iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch etcd-server etcd-client
 
 EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.h)
 # C files that cythonize writes beside each .pyx; their directives differ

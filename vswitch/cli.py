@@ -127,11 +127,37 @@ def top_counters(stats: dict[str, Any], n: int = TOP_COUNTERS) -> list[tuple[str
     return sorted(numbers, key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
+def cluster_line(doc: dict[str, Any]) -> str:
+    etcd = doc["etcd"]
+    state = "etcd reachable" if etcd["reachable"] else (
+        f"etcd UNREACHABLE for {etcd['unreachable_for_s']} s, forwarding on the last known state")
+    derived = doc.get("derived") or {}
+    return (f"cluster: node {doc['node']}, {state}, {len(doc['nodes'])} nodes, "
+            f"{derived.get('peers', 0)} peers and {derived.get('remote_macs', 0)} remote MACs from etcd")
+
+
+def render_cluster(doc: dict[str, Any]) -> str:
+    rows = [(n["name"] + (" (self)" if n.get("self") else ""), n.get("vtep"), "alive" if n.get("alive") else "gone",
+             n.get("lease_ttl_s"), n.get("lease_age_s"), ",".join(n.get("networks") or []), n.get("ports"))
+            for n in doc["nodes"]]
+    parts = [cluster_line(doc), f"etcd: {', '.join(doc['etcd']['endpoints'])} (using {doc['etcd'].get('using')})"]
+    if doc["etcd"].get("last_error"):
+        parts.append(f"last error: {doc['etcd']['last_error']}")
+    parts += ["nodes" + (" (last known: etcd is unreachable)" if doc.get("stale") else "") + ":",
+              table(("NODE", "VTEP", "STATE", "LEASE_TTL_S", "LEASE_AGE_S", "NETWORKS", "PORTS"), rows, "  ")]
+    parts += ["networks:", table(("NETWORK", "VNI", "NODES"),
+                                 [(n["name"], n.get("vni"), ",".join(n.get("nodes") or [])) for n in doc["networks"]], "  ")]
+    for name, why in sorted((doc.get("conflicts") or {}).items()):
+        parts.append(f"conflict: network {name}: {why}")
+    return "\n".join(parts)
+
+
 def render_show(doc: dict[str, Any]) -> str:
     fdb = doc["fdb"]
     return "\n".join(
         [
             f"io_mode: {doc['io_mode']}",
+            *([cluster_line(doc["cluster"])] if doc.get("cluster") else []),
             f"networks ({len(doc['networks'])}):",
             render_networks(doc["networks"], "  "),
             f"ports ({len(doc['ports'])}):",
@@ -278,7 +304,14 @@ def _body(ns: argparse.Namespace, *keys: str) -> dict[str, Any]:
 def _show(c: Client, ns: argparse.Namespace) -> dict[str, Any]:
     fdb = c.request("GET", "/v1/fdb")
     stats = c.request("GET", "/v1/stats")
+    try:
+        cluster = c.request("GET", "/v1/cluster")
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        cluster = None  # not a cluster node (or a vswitchd without clusters)
     return {
+        "cluster": cluster,
         "io_mode": stats["io_mode"],
         "networks": c.request("GET", "/v1/networks"),
         "ports": c.request("GET", "/v1/ports"),
@@ -363,9 +396,10 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("fdb", "add"),
-        "add a static FDB entry: MAC in NET is on port P",
-        lambda c, ns: c.request("POST", "/v1/fdb", _body(ns, "network", "mac", "port")),
-        args=(Arg("mac", "MAC", "unicast MAC address"), NET, Arg("--port", "P", "port name")),
+        "add a static FDB entry: MAC in NET is on port P, or behind peer REMOTE",
+        lambda c, ns: c.request("POST", "/v1/fdb", _body(ns, "network", "mac", "port", "peer")),
+        args=(Arg("mac", "MAC", "unicast MAC address"), NET, Arg("--port", "P", "port name", required=False),
+              Arg("--peer", "REMOTE", "a tunnel peer (remote VTEP) of NET", required=False)),
     ),
     Command(
         ("fdb", "del"),
@@ -373,6 +407,8 @@ COMMANDS: tuple[Command, ...] = (
         lambda c, ns: c.request("DELETE", f"/v1/fdb/{_seg(ns.network)}/{_seg(ns.mac)}"),
         args=(Arg("mac", "MAC", "MAC address"), NET),
     ),
+    Command(("cluster",), "cluster nodes, their VTEPs, liveness and lease age, and etcd's reachability",
+            lambda c, ns: c.request("GET", "/v1/cluster"), lambda doc: render_cluster(doc)),
     Command(("stats",), "counters of ports, tunnel peers, the MAC table and the forwarding loop", lambda c, ns: c.request("GET", "/v1/stats"), render_stats),
     Command(
         ("trace",),

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from .api import ApiServer
+from .clusterconfig import load_cluster
 from .config import load_config
 from .errors import ConfigError, VswitchError
 from .metrics import ApiRequestCounter, serve_metrics
@@ -50,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-mode", choices=IO_MODES,
                    help="forwarding loop I/O: io_uring, epoll + read/write, or auto (io_uring where it works); "
                         "overrides [switch] io_mode (default: the config's, else auto)")
+    p.add_argument("--etcd", metavar="URL[,URL...]",
+                   help="join the cluster kept in this etcd (client URLs); overrides [cluster] etcd")
     return p
 
 
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    cluster_settings = load_cluster(args.config, getattr(args, "etcd", None))
     store = StateStore(args.state_dir)
     saved = store.load()
     # The config's networks and ports only seed an empty state dir, so only then must their
@@ -91,7 +95,14 @@ def run(args: argparse.Namespace) -> int:
     if args.io_mode is not None:
         settings = dataclasses.replace(settings, io_mode=args.io_mode)
     api_requests = ApiRequestCounter()
-    switch = Switch(settings, on_change=store.save)
+    agents: list = []  # the cluster agent, once there is one: told of every saved change
+
+    def on_change(state: DesiredState) -> None:
+        store.save(state)
+        for agent in agents:
+            agent.local_changed()
+
+    switch = Switch(settings, on_change=on_change if cluster_settings is not None else store.save)
     api = ApiServer(switch, args.api_socket, metrics_hook=api_requests)
     api.bind()  # refuses to go on while another vswitchd answers on the socket
 
@@ -107,6 +118,13 @@ def run(args: argparse.Namespace) -> int:
             switch.apply(saved, strict=False)
         else:
             switch.apply(seed, strict=True)
+        if cluster_settings is not None:
+            from .cluster import ClusterAgent  # the etcd client is imported only by cluster nodes
+
+            agent = ClusterAgent(switch, cluster_settings)
+            switch.cluster = agent
+            agents.append(agent)
+            agent.start()
         host, port = args.metrics
         try:
             metrics_server, bound = serve_metrics(switch, api_requests, host, port)
@@ -124,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
         if metrics_stop is not None:
             metrics_stop.start()
         api.close()
+        for agent in agents:
+            agent.stop()
         switch.stop()
         if metrics_stop is not None:
             metrics_stop.join()

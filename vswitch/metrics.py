@@ -83,6 +83,8 @@ class SwitchCollector(Collector):
         yield from self._fdb_metrics(stats["fdb"])
         yield from self._vxlan_metrics(stats["vxlan"])
         yield from self._loop_metrics(stats["loop"])
+        if self._switch.cluster is not None:
+            yield from self._switch.cluster.metrics()
         api = CounterMetricFamily("vswitch_api_requests", "Control API requests.", labels=["path", "status"])
         for (path, status), n in sorted(self._api.snapshot().items()):
             api.add_metric([path, status], n)

@@ -11,8 +11,9 @@ BUILD := build
 PYTEST := $(VENV_PY) -m pytest -q -ra -p no:cacheprovider
 
 # Debian packages the build, the tests and the demo use: liburing for the
-# loop's io_uring mode (linked statically), ping, captures, and the reference
-# switches and Prometheus that later tests compare against.
+# loop's io_uring mode (linked statically), ping, captures, the reference
+# switches and Prometheus that later tests compare against, and etcd (server
+# and etcdctl) for the cluster tests.
 DEB_PACKAGES := liburing-dev iproute2 iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch etcd-server etcd-client
 
 EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.h)

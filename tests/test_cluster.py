@@ -276,3 +276,26 @@ def test_unreachable_etcd_at_start_is_a_degraded_start(lab: Lab, tmp_path: Path)
     assert "etcd unreachable" in h1.daemon.run_stderr
     r = h1.daemon.api("POST", "/v1/networks", {"name": "green", "vni": 300})
     assert r[0] == 409 and "etcd is unreachable" in r[1]["detail"], r
+
+
+def test_lost_lease_is_replaced_and_everything_republished(three: list[Host], etcd: EtcdCluster) -> None:
+    h1, h2, h3 = three
+    wait_converged(three)
+    lease = h1.ctl("cluster")["lease"]["id"]
+    # As if etcd had let it expire: every key of h1 goes at once.
+    r = etcd.ctl(etcd.endpoints, "lease", "revoke", lease)
+    assert r.returncode == 0, r.stderr
+    wait_until(lambda: h1.ctl("cluster")["lease"]["id"] not in (None, lease), timeout=TTL_S + 3,
+               message="h1 never took a new lease")
+    assert metric(h1, "vswitch_cluster_lease_grants_total") == 2
+    wait_converged(three)
+    ping_ok(h2.containers["c2"], h1.containers["c1"])
+
+
+def test_a_switch_outside_any_cluster_says_so(vswitchd_factory: Any) -> None:
+    d = vswitchd_factory("")
+    status, body = d.api("GET", "/v1/cluster")
+    assert status == 404 and "not a cluster node" in body["detail"], body
+    assert "cluster" not in d.ctl("show")
+    r = d.ctl_run("cluster", json_output=False)
+    assert r.returncode == 1 and "--etcd" in r.stderr

@@ -268,12 +268,13 @@ class Arg:
     type: Callable[[str], Any] = str
     aliases: tuple[str, ...] = ()  # e.g. "--write" beside "-w"; the first long one names the attribute
     choices: tuple[str, ...] | None = None
+    one_of: str | None = None  # options sharing this name: exactly one of them must be given
 
     def usage(self) -> str:
         if not self.name.startswith("-"):
             return self.metavar
         text = f"{self.name} {self.metavar}"
-        return text if self.required else f"[{text}]"
+        return text if self.required or self.one_of else f"[{text}]"
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,12 @@ class Command:
     args: tuple[Arg, ...] = field(default_factory=tuple)
 
     def usage(self) -> str:
-        return " ".join([*self.words, *(a.usage() for a in self.args)])
+        parts: list[str] = [*self.words]
+        for i, a in enumerate(self.args):
+            # Alternatives read "--port P | --peer REMOTE".
+            joined = i > 0 and a.one_of is not None and self.args[i - 1].one_of == a.one_of
+            parts.append(f"| {a.usage()}" if joined else a.usage())
+        return " ".join(parts)
 
 
 def _seg(value: str) -> str:
@@ -311,7 +317,7 @@ def _show(c: Client, ns: argparse.Namespace) -> dict[str, Any]:
             raise
         cluster = None  # not a cluster node (or a vswitchd without clusters)
     return {
-        "cluster": cluster,
+        **({"cluster": cluster} if cluster is not None else {}),
         "io_mode": stats["io_mode"],
         "networks": c.request("GET", "/v1/networks"),
         "ports": c.request("GET", "/v1/ports"),
@@ -398,8 +404,8 @@ COMMANDS: tuple[Command, ...] = (
         ("fdb", "add"),
         "add a static FDB entry: MAC in NET is on port P, or behind peer REMOTE",
         lambda c, ns: c.request("POST", "/v1/fdb", _body(ns, "network", "mac", "port", "peer")),
-        args=(Arg("mac", "MAC", "unicast MAC address"), NET, Arg("--port", "P", "port name", required=False),
-              Arg("--peer", "REMOTE", "a tunnel peer (remote VTEP) of NET", required=False)),
+        args=(Arg("mac", "MAC", "unicast MAC address"), NET, Arg("--port", "P", "port name", one_of="to"),
+              Arg("--peer", "REMOTE", "a tunnel peer (remote VTEP) of NET", one_of="to")),
     ),
     Command(
         ("fdb", "del"),
@@ -474,8 +480,14 @@ def build_parser() -> argparse.ArgumentParser:
                 nested[group] = gp.add_subparsers(dest="verb", metavar="VERB", required=True, help="one of the commands below")
             leaf = nested[group].add_parser(cmd.words[1], description=cmd.help, formatter_class=fmt)
         _global_options(leaf, argparse.SUPPRESS)
+        alternatives: dict[str, Any] = {}
         for arg in cmd.args:
-            if arg.name.startswith("-"):
+            if arg.one_of is not None:
+                if arg.one_of not in alternatives:
+                    alternatives[arg.one_of] = leaf.add_mutually_exclusive_group(required=True)
+                alternatives[arg.one_of].add_argument(arg.name, *arg.aliases, metavar=arg.metavar, help=arg.help,
+                                                      type=arg.type, default=None, choices=arg.choices)
+            elif arg.name.startswith("-"):
                 leaf.add_argument(arg.name, *arg.aliases, metavar=arg.metavar, help=arg.help, required=arg.required,
                                   type=arg.type, default=None, choices=arg.choices)
             else:

@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .api import ApiServer
 from .clusterconfig import load_cluster
@@ -25,6 +26,9 @@ from .metrics import ApiRequestCounter, serve_metrics
 from .model import IO_MODES, DesiredState, SwitchSettings
 from .state import StateStore
 from .switch import Switch
+
+if TYPE_CHECKING:
+    from .cluster import ClusterAgent
 
 log = logging.getLogger("vswitch.daemon")
 
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if args.io_mode is not None:
         settings = dataclasses.replace(settings, io_mode=args.io_mode)
     api_requests = ApiRequestCounter()
-    agents: list = []  # the cluster agent, once there is one: told of every saved change
+    agents: list[ClusterAgent] = []  # the cluster agent, once there is one: told of every saved change
 
     def on_change(state: DesiredState) -> None:
         store.save(state)

@@ -31,7 +31,7 @@ MODE_FILE := $(BUILD)/ext-mode
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: deps build debug test demo demo-vxlan clean distclean
+.PHONY: deps build debug test demo demo-vxlan demo-cluster clean distclean
 
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
@@ -100,6 +100,9 @@ demo: deps build
 
 demo-vxlan: deps build
 	bash tools/demo_vxlan.sh
+
+demo-cluster: deps build
+	bash tools/demo_cluster.sh
 
 clean:
 	rm -rf $(BUILD) *.egg-info fastpath/*.so $(GENERATED_C) fastpath/*.html

@@ -93,7 +93,9 @@ class ClusterAgent:
         self._stop = threading.Event()
         self._watch: Watch | None = None
         self._threads: list[threading.Thread] = []
-        self.counters = {"watch_events": 0, "resyncs": 0, "lease_grants": 0, "etcd_errors": 0}
+        # derived_changes: peers and remote MACs added, re-pointed or removed (a resync that
+        # finds nothing new adds none).
+        self.counters = {"watch_events": 0, "resyncs": 0, "lease_grants": 0, "etcd_errors": 0, "derived_changes": 0}
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -156,9 +158,11 @@ class ClusterAgent:
 
     def _run_watch(self) -> None:
         while not self._stop.is_set():
+            established = False
             try:
                 self._resync()
                 self._watch = Watch(self._pool, self.prefix, self._revision + 1)
+                established = True
                 if self._stop.is_set():
                     break
                 for revision, events in self._watch:
@@ -170,6 +174,11 @@ class ClusterAgent:
             except EtcdUnavailable as e:
                 if self._stop.is_set():
                     break
+                if established:
+                    # The member under the watch may be the only one gone: read again through
+                    # whichever answers before calling etcd unreachable.
+                    log.info("cluster: %s; reconnecting", e)
+                    continue
                 self._set_down(str(e))
             finally:
                 if self._watch is not None:
@@ -250,6 +259,8 @@ class ClusterAgent:
             changes = self.switch.cluster_reconcile(peers, macs)
             if any(changes.values()):
                 log.debug("cluster: %s", changes)
+                with self._lock:
+                    self.counters["derived_changes"] += sum(changes.values())
 
     # ---- publishing ------------------------------------------------------------------
 
@@ -445,3 +456,6 @@ class ClusterAgent:
         yield CounterMetricFamily("vswitch_cluster_lease_grants", "Leases this node was granted (one per (re)join).",
                                   value=counters["lease_grants"])
         yield CounterMetricFamily("vswitch_cluster_etcd_errors", "Failed requests to etcd.", value=counters["etcd_errors"])
+        yield CounterMetricFamily("vswitch_cluster_derived_changes",
+                                  "Peers and remote MAC entries added, re-pointed or removed from etcd's state.",
+                                  value=counters["derived_changes"])

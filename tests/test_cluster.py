@@ -250,6 +250,11 @@ def test_static_fdb_entry_to_a_peer(lab: Lab) -> None:  # noqa: F811
     assert r[0] == 404 and "not in network" in r[1]["detail"], r
     r = h1.daemon.api("POST", "/v1/fdb", {"network": "blue", "mac": "02:00:00:00:99:99", "peer": h2.ip, "port": "a"})
     assert r[0] == 400, r
+    # Saved and restored across a restart, peer and all.
+    h1.daemon.stop()
+    h1.daemon.start()
+    entry = next(e for e in h1.ctl("fdb", "show") if e["mac"] == b.mac)
+    assert (entry["static"], entry["peer"]) == (True, h2.ip)
     # Removing the peer takes its static entries with it.
     h1.ctl("peer", "del", h2.ip, "--network", "blue")
     assert b.mac not in [e["mac"] for e in h1.ctl("fdb", "show")]
@@ -262,7 +267,8 @@ def test_bad_etcd_urls_refused_at_start(tmp_path: Path, bad: str) -> None:
     d.start(wait=False)
     assert d.wait(30) == 1
     err = d.run_stderr
-    assert "--etcd" in err and "etcd client URL" in err or "listed twice" in err, err
+    assert "--etcd" in err and ("etcd client URL" in err or "listed twice" in err), err
+    assert len([line for line in err.splitlines() if "ERROR" in line]) == 1, err
     assert not d.socket_path.exists()
 
 

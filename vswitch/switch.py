@@ -230,6 +230,11 @@ class Switch:
                 if not strict and entry.port is not None and entry.port not in self._ports:
                     log.warning("static entry %s not restored: port %s is gone", entry.mac, entry.port)
                     continue
+                if not strict and entry.peer is not None and PeerSpec(entry.network, entry.peer) not in self._peers:
+                    # e.g. a peer the cluster had derived: it is not saved, and comes back from etcd.
+                    log.warning("static entry %s not restored: %s is not a peer of network %s",
+                                entry.mac, entry.peer, entry.network)
+                    continue
                 self._fdb_add(entry)
         self._changed()
 

@@ -44,6 +44,7 @@ log = logging.getLogger("vswitch.cluster")
 
 RETRY_S = 0.5  # between attempts to reach etcd while it is away
 DOWN_LOG_EVERY_S = 30.0  # "still unreachable" at most this often
+LEASE_GONE = "requested lease not found"  # etcd's answer to a put under an expired lease
 
 
 @dataclass
@@ -289,6 +290,11 @@ class ClusterAgent:
                 self._publish()
                 self._set_up()
             except EtcdUnavailable as e:
+                if LEASE_GONE in str(e):
+                    # etcd answered: the lease expired before a keep-alive could tell.
+                    log.warning("cluster: lease %x expired: publishing again", self._lease)
+                    self._lease = 0
+                    continue
                 self._set_down(str(e))
             self._derive()  # local ports win over the cluster's records of the same MAC
             wait = max(0.0, next_keepalive - time.monotonic()) if self._up else RETRY_S

@@ -73,6 +73,11 @@ class EtcdPool:
     def current(self) -> Endpoint:
         return self.endpoints[self._current]
 
+    def in_order(self) -> list[Endpoint]:
+        """Every endpoint, the last one that answered first."""
+        n = len(self.endpoints)
+        return [self.endpoints[(self._current + i) % n] for i in range(n)]
+
     def post(self, path: str, body: dict[str, Any]) -> Any:
         """POST to the gateway, trying each endpoint once, starting with the last good one."""
         with self._lock:
@@ -157,9 +162,7 @@ class Watch:
         body = {"create_request": {"key": b64(prefix), "range_end": b64(prefix_end(prefix)),
                                    "start_revision": start_revision}}
         errors = []
-        n = len(pool.endpoints)
-        for step in range(n):
-            ep = pool.endpoints[(pool._current + step) % n]
+        for ep in pool.in_order():
             try:
                 resp = self._session.post(ep.url + API_PATH + "watch", json=body, stream=True,
                                           timeout=(WATCH_CONNECT_TIMEOUT_S, None))

@@ -17,10 +17,12 @@ PYTEST := $(VENV_PY) -m pytest -q -ra -p no:cacheprovider
 # tests, the demo and the benchmarks use: ping, captures, the reference
 # switches, Prometheus, systemd-analyze, iperf3, and for the CNI plugin a real
 # runtime (podman, crun, conmon), the reference plugins (host-local, portmap,
-# bridge), busybox for the container image and iptables for portmap.
+# bridge), busybox for the container image and iptables for portmap;
+# etcd (server and etcdctl) for the cluster tests.
 DEB_BUILD_PACKAGES := gcc python3-dev python3-venv liburing-dev iproute2 nftables
 DEB_TEST_PACKAGES := iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch systemd iperf3 \
-	podman crun conmon containernetworking-plugins busybox iptables util-linux
+	podman crun conmon containernetworking-plugins busybox iptables util-linux \
+	etcd-server etcd-client
 
 # Where `make install-cni` puts the plugin (an executable named vswitch).
 CNI_BIN_DIR ?= /opt/cni/bin
@@ -40,7 +42,7 @@ MODE_FILE := $(BUILD)/ext-mode
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: deps test-deps build debug test demo demo-vxlan clean distclean wheel install uninstall demo-podman install-cni
+.PHONY: deps test-deps build debug test demo demo-vxlan clean distclean wheel install uninstall demo-podman install-cni demo-cluster
 
 deps:
 	@$(call apt_install,$(DEB_BUILD_PACKAGES))
@@ -160,6 +162,9 @@ demo-podman: deps test-deps build
 
 install-cni: build
 	sh tools/install-cni.sh $(CNI_BIN_DIR)
+
+demo-cluster: deps test-deps build
+	bash tools/demo_cluster.sh
 
 clean:
 	rm -rf $(BUILD) $(DIST) *.egg-info fastpath/*.so $(GENERATED_C) fastpath/*.html

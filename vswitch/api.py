@@ -225,6 +225,13 @@ def _stats(req: Request) -> tuple[int, Any]:
     return 200, req.switch.stats()
 
 
+def _cluster(req: Request) -> tuple[int, Any]:
+    agent = req.switch.cluster
+    if agent is None:
+        raise NotFound("this switch is not a cluster node (start vswitchd with --etcd or a [cluster] table)")
+    return 200, agent.status()
+
+
 def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads would keep the last of two equal keys: {"name": "a", "name": "b"} is not a request to guess at.
     out: dict[str, Any] = {}
@@ -274,6 +281,7 @@ ROUTES: dict[str, dict[str, tuple[Handler, tuple[str, ...]]]] = {
     "/v1/fdb/flush": {"POST": (_fdb_flush, ())},
     "/v1/fdb/{network}/{mac}": {"DELETE": (_fdb_del, ())},
     "/v1/stats": {"GET": (_stats, ())},
+    "/v1/cluster": {"GET": (_cluster, ())},
     "/v1/trace": {"POST": (_trace, ())},
     "/v1/openapi.json": {"GET": (_openapi, ())},
 }

@@ -147,11 +147,37 @@ def top_counters(stats: dict[str, Any], n: int = TOP_COUNTERS) -> list[tuple[str
     return sorted(numbers, key=lambda kv: (-kv[1], kv[0]))[:n]
 
 
+def cluster_line(doc: dict[str, Any]) -> str:
+    etcd = doc["etcd"]
+    state = "etcd reachable" if etcd["reachable"] else (
+        f"etcd UNREACHABLE for {etcd['unreachable_for_s']} s, forwarding on the last known state")
+    derived = doc.get("derived") or {}
+    return (f"cluster: node {doc['node']}, {state}, {len(doc['nodes'])} nodes, "
+            f"{derived.get('peers', 0)} peers and {derived.get('remote_macs', 0)} remote MACs from etcd")
+
+
+def render_cluster(doc: dict[str, Any]) -> str:
+    rows = [(n["name"] + (" (self)" if n.get("self") else ""), n.get("vtep"), "alive" if n.get("alive") else "gone",
+             n.get("lease_ttl_s"), n.get("lease_age_s"), ",".join(n.get("networks") or []), n.get("ports"))
+            for n in doc["nodes"]]
+    parts = [cluster_line(doc), f"etcd: {', '.join(doc['etcd']['endpoints'])} (using {doc['etcd'].get('using')})"]
+    if doc["etcd"].get("last_error"):
+        parts.append(f"last error: {doc['etcd']['last_error']}")
+    parts += ["nodes" + (" (last known: etcd is unreachable)" if doc.get("stale") else "") + ":",
+              table(("NODE", "VTEP", "STATE", "LEASE_TTL_S", "LEASE_AGE_S", "NETWORKS", "PORTS"), rows, "  ")]
+    parts += ["networks:", table(("NETWORK", "VNI", "NODES"),
+                                 [(n["name"], n.get("vni"), ",".join(n.get("nodes") or [])) for n in doc["networks"]], "  ")]
+    for name, why in sorted((doc.get("conflicts") or {}).items()):
+        parts.append(f"conflict: network {name}: {why}")
+    return "\n".join(parts)
+
+
 def render_show(doc: dict[str, Any]) -> str:
     fdb = doc["fdb"]
     return "\n".join(
         [
             f"io_mode: {doc['io_mode']}",
+            *([cluster_line(doc["cluster"])] if doc.get("cluster") else []),
             f"networks ({len(doc['networks'])}):",
             render_networks(doc["networks"], "  "),
             f"ports ({len(doc['ports'])}):",
@@ -263,12 +289,13 @@ class Arg:
     aliases: tuple[str, ...] = ()  # e.g. "--write" beside "-w"; the first long one names the attribute
     choices: tuple[str, ...] | None = None
     action: str | None = None  # "store_true" for a flag, "append" for an option given once per value
+    one_of: str | None = None  # options sharing this name: exactly one of them must be given
 
     def usage(self) -> str:
         if not self.name.startswith("-"):
             return self.metavar
         text = self.name if self.action == "store_true" else f"{self.name} {self.metavar}"
-        text = text if self.required else f"[{text}]"
+        text = text if self.required or self.one_of else f"[{text}]"
         return f"{text}..." if self.action == "append" else text
 
 
@@ -283,7 +310,12 @@ class Command:
     check: Callable[[argparse.Namespace], str | None] | None = None
 
     def usage(self) -> str:
-        return " ".join([*self.words, *(a.usage() for a in self.args)])
+        parts: list[str] = [*self.words]
+        for i, a in enumerate(self.args):
+            # Alternatives read "--port P | --peer REMOTE".
+            joined = i > 0 and a.one_of is not None and self.args[i - 1].one_of == a.one_of
+            parts.append(f"| {a.usage()}" if joined else a.usage())
+        return " ".join(parts)
 
 
 def _seg(value: str) -> str:
@@ -339,7 +371,14 @@ def _port_list(c: Client, ns: argparse.Namespace) -> Any:
 def _show(c: Client, ns: argparse.Namespace) -> dict[str, Any]:
     fdb = c.request("GET", "/v1/fdb")
     stats = c.request("GET", "/v1/stats")
+    try:
+        cluster = c.request("GET", "/v1/cluster")
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        cluster = None  # not a cluster node (or a vswitchd without clusters)
     return {
+        **({"cluster": cluster} if cluster is not None else {}),
         "io_mode": stats["io_mode"],
         "networks": c.request("GET", "/v1/networks"),
         "ports": c.request("GET", "/v1/ports"),
@@ -459,9 +498,10 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("fdb", "add"),
-        "add a static FDB entry: MAC in NET is on port P",
-        lambda c, ns: c.request("POST", "/v1/fdb", _body(ns, "network", "mac", "port")),
-        args=(Arg("mac", "MAC", "unicast MAC address"), NET, Arg("--port", "P", "port name")),
+        "add a static FDB entry: MAC in NET is on port P, or behind peer REMOTE",
+        lambda c, ns: c.request("POST", "/v1/fdb", _body(ns, "network", "mac", "port", "peer")),
+        args=(Arg("mac", "MAC", "unicast MAC address"), NET, Arg("--port", "P", "port name", one_of="to"),
+              Arg("--peer", "REMOTE", "a tunnel peer (remote VTEP) of NET", one_of="to")),
     ),
     Command(
         ("fdb", "del"),
@@ -469,6 +509,8 @@ COMMANDS: tuple[Command, ...] = (
         lambda c, ns: c.request("DELETE", f"/v1/fdb/{_seg(ns.network)}/{_seg(ns.mac)}"),
         args=(Arg("mac", "MAC", "MAC address"), NET),
     ),
+    Command(("cluster",), "cluster nodes, their VTEPs, liveness and lease age, and etcd's reachability",
+            lambda c, ns: c.request("GET", "/v1/cluster"), lambda doc: render_cluster(doc)),
     Command(("stats",), "counters of ports, tunnel peers, the MAC table and the forwarding loop", lambda c, ns: c.request("GET", "/v1/stats"), render_stats),
     Command(
         ("trace",),
@@ -535,9 +577,15 @@ def build_parser() -> argparse.ArgumentParser:
                 nested[group] = gp.add_subparsers(dest="verb", metavar="VERB", required=True, help="one of the commands below")
             leaf = nested[group].add_parser(cmd.words[1], description=cmd.help, formatter_class=fmt)
         _global_options(leaf, argparse.SUPPRESS)
+        alternatives: dict[str, Any] = {}
         for arg in cmd.args:
             if arg.action == "store_true":
                 leaf.add_argument(arg.name, *arg.aliases, help=arg.help, action="store_true", default=None)
+            elif arg.one_of is not None:
+                if arg.one_of not in alternatives:
+                    alternatives[arg.one_of] = leaf.add_mutually_exclusive_group(required=True)
+                alternatives[arg.one_of].add_argument(arg.name, *arg.aliases, metavar=arg.metavar, help=arg.help,
+                                                      type=arg.type, default=None, choices=arg.choices)
             elif arg.name.startswith("-"):
                 leaf.add_argument(arg.name, *arg.aliases, metavar=arg.metavar, help=arg.help, required=arg.required,
                                   type=arg.type, default=None, choices=arg.choices, action=arg.action or "store")

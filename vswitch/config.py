@@ -20,7 +20,8 @@ _ARRAYS: dict[str, Any] = {
     "peer": PeerSpec,
     "fdb": StaticFdbSpec,
 }
-TOP_LEVEL_KEYS = {"switch", *_ARRAYS}
+# [cluster] is read by clusterconfig.load_cluster, so that loading a config never needs the etcd client.
+TOP_LEVEL_KEYS = {"switch", "cluster", *_ARRAYS}
 
 
 def _parse_array(key: str, value: Any) -> list[Any]:
@@ -140,10 +141,12 @@ def check_references(state: DesiredState, *, check_netns: bool = True) -> None:
     for i, entry in enumerate(state.static_fdb):
         if entry.network not in networks:
             raise InvalidArgument(f"fdb[{i}].network: {entry.network!r} is not a defined network")
-        if entry.port not in ports:
+        if entry.peer is not None:
+            if (entry.network, entry.peer) not in peers:
+                raise InvalidArgument(f"fdb[{i}].peer: {entry.peer!r} is not a peer of network {entry.network!r}")
+        elif entry.port not in ports:
             raise InvalidArgument(f"fdb[{i}].port: {entry.port!r} is not a defined port")
-        port_network = state.ports[ports[entry.port]].network
-        if port_network != entry.network:
+        elif (port_network := state.ports[ports[entry.port]].network) != entry.network:
             raise InvalidArgument(
                 f"fdb[{i}].port: {entry.port!r} is in network {port_network!r}, not {entry.network!r}"
             )

@@ -27,9 +27,11 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .api import ApiServer
+from .clusterconfig import load_cluster
 from .config import load_config
 from .errors import ConfigError, VswitchError
 from .metrics import ApiRequestCounter, serve_metrics
@@ -37,6 +39,9 @@ from .model import IO_MODES, DesiredState, SwitchSettings
 from .state import StateStore
 from .switch import Switch
 from .systemd import JournalFormatter, Notifier, Watchdog, stderr_is_journal
+
+if TYPE_CHECKING:
+    from .cluster import ClusterAgent
 
 log = logging.getLogger("vswitch.daemon")
 
@@ -67,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--io-mode", choices=IO_MODES,
                    help="forwarding loop I/O: io_uring, epoll + read/write, or auto (io_uring where it works); "
                         "overrides [switch] io_mode (default: the config's, else auto)")
+    p.add_argument("--etcd", metavar="URL[,URL...]",
+                   help="join the cluster kept in this etcd (client URLs); overrides [cluster] etcd")
     return p
 
 
@@ -115,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     failure_errno = loop_failure_hook_errno()
+    cluster_settings = load_cluster(args.config, getattr(args, "etcd", None))
     store = StateStore(args.state_dir)
     saved = store.load()
     # The config's networks and ports only seed an empty state dir, so only then must their
@@ -125,7 +133,14 @@ def run(args: argparse.Namespace) -> int:
     if args.io_mode is not None:
         settings = dataclasses.replace(settings, io_mode=args.io_mode)
     api_requests = ApiRequestCounter()
-    switch = Switch(settings, on_change=store.save)
+    agents: list[ClusterAgent] = []  # the cluster agent, once there is one: told of every saved change
+
+    def on_change(state: DesiredState) -> None:
+        store.save(state)
+        for agent in agents:
+            agent.local_changed()
+
+    switch = Switch(settings, on_change=on_change if cluster_settings is not None else store.save)
     api = ApiServer(switch, args.api_socket, metrics_hook=api_requests)
     api.bind()  # refuses to go on while another vswitchd answers on the socket
 
@@ -153,6 +168,13 @@ def run(args: argparse.Namespace) -> int:
             switch.apply(saved, strict=False)
         else:
             switch.apply(seed, strict=True)
+        if cluster_settings is not None:
+            from .cluster import ClusterAgent  # the etcd client is imported only by cluster nodes
+
+            agent = ClusterAgent(switch, cluster_settings)
+            switch.cluster = agent
+            agents.append(agent)
+            agent.start()
         host, port = args.metrics
         try:
             metrics_server, bound = serve_metrics(switch, api_requests, host, port)
@@ -183,6 +205,8 @@ def run(args: argparse.Namespace) -> int:
         if metrics_stop is not None:
             metrics_stop.start()
         api.close()
+        for agent in agents:
+            agent.stop()
         switch.stop()
         if metrics_stop is not None:
             metrics_stop.join()

@@ -84,6 +84,8 @@ class SwitchCollector(Collector):
         yield from self._vxlan_metrics(stats["vxlan"])
         yield from self._loop_metrics(stats["loop"])
         yield from self._liveness_metrics()
+        if self._switch.cluster is not None:
+            yield from self._switch.cluster.metrics()
         api = CounterMetricFamily("vswitch_api_requests", "Control API requests.", labels=["path", "status"])
         for (path, status), n in sorted(self._api.snapshot().items()):
             api.add_metric([path, status], n)

@@ -400,21 +400,27 @@ class PeerSpec:
 
 @dataclass(frozen=True)
 class StaticFdbSpec:
+    """A MAC pinned to a local port, or to a tunnel peer (a remote VTEP) of its network."""
+
     network: str
     mac: str
-    port: str
+    port: str | None = None
+    peer: str | None = None
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str = "fdb") -> StaticFdbSpec:
-        check_keys(where, data, {"network", "mac", "port"}, {"network", "mac", "port"})
+        check_keys(where, data, {"network", "mac", "port", "peer"}, {"network", "mac"})
+        if (data.get("port") is None) == (data.get("peer") is None):
+            raise InvalidArgument(f"{where}: give exactly one of port or peer")
         return cls(
             network=check_name(f"{where}.network", data["network"]),
             mac=check_mac(f"{where}.mac", data["mac"]),
-            port=check_name(f"{where}.port", data["port"]),
+            port=None if data.get("port") is None else check_name(f"{where}.port", data["port"]),
+            peer=None if data.get("peer") is None else check_ip(f"{where}.peer", data["peer"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,12 @@ class Switch:
         self._vxlan_sockets: list[socket.socket] = []
         self._static: dict[tuple[str, str], StaticFdbSpec] = {}
         self._loop: LoopRunner | None = None
+        # What a cluster agent derived from etcd: live, never persisted (a restart rebuilds it from etcd).
+        self._derived_peers: set[PeerSpec] = set()
+        self._derived_macs: dict[tuple[str, str], str] = {}  # (network, mac) -> remote VTEP
+        # Asked before a network with a VNI is added through the API, e.g. to claim it cluster-wide.
+        self.network_guard: Callable[[NetworkSpec], None] | None = None
+        self.cluster: Any = None  # the ClusterAgent when this switch is a cluster node (API, metrics)
         self._watch_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._wake_r, self._wake_w = os.pipe()  # wakes the port watcher at stop
@@ -244,8 +250,13 @@ class Switch:
             for peer in state.peers:
                 self._add_peer(peer)
             for entry in state.static_fdb:
-                if not strict and entry.port not in self._ports:
+                if not strict and entry.port is not None and entry.port not in self._ports:
                     log.warning("static entry %s not restored: port %s is gone", entry.mac, entry.port)
+                    continue
+                if not strict and entry.peer is not None and PeerSpec(entry.network, entry.peer) not in self._peers:
+                    # e.g. a peer the cluster had derived: it is not saved, and comes back from etcd.
+                    log.warning("static entry %s not restored: %s is not a peer of network %s",
+                                entry.mac, entry.peer, entry.network)
                     continue
                 self._fdb_add(entry)
         self._changed()
@@ -255,7 +266,7 @@ class Switch:
             return DesiredState(
                 networks=[n.spec for n in self._networks.values()],
                 ports=[p.spec for p in self._ports.values()],
-                peers=list(self._peers),
+                peers=[p for p in self._peers if p not in self._derived_peers],
                 static_fdb=list(self._static.values()),
             )
 
@@ -267,6 +278,10 @@ class Switch:
 
     def add_network(self, spec: NetworkSpec) -> dict[str, Any]:
         with self._lock:
+            # Asked under the lock, so that the cluster's copy of the network it claims cannot
+            # be added behind its back; a name taken here is refused below without asking.
+            if self.network_guard is not None and spec.vni is not None and spec.name not in self._networks:
+                self.network_guard(spec)
             self._add_network(spec)
             self._changed()
             return self._network_view(self._networks[spec.name])
@@ -552,8 +567,17 @@ class Switch:
             if idx is None:
                 raise NotFound(f"peer {spec.remote} is not in network {spec.network!r}")
             flushed = self._dp.remove_peer(idx)
+            self._forget_peer(spec)
             log.info("peer %s removed from network %s (%d MACs flushed)", spec.remote, spec.network, flushed)
             self._changed()
+
+    def _forget_peer(self, spec: PeerSpec) -> None:
+        """Drop the static entries that pointed at a removed peer: the datapath flushed them with it."""
+        for key in [k for k, e in self._static.items() if e.network == spec.network and e.peer == spec.remote]:
+            del self._static[key]
+        for key in [k for k, r in self._derived_macs.items() if k[0] == spec.network and r == spec.remote]:
+            del self._derived_macs[key]
+        self._derived_peers.discard(spec)
 
     def list_peers(self, network: str | None = None) -> list[dict[str, Any]]:
         with self._lock:
@@ -603,13 +627,21 @@ class Switch:
 
     def _fdb_add(self, spec: StaticFdbSpec) -> None:
         net = self._network(spec.network)
-        port = self._port(spec.port)
-        if port.spec.network != spec.network:
-            raise InvalidArgument(f"port {spec.port!r} is in network {port.spec.network!r}, not {spec.network!r}")
+        if spec.peer is not None:
+            # A peer's output is its index with PEER_FLAG, as learned remote entries hold it.
+            peer_idx = self._peers.get(PeerSpec(spec.network, spec.peer))
+            if peer_idx is None:
+                raise NotFound(f"peer {spec.peer} is not in network {spec.network!r}")
+            out = PEER_FLAG | peer_idx
+        else:
+            port = self._port(spec.port)
+            if port.spec.network != spec.network:
+                raise InvalidArgument(f"port {spec.port!r} is in network {port.spec.network!r}, not {spec.network!r}")
+            out = port.index
         if (spec.network, spec.mac) in self._static:
             raise Conflict(f"a static entry for {spec.mac} in network {spec.network!r} already exists")
         try:
-            self._dp.fdb_set_static(net.id, spec.mac, port.index)
+            self._dp.fdb_set_static(net.id, spec.mac, out)
         except OverflowError as e:
             raise Conflict(str(e)) from None
         self._static[(spec.network, spec.mac)] = spec
@@ -620,10 +652,75 @@ class Switch:
         with self._lock:
             net = self._network(network)
             static = self._static.pop((network, mac), None)
+            self._derived_macs.pop((network, mac), None)
             if not self._dp.fdb_delete(net.id, mac) and static is None:
                 raise NotFound(f"no FDB entry for {mac} in network {network!r}")
             if static is not None:
                 self._changed()
+
+    # ---- cluster -----------------------------------------------------------------------
+
+    def cluster_add_network(self, spec: NetworkSpec) -> bool:
+        """Add a network the cluster defines unless a local one has its name or VNI; True if added."""
+        with self._lock:
+            if spec.name in self._networks or any(n.spec.vni == spec.vni for n in self._networks.values()):
+                return False
+            self._add_network(spec)
+            self._changed()
+            return True
+
+    def cluster_reconcile(self, peers: set[PeerSpec], macs: dict[tuple[str, str], str]) -> dict[str, int]:
+        """Make the cluster's peers and remote MAC entries ((network, mac) -> remote VTEP) exactly
+        these. Entries that stay the same are not touched, so their traffic never sees a gap; a
+        local port's MAC and an operator's static entry win over the cluster's. Returns counts."""
+        counts = {"peers_added": 0, "peers_removed": 0, "macs_set": 0, "macs_removed": 0}
+        with self._lock:
+            for spec in peers:
+                net = self._networks.get(spec.network)
+                if spec in self._peers or net is None:
+                    continue
+                why = peer_problem(spec, net.spec, self.settings.vtep_ip)
+                if why:
+                    log.warning("cluster peer %s in network %s not added: %s", spec.remote, spec.network, why)
+                    continue
+                try:
+                    self._peers[spec] = self._dp.add_peer(net.id, spec.remote)
+                except OverflowError as e:
+                    log.warning("cluster peer %s in network %s not added: %s", spec.remote, spec.network, e)
+                    continue
+                self._derived_peers.add(spec)
+                counts["peers_added"] += 1
+                log.info("cluster: peer %s added to network %s", spec.remote, spec.network)
+            local = {(p.spec.network, p.tap.mac) for p in self._ports.values()}
+            wanted = {k: r for k, r in macs.items()
+                      if k not in local and k not in self._static and PeerSpec(k[0], r) in self._peers}
+            for (network, mac), remote in wanted.items():
+                if self._derived_macs.get((network, mac)) == remote:
+                    continue
+                try:
+                    self._dp.fdb_set_static(self._networks[network].id, mac,
+                                            PEER_FLAG | self._peers[PeerSpec(network, remote)])
+                except OverflowError as e:
+                    log.warning("cluster: %s in network %s not installed: %s", mac, network, e)
+                    continue
+                self._derived_macs[(network, mac)] = remote
+                counts["macs_set"] += 1
+            for key in [k for k in self._derived_macs if k not in wanted]:
+                del self._derived_macs[key]
+                if key not in self._static and key[0] in self._networks:
+                    self._dp.fdb_delete(self._networks[key[0]].id, key[1])
+                counts["macs_removed"] += 1
+            for spec in [p for p in self._derived_peers if p not in peers]:
+                idx = self._peers.pop(spec)
+                self._dp.remove_peer(idx)
+                self._forget_peer(spec)
+                counts["peers_removed"] += 1
+                log.info("cluster: peer %s removed from network %s", spec.remote, spec.network)
+        return counts
+
+    def cluster_counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"peers": len(self._derived_peers), "remote_macs": len(self._derived_macs)}
 
     # ---- capture -----------------------------------------------------------------------
 

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, io_mode=args.io_mode)
     api_requests = ApiRequestCounter()
     switch = Switch(settings, on_change=store.save)
-    api = ApiServer(switch, args.api_socket, metrics_hook=api_requests)
+    api = ApiServer(switch, args.api_socket, metrics_hook=api_requests, state_check=store.check_writable)
     api.bind()  # refuses to go on while another vswitchd answers on the socket
 
     stop = threading.Event()

@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 from urllib.parse import parse_qs, unquote
 
+from . import reconcile
 from .capture import Capture, pcap_header, pcap_record
+from .config import config_document, parse_config
 from .connections import CLOSE, DETACHED, KEEP, Conn, ConnectionLoop, Limits, RequestBuffer
 from .errors import Conflict, ConfigError, InvalidArgument, NotFound, VswitchError
 from .model import NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec, check_keys, check_mac, check_name
@@ -240,6 +242,20 @@ def _capture(req: Request) -> tuple[int, Any]:
     return 200, PcapStream(req.switch, name, capture, None if count is None else int(count))
 
 
+def _config_export(req: Request) -> tuple[int, Any]:
+    return 200, config_document(req.switch.settings, req.switch.desired_state())
+
+
+def _config_apply(req: Request) -> tuple[int, Any]:
+    body = _object(req)
+    check_keys("apply", body, {"config", "dry_run"}, {"config"})
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidArgument(f"dry_run: {dry_run!r} is not true or false")
+    settings, state = parse_config(body["config"], check_netns=True)
+    return 200, reconcile.apply(req.switch, settings, state, dry_run=dry_run)
+
+
 def _openapi(req: Request) -> tuple[int, Any]:
     return 200, openapi_document()
 
@@ -262,6 +278,7 @@ ROUTES: dict[str, dict[str, tuple[Handler, tuple[str, ...]]]] = {
     "/v1/fdb/{network}/{mac}": {"DELETE": (_fdb_del, ())},
     "/v1/stats": {"GET": (_stats, ())},
     "/v1/trace": {"POST": (_trace, ())},
+    "/v1/config": {"GET": (_config_export, ()), "POST": (_config_apply, ())},
     "/v1/openapi.json": {"GET": (_openapi, ())},
 }
 

@@ -12,9 +12,12 @@ import os
 import signal
 import struct
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote, urlencode
+
+import tomli_w
 
 from vswitch.client import DEFAULT_SOCKET, ApiError, Client
 
@@ -157,6 +160,57 @@ def render_trace(doc: dict[str, Any]) -> str:
     return "\n".join([*doc["steps"], f"verdict: {verdict}"])
 
 
+# --- apply and export -------------------------------------------------------
+
+APPLY_TIMEOUT_S = 600.0  # a config of many ports takes a while to build
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A TOML config file as the document the API takes; one-line errors naming the file."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ApiError(0, "file", f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ApiError(0, "file", f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ApiError(0, "file", f"{path}: invalid TOML: {e}") from None
+    try:
+        json.dumps(doc)
+    except (TypeError, ValueError):
+        raise ApiError(0, "file", f"{path}: dates and times are not config values") from None
+    return doc
+
+
+def _apply(c: Client, ns: argparse.Namespace) -> Any:
+    doc = read_config_file(ns.file)
+    client = Client(c.socket_path, timeout=max(c.timeout, APPLY_TIMEOUT_S))
+    try:
+        return client.request("POST", "/v1/config", {"config": doc, "dry_run": bool(ns.dry_run)})
+    except ApiError as e:
+        if e.status == 0:
+            raise
+        raise ApiError(e.status, e.error, f"{ns.file}: {e.detail}") from None
+
+
+def render_apply(result: dict[str, Any]) -> str:
+    changes, restart = result["changes"], result["restart_needed"]
+    if result["dry_run"]:
+        head = f"dry run: {len(changes)} change{'s' if len(changes) != 1 else ''} planned, nothing was changed"
+    else:
+        head = f"{len(changes)} change{'s' if len(changes) != 1 else ''} applied" if changes else "no changes: the switch matches the file"
+    lines = [head, *(f"  {c['description']}" for c in changes)]
+    if restart:
+        lines.append("needs a restart ([switch] settings stay as they are while vswitchd runs):")
+        lines += [f"  switch.{r['key']}: running {cell(r['running'])}, file {cell(r['file'])}" for r in restart]
+    return "\n".join(lines)
+
+
+def render_toml(doc: dict[str, Any]) -> str:
+    return tomli_w.dumps(doc).rstrip("\n")
+
+
 # --- capture ----------------------------------------------------------------
 
 PCAP_HEADER_LEN = 24
@@ -242,11 +296,12 @@ class Arg:
     type: Callable[[str], Any] = str
     aliases: tuple[str, ...] = ()  # e.g. "--write" beside "-w"; the first long one names the attribute
     choices: tuple[str, ...] | None = None
+    flag: bool = False  # an option without a value (store_true)
 
     def usage(self) -> str:
         if not self.name.startswith("-"):
             return self.metavar
-        text = f"{self.name} {self.metavar}"
+        text = self.name if self.flag else f"{self.name} {self.metavar}"
         return text if self.required else f"[{text}]"
 
 
@@ -387,6 +442,18 @@ COMMANDS: tuple[Command, ...] = (
         ),
     ),
     Command(
+        ("apply",),
+        "make the running switch match a TOML config file: networks, ports, peers and static entries",
+        _apply,
+        render_apply,
+        args=(
+            Arg("file", "FILE", "TOML config file, as vswitchd --config takes"),
+            Arg("--dry-run", "", "print the plan and change nothing", required=False, flag=True),
+        ),
+    ),
+    Command(("export",), "print the running configuration as a TOML file that apply takes back unchanged",
+            lambda c, ns: c.request("GET", "/v1/config"), render_toml),
+    Command(
         ("capture",),
         "write a port's frames as pcap until COUNT frames, Ctrl-C or SIGTERM",
         _capture,
@@ -439,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
             leaf = nested[group].add_parser(cmd.words[1], description=cmd.help, formatter_class=fmt)
         _global_options(leaf, argparse.SUPPRESS)
         for arg in cmd.args:
-            if arg.name.startswith("-"):
+            if arg.flag:
+                leaf.add_argument(arg.name, *arg.aliases, help=arg.help, action="store_true")
+            elif arg.name.startswith("-"):
                 leaf.add_argument(arg.name, *arg.aliases, metavar=arg.metavar, help=arg.help, required=arg.required,
                                   type=arg.type, default=None, choices=arg.choices)
             else:

@@ -17,6 +17,7 @@ import sys
 import threading
 from pathlib import Path
 
+from . import reconcile
 from .api import ApiServer
 from .config import load_config
 from .errors import ConfigError, VswitchError
@@ -41,7 +42,8 @@ def parse_hostport(value: str) -> tuple[str, int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vswitchd", description="Userspace virtual switch for containers.")
-    p.add_argument("--config", type=Path, help="TOML config; seeds the state when the state dir has none")
+    p.add_argument("--config", type=Path, help="TOML config; seeds the state when the state dir has none, "
+                   "gives the [switch] settings, and SIGHUP re-applies it")
     p.add_argument("--api-socket", type=Path, default=Path(DEFAULT_SOCKET), help=f"control API socket ({DEFAULT_SOCKET})")
     p.add_argument("--metrics", type=parse_hostport, default=parse_hostport(DEFAULT_METRICS),
                    help=f"Prometheus listen address HOST:PORT ({DEFAULT_METRICS}); port 0 picks a free one")
@@ -80,6 +82,26 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def reapply_config(path: Path | None, switch: Switch, store: StateStore) -> None:
+    """SIGHUP: make the switch match the config file again, as `vswitchctl apply` does.
+    A file that cannot be read or checked changes nothing and is logged."""
+    if path is None:
+        log.warning("SIGHUP: vswitchd runs without --config; nothing to re-apply")
+        return
+    log.info("SIGHUP: re-applying %s", path)
+    try:
+        settings, state = load_config(path, check_netns=True)
+        store.check_writable()
+        result = reconcile.apply(switch, settings, state)
+    except VswitchError as e:
+        log.error("SIGHUP: %s", e)
+        return
+    for item in result["restart_needed"]:
+        log.warning("SIGHUP: switch.%s = %r in %s needs a restart (running with %r)",
+                    item["key"], item["file"], path, item["running"])
+    log.info("SIGHUP: %s applied: %d changes", path, len(result["changes"]))
+
+
 def run(args: argparse.Namespace) -> int:
     store = StateStore(args.state_dir)
     saved = store.load()
@@ -95,9 +117,14 @@ def run(args: argparse.Namespace) -> int:
     api = ApiServer(switch, args.api_socket, metrics_hook=api_requests, state_check=store.check_writable)
     api.bind()  # refuses to go on while another vswitchd answers on the socket
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    stop, hup, wake = threading.Event(), threading.Event(), threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        (hup if signum == signal.SIGHUP else stop).set()
+        wake.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, on_signal)
 
     metrics_server = None
     try:
@@ -116,7 +143,12 @@ def run(args: argparse.Namespace) -> int:
         api.start()
         log.info("vswitchd ready: %d networks, %d ports; API on %s",
                  len(switch.list_networks()), len(switch.list_ports()), args.api_socket)
-        stop.wait()
+        while not stop.is_set():
+            wake.wait()
+            wake.clear()
+            if hup.is_set() and not stop.is_set():
+                hup.clear()
+                reapply_config(args.config, switch, store)
         log.info("stopping")
     finally:
         # Each server's shutdown waits out its poll interval: wait for both at once.

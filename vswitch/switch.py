@@ -19,8 +19,9 @@ import os
 import select
 import socket
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from fastpath import PEER_FLAG, Datapath
 
@@ -82,6 +83,8 @@ class Switch:
         self._wake_r, self._wake_w = os.pipe()  # wakes the port watcher at stop
         self._events = EventLog(self._out_name)
         self._event_seq = 0
+        self._batch_depth = 0  # > 0: inside batch(), changes are saved once at its end
+        self._batch_changed = False
 
     def _make_datapath(self, requested: str) -> Datapath:
         """The datapath in the io_mode setting's I/O mode. auto takes io_uring
@@ -237,8 +240,37 @@ class Switch:
             )
 
     def _changed(self) -> None:
+        if self._batch_depth:
+            self._batch_changed = True
+            return
         if self._on_change is not None:
             self._on_change(self.desired_state())
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Hold the switch for a series of changes (no other client's change comes between
+        them) and save the desired state once, at the end: also when one of them failed,
+        so that what was done is saved."""
+        with self._lock:
+            self._batch_depth += 1
+            try:
+                yield
+            except BaseException:
+                self._batch_depth -= 1
+                self._save_after_failed_batch()
+                raise
+            self._batch_depth -= 1
+            if self._batch_depth == 0 and self._batch_changed:
+                self._batch_changed = False
+                self._changed()
+
+    def _save_after_failed_batch(self) -> None:
+        if self._batch_depth == 0 and self._batch_changed:
+            self._batch_changed = False
+            try:
+                self._changed()
+            except Exception as e:  # the batch's own error is the one to report
+                log.error("saving the state after a failed change: %s", e)
 
     # ---- networks --------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from .config import load_config
 from .errors import ConfigError, VswitchError
 from .metrics import ApiRequestCounter, serve_metrics
 from .model import IO_MODES, DesiredState, SwitchSettings
+from .orphans import candidate_netns, remove_orphans, tap_mark
 from .state import StateStore
 from .switch import Switch
 
@@ -113,7 +114,8 @@ def run(args: argparse.Namespace) -> int:
     if args.io_mode is not None:
         settings = dataclasses.replace(settings, io_mode=args.io_mode)
     api_requests = ApiRequestCounter()
-    switch = Switch(settings, on_change=store.save)
+    mark = tap_mark(args.state_dir)
+    switch = Switch(settings, on_change=store.save, tap_mark=mark)
     api = ApiServer(switch, args.api_socket, metrics_hook=api_requests, state_check=store.check_writable)
     api.bind()  # refuses to go on while another vswitchd answers on the socket
 
@@ -134,6 +136,8 @@ def run(args: argparse.Namespace) -> int:
             switch.apply(saved, strict=False)
         else:
             switch.apply(seed, strict=True)
+        # TAPs of changes a crash cut short, before the state held their ports.
+        remove_orphans(mark, switch.port_interfaces(), candidate_netns(p.netns for p in (saved or seed).ports))
         host, port = args.metrics
         try:
             metrics_server, bound = serve_metrics(switch, api_requests, host, port)

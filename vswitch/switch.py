@@ -66,9 +66,11 @@ class _Port:
 
 
 class Switch:
-    def __init__(self, settings: SwitchSettings, on_change: Callable[[DesiredState], None] | None = None) -> None:
+    def __init__(self, settings: SwitchSettings, on_change: Callable[[DesiredState], None] | None = None,
+                 tap_mark: str | None = None) -> None:
         self.settings = settings
         self._on_change = on_change
+        self.tap_mark = tap_mark  # the alias every TAP this switch makes carries (orphans.py)
         self._lock = threading.RLock()
         self._dp = self._make_datapath(settings.io_mode)
         self._networks: dict[str, _Network] = {}
@@ -360,7 +362,8 @@ class Switch:
         # TSO super-frames cross between local ports as they are, and are
         # cut into segments in the loop when bound for a VXLAN peer.
         offloads = TSO_OFFLOADS if vnet else 0
-        tap = open_tap(path, spec.ifname, mac=spec.mac, ip=spec.ip, mtu=mtu, vnet_hdr=vnet, offloads=offloads)
+        tap = open_tap(path, spec.ifname, mac=spec.mac, ip=spec.ip, mtu=mtu, vnet_hdr=vnet, offloads=offloads,
+                       alias=self.tap_mark)
         try:
             index = self._dp.add_port(tap.fd, net.id, mtu, vnet)
         except Exception as e:
@@ -588,6 +591,11 @@ class Switch:
             port.capture = Capture(lambda fd, rx, tx: self._dp.set_capture(port.index, fd, rx, tx), stop, direction)
             log.info("capture started on port %s (%s)", name, direction)
             return port.capture
+
+    def port_interfaces(self) -> set[tuple[tuple[int, int] | None, str]]:
+        """(namespace identity, interface name) of every port's TAP."""
+        with self._lock:
+            return {(p.netns_id, p.spec.ifname) for p in self._ports.values()}
 
     def has_port(self, name: str) -> bool:
         with self._lock:

@@ -527,11 +527,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 stream.close()
                 sock.close()
                 with server.streams_lock:
-                    server.streams.discard(threading.current_thread())
+                    server.streams.pop(threading.current_thread(), None)
 
         thread = threading.Thread(target=pump, name=f"capture:{stream.port}", daemon=True)
         with server.streams_lock:
-            server.streams.add(thread)
+            server.streams[thread] = sock
         self._detached = True
         thread.start()
 
@@ -582,7 +582,7 @@ class _Server:
         self.metrics_hook = metrics_hook
         self.state_check = state_check
         self.limits = limits
-        self.streams: set[threading.Thread] = set()
+        self.streams: dict[threading.Thread, socket.socket] = {}  # capture streams and their clients
         self.streams_lock = threading.Lock()
 
     def report(self, template: str, status: int) -> None:
@@ -666,9 +666,14 @@ class ApiServer:
             self._loop = None
         listener.close()
         with self._server.streams_lock:
-            streams = list(self._server.streams)
-        for stream in streams:
-            stream.join(timeout=5)
+            streams = list(self._server.streams.items())
+        for thread, sock in streams:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the pump sees its client gone and ends
+            except OSError:
+                pass
+        for thread, _ in streams:
+            thread.join(timeout=5)
         # Remove the socket only if it is still ours (not one a successor bound).
         try:
             if os.stat(self.socket_path).st_ino == self._inode:

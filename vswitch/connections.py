@@ -330,6 +330,8 @@ class ConnectionLoop:
             try:
                 conn.sock.settimeout(self.limits.write_timeout_s)
                 outcome = self.serve(conn, request, timed_out)
+            except OSError as e:  # the client left before its answer was written: its loss
+                log.debug("API: connection error: %s", e)
             except Exception:
                 log.exception("API: serving a request failed")
             if outcome == DETACHED:  # its new owner closes it

@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import select
 import signal
 import sys
 import threading
@@ -83,6 +84,50 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class _Signals:
+    """SIGTERM, SIGINT and SIGHUP for the main thread to wait on.
+
+    The kernel may hand a process's signal to any of its threads, and a main
+    thread blocked on a lock is then never woken to run the Python handler. So
+    the main thread waits in select() on the wakeup fd, which the C-level
+    handler writes to whichever thread took the signal; the handlers only
+    record the signal (no locks: they run between the main thread's bytecodes).
+    """
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        self._stop = False
+        self._hups = 0
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._record)
+
+    def _record(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self._hups += 1
+        else:
+            self._stop = True
+
+    def wait(self) -> int:
+        """SIGHUP once for any number that came since the last call, else SIGTERM when asked to stop."""
+        while True:
+            if self._stop:
+                return signal.SIGTERM
+            if self._hups:
+                self._hups = 0
+                return signal.SIGHUP
+            select.select([self._r], [], [], 1.0)  # the timeout only as a backstop
+            try:
+                os.read(self._r, 4096)
+            except BlockingIOError:
+                pass
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._r)
+        os.close(self._w)
+
+
 def reapply_config(path: Path | None, switch: Switch, store: StateStore) -> None:
     """SIGHUP: make the switch match the config file again, as `vswitchctl apply` does.
     A file that cannot be read or checked changes nothing and is logged."""
@@ -119,15 +164,7 @@ def run(args: argparse.Namespace) -> int:
     api = ApiServer(switch, args.api_socket, metrics_hook=api_requests, state_check=store.check_writable)
     api.bind()  # refuses to go on while another vswitchd answers on the socket
 
-    stop, hup, wake = threading.Event(), threading.Event(), threading.Event()
-
-    def on_signal(signum: int, _frame: object) -> None:
-        (hup if signum == signal.SIGHUP else stop).set()
-        wake.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-
+    signals = _Signals()
     metrics_server = None
     try:
         switch.start()
@@ -147,12 +184,8 @@ def run(args: argparse.Namespace) -> int:
         api.start()
         log.info("vswitchd ready: %d networks, %d ports; API on %s",
                  len(switch.list_networks()), len(switch.list_ports()), args.api_socket)
-        while not stop.is_set():
-            wake.wait()
-            wake.clear()
-            if hup.is_set() and not stop.is_set():
-                hup.clear()
-                reapply_config(args.config, switch, store)
+        while signals.wait() == signal.SIGHUP:
+            reapply_config(args.config, switch, store)
         log.info("stopping")
     finally:
         # Each server's shutdown waits out its poll interval: wait for both at once.
@@ -163,5 +196,6 @@ def run(args: argparse.Namespace) -> int:
         switch.stop()
         if metrics_stop is not None:
             metrics_stop.join()
+        signals.close()
     log.info("stopped")
     return 0

@@ -323,3 +323,42 @@ def test_vswitchctl_apply_reads_the_file_before_it_calls(tmp_path: Path) -> None
     proc = subprocess.run([sys.executable, "-m", "vswitch.cli", "--socket", str(tmp_path / "none.sock"), "apply", str(path)],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 1 and "bad.toml: invalid TOML" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.root
+def test_a_change_the_kernel_refuses_midway_stops_there_and_keeps_what_was_done(
+        setup: tuple[Vswitchd, list[Netns], str], tmp_path: Path) -> None:
+    d, nss, vtep = setup
+    # An interface of another kind already holds the name the file asks for.
+    nss[2].exec("ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth2")
+    wanted = _toml(
+        [{"name": "blue", "vni": 100}, {"name": "red"}],
+        [{"name": "c1", "network": "blue", "netns": nss[0].name, "mac": "02:00:00:00:00:01"},
+         {"name": "c3", "network": "red", "netns": nss[2].name, "ifname": "eth1"}],
+        [], [], switch=vtep)
+    proc = d.ctl_run("apply", str(_write(tmp_path, "clash.toml", wanted)), json_output=False)
+    assert proc.returncode == 1
+    assert "adding port c3 failed: " in proc.stderr and "non-TAP interface eth1" in proc.stderr, proc.stderr
+    assert "actions were carried out before it and are kept, the rest were not" in proc.stderr
+    # The removals before it were made and saved; c3 was not made.
+    assert sorted(_ports(d)) == ["c1"]
+    assert d.ctl("peer", "list") == [] and [e for e in d.ctl("fdb", "show") if e["static"]] == []
+    exported = d.ctl("export")
+    assert d.stop() == 0
+    d.start()
+    assert d.ctl("export") == exported
+
+
+@pytest.mark.root
+def test_config_routes_answer_as_openapi_json_says(setup: tuple[Vswitchd, list[Netns], str]) -> None:
+    from tests.test_api import check_against_openapi
+
+    d, _, _ = setup
+    doc = d.api("GET", "/v1/openapi.json")[1]
+    status, exported = d.api("GET", "/v1/config")
+    check_against_openapi(doc, "GET", "/v1/config", status, exported)
+    smaller = {**exported, "port": exported["port"][:1], "fdb": []}
+    for body in ({"config": smaller, "dry_run": True}, {"config": {"network": [{"name": 5}]}}):
+        status, answer = d.api("POST", "/v1/config", body)
+        check_against_openapi(doc, "POST", "/v1/config", status, answer)
+    assert status == 400

@@ -128,7 +128,7 @@ class _Signals:
         os.close(self._w)
 
 
-def reapply_config(path: Path | None, switch: Switch, store: StateStore) -> None:
+def reapply_config(path: Path | None, switch: Switch, store: StateStore, io_mode: str | None = None) -> None:
     """SIGHUP: make the switch match the config file again, as `vswitchctl apply` does.
     A file that cannot be read or checked changes nothing and is logged."""
     if path is None:
@@ -137,6 +137,8 @@ def reapply_config(path: Path | None, switch: Switch, store: StateStore) -> None
     log.info("SIGHUP: re-applying %s", path)
     try:
         settings, state = load_config(path, check_netns=True)
+        if io_mode is not None:  # --io-mode overrides the file, as it did at start
+            settings = dataclasses.replace(settings, io_mode=io_mode)
         store.check_writable()
         result = reconcile.apply(switch, settings, state)
     except VswitchError as e:
@@ -185,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("vswitchd ready: %d networks, %d ports; API on %s",
                  len(switch.list_networks()), len(switch.list_ports()), args.api_socket)
         while signals.wait() == signal.SIGHUP:
-            reapply_config(args.config, switch, store)
+            reapply_config(args.config, switch, store, args.io_mode)
         log.info("stopping")
     finally:
         # Each server's shutdown waits out its poll interval: wait for both at once.

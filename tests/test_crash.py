@@ -6,12 +6,13 @@ removes, when it starts, the marked TAPs that no restored port holds.
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -33,7 +34,8 @@ def _taps(ns: Netns) -> dict[str, str | None]:
 
 
 def _temp_files(state_dir: Path) -> list[str]:
-    return sorted(p.name for p in state_dir.glob(".state.json.*.tmp")) if state_dir.is_dir() else []
+    """Temp files of the state file's saves and of the TAP journal's."""
+    return sorted(p.name for p in state_dir.glob(".*.tmp")) if state_dir.is_dir() else []
 
 
 def _churn(client: Client, slots: list[tuple[str, Netns, str]], stop: threading.Event, done: list[int]) -> None:
@@ -130,3 +132,44 @@ def test_only_this_switchs_unowned_taps_are_removed_at_start(
     d.start()
     assert set(_taps(ns)) == {"eth0", "other0", "plain0"}
     assert "removed orphan TAP" not in d.run_stderr
+
+
+@pytest.fixture
+def unnamed_netns() -> Iterator[str]:
+    """A namespace known only as /proc/PID/ns/net (as a container runtime may pass it)."""
+    proc = subprocess.Popen(["unshare", "--net", "sleep", "600"])
+    try:
+        path = f"/proc/{proc.pid}/ns/net"
+        deadline = time.monotonic() + 10
+        while os.stat(path).st_ino == os.stat("/proc/self/ns/net").st_ino:
+            assert time.monotonic() < deadline, "unshare did not enter a new namespace"
+            time.sleep(0.01)
+        yield path
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _nsenter(path: str, *cmd: str) -> str:
+    return subprocess.run(["nsenter", f"--net={path}", *cmd], check=True, capture_output=True, text=True,
+                          timeout=30).stdout
+
+
+@pytest.mark.root
+def test_a_namespace_known_only_by_path_is_journalled_and_its_orphan_found(
+        vswitchd_factory: Callable[..., Vswitchd], unnamed_netns: str) -> None:
+    d = vswitchd_factory('[[network]]\nname = "blue"\n')
+    journal = d.state_dir / "tap-namespaces.json"
+    assert json.loads(journal.read_text()) == []
+    # Recorded before the TAP is made, and kept while vswitchd runs.
+    assert d.api("POST", "/v1/ports", {"name": "c1", "network": "blue", "netns": unnamed_netns})[0] == 201
+    assert json.loads(journal.read_text()) == [unnamed_netns]
+    assert d.api("DELETE", "/v1/ports/c1")[0] == 204
+    d.kill()
+    # As if a crash had cut an add short: a marked TAP in a namespace the state does not name.
+    _nsenter(unnamed_netns, "ip", "tuntap", "add", "dev", "orphan0", "mode", "tap")
+    _nsenter(unnamed_netns, "ip", "link", "set", "dev", "orphan0", "alias", tap_mark(d.state_dir))
+    d.start()
+    assert json.loads(_nsenter(unnamed_netns, "ip", "-j", "link", "show", "type", "tun")) == []
+    assert f"removed orphan TAP orphan0 in netns {unnamed_netns}" in d.run_stderr
+    assert json.loads(journal.read_text()) == []  # reset once the orphans are gone

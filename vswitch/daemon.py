@@ -24,7 +24,7 @@ from .config import load_config
 from .errors import ConfigError, VswitchError
 from .metrics import ApiRequestCounter, serve_metrics
 from .model import IO_MODES, DesiredState, SwitchSettings
-from .orphans import candidate_netns, remove_orphans, tap_mark
+from .orphans import TapJournal, candidate_netns, remove_orphans, tap_mark
 from .state import StateStore
 from .switch import Switch
 
@@ -161,8 +161,9 @@ def run(args: argparse.Namespace) -> int:
     if args.io_mode is not None:
         settings = dataclasses.replace(settings, io_mode=args.io_mode)
     api_requests = ApiRequestCounter()
-    mark = tap_mark(args.state_dir)
-    switch = Switch(settings, on_change=store.save, tap_mark=mark)
+    mark, journal = tap_mark(args.state_dir), TapJournal(store)
+    earlier_namespaces = journal.load()
+    switch = Switch(settings, on_change=store.save, tap_mark=mark, before_tap=journal.record)
     api = ApiServer(switch, args.api_socket, metrics_hook=api_requests, state_check=store.check_writable)
     api.bind()  # refuses to go on while another vswitchd answers on the socket
 
@@ -176,7 +177,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             switch.apply(seed, strict=True)
         # TAPs of changes a crash cut short, before the state held their ports.
-        remove_orphans(mark, switch.port_interfaces(), candidate_netns(p.netns for p in (saved or seed).ports))
+        named = [*(p.netns for p in (saved or seed).ports), *earlier_namespaces]
+        remove_orphans(mark, switch.port_interfaces(), candidate_netns(named))
+        journal.reset()
         host, port = args.metrics
         try:
             metrics_server, bound = serve_metrics(switch, api_requests, host, port)

@@ -7,27 +7,73 @@ with an interface alias naming its owner (a digest of the state dir, so
 several vswitchd instances on one host never take each other's), and the
 next start removes the marked TAPs that no restored port holds.
 
-Namespaces are found where they can be: under /run/netns, vswitchd's own, and
-those the saved state names. A TAP left in a namespace known by none of these
-(e.g. a /proc/PID path of a port that was never saved) is not found.
+Namespaces are looked in where a TAP can have been left: under /run/netns,
+vswitchd's own, those the saved state names, and those a journal beside the
+state file lists: every namespace a TAP was made in since the last start,
+recorded before the TAP is made (so also a /proc/PID path of a port that was
+never saved).
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Iterable
 
 from pyroute2 import IPRoute, NetlinkError
 
-from .errors import VswitchError
+from .errors import StateNotSaved, VswitchError
 from .netns import NETNS_RUN_DIR, netns_identity, netns_label, netns_path, run_in_netns
+from .state import TAP_JOURNAL_FILE as JOURNAL_FILE, StateStore
 
 log = logging.getLogger("vswitch.orphans")
 
 MARK_PREFIX = "vswitchd "
 OWN_NETNS = "/proc/self/ns/net"
+
+
+class TapJournal:
+    """The namespaces TAPs were made in since vswitchd started, kept in the state dir."""
+
+    def __init__(self, store: StateStore) -> None:
+        self._store = store
+        self._lock = threading.Lock()
+        self._paths: list[str] = []
+
+    def load(self) -> list[str]:
+        """What an earlier run recorded; an unreadable journal is reported and ignored."""
+        try:
+            raw = self._store.read_file(JOURNAL_FILE)
+            paths = json.loads(raw) if raw is not None else []
+        except (OSError, ValueError) as e:
+            log.warning("ignoring %s in the state dir: %s", JOURNAL_FILE, e)
+            return []
+        return [p for p in paths if isinstance(p, str)] if isinstance(paths, list) else []
+
+    def record(self, netns_path: str) -> None:
+        """Note a namespace before a TAP is made in it (StateNotSaved if it cannot be noted)."""
+        with self._lock:
+            if netns_path in self._paths:
+                return
+            # Namespaces that are gone cannot hold an orphan: the list stays as long as the live ones.
+            paths = [p for p in self._paths if netns_identity(p) is not None] + [netns_path]
+            self._write(paths)
+
+    def reset(self) -> None:
+        """Start afresh, once the orphans of the earlier run are removed."""
+        with self._lock:
+            self._write([])
+
+    def _write(self, paths: list[str]) -> None:
+        try:
+            self._store.write_file(JOURNAL_FILE, json.dumps(paths).encode() + b"\n")
+        except OSError as e:
+            raise StateNotSaved(f"cannot record a namespace in {self._store.state_dir / JOURNAL_FILE}: "
+                                f"{e.strerror or e}; nothing was changed") from None
+        self._paths = paths
 
 
 def tap_mark(state_dir: Path) -> str:

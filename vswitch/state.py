@@ -29,6 +29,9 @@ STATE_VERSION = 1
 STATE_FILE = "state.json"
 TEMP_PREFIX = f".{STATE_FILE}."
 TEMP_SUFFIX = ".tmp"
+# Other files kept beside the state, written the same way (their temp files are ".NAME.*.tmp").
+TAP_JOURNAL_FILE = "tap-namespaces.json"  # orphans.TapJournal
+SIDE_FILES = (TAP_JOURNAL_FILE,)
 # Room a change is asked to find before it is made: the state grows by one
 # item at most, and an item is bounded by the API's request size.
 CHANGE_HEADROOM = 64 * 1024
@@ -125,23 +128,31 @@ class StateStore:
                                 f"{_why(e, self.path)}; nothing was changed") from None
 
     def _save(self, state: DesiredState) -> None:
-        data = json.dumps(state_to_dict(state), indent=2, sort_keys=True).encode() + b"\n"
+        self.write_file(STATE_FILE, json.dumps(state_to_dict(state), indent=2, sort_keys=True).encode() + b"\n")
+
+    def write_file(self, name: str, data: bytes) -> None:
+        """Replace state_dir/name with data, atomically and durably (OSError if not)."""
         with self._lock, self._dir(create=True) as dir_fd:
             assert dir_fd is not None
-            with self._temp_file(dir_fd) as (fd, name):
+            with self._temp_file(dir_fd, name) as (fd, tmp):
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
                 os.fsync(fd)
                 # rename() replaces whatever is at the name, a symlink included, without following it.
-                os.replace(name, STATE_FILE, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
             # The rename is durable only once the directory entry is on disk.
             os.fsync(dir_fd)
 
+    def read_file(self, name: str) -> bytes | None:
+        """state_dir/name, or None if it does not exist (OSError if it cannot be read)."""
+        with self._dir(create=False) as dir_fd:
+            return None if dir_fd is None else self._read(dir_fd, name)
+
     @contextmanager
-    def _temp_file(self, dir_fd: int) -> Iterator[tuple[int, str]]:
+    def _temp_file(self, dir_fd: int, for_name: str = STATE_FILE) -> Iterator[tuple[int, str]]:
         """A new private file in the state dir; removed on the way out unless renamed away."""
-        name = f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+        name = f".{for_name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
         fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         try:
             yield fd, name
@@ -170,9 +181,9 @@ class StateStore:
         finally:
             os.close(fd)
 
-    def _read(self, dir_fd: int) -> bytes | None:
+    def _read(self, dir_fd: int, name: str = STATE_FILE) -> bytes | None:
         try:
-            fd = os.open(STATE_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         except FileNotFoundError:
             return None
         with os.fdopen(fd, "rb") as f:
@@ -180,8 +191,9 @@ class StateStore:
 
     @staticmethod
     def _remove_temp_files(dir_fd: int) -> None:
+        prefixes = tuple(f".{n}." for n in (STATE_FILE, *SIDE_FILES))
         for name in os.listdir(dir_fd):
-            if name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+            if name.startswith(prefixes) and name.endswith(TEMP_SUFFIX):
                 try:
                     os.unlink(name, dir_fd=dir_fd)
                 except FileNotFoundError:

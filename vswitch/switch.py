@@ -67,10 +67,11 @@ class _Port:
 
 class Switch:
     def __init__(self, settings: SwitchSettings, on_change: Callable[[DesiredState], None] | None = None,
-                 tap_mark: str | None = None) -> None:
+                 tap_mark: str | None = None, before_tap: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self._on_change = on_change
         self.tap_mark = tap_mark  # the alias every TAP this switch makes carries (orphans.py)
+        self._before_tap = before_tap  # told each namespace path before a TAP is made there
         self._lock = threading.RLock()
         self._dp = self._make_datapath(settings.io_mode)
         self._networks: dict[str, _Network] = {}
@@ -362,6 +363,8 @@ class Switch:
         # TSO super-frames cross between local ports as they are, and are
         # cut into segments in the loop when bound for a VXLAN peer.
         offloads = TSO_OFFLOADS if vnet else 0
+        if self._before_tap is not None:
+            self._before_tap(path)
         tap = open_tap(path, spec.ifname, mac=spec.mac, ip=spec.ip, mtu=mtu, vnet_hdr=vnet, offloads=offloads,
                        alias=self.tap_mark)
         try:

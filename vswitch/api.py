@@ -6,6 +6,10 @@ Every error body is ``{"error": <kind>, "detail": <one line>}``.
 
 One route streams instead of answering JSON: a port capture is sent as pcap,
 frame by frame, for as long as the client reads (the connection then closes).
+
+Connections are held by connections.ConnectionLoop, which reads each request
+whole before a worker of its fixed pool serves it here: no thread waits on an
+idle or slow client.
 """
 from __future__ import annotations
 

@@ -27,7 +27,6 @@ from .model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec
 
 STATE_VERSION = 1
 STATE_FILE = "state.json"
-TEMP_PREFIX = f".{STATE_FILE}."
 TEMP_SUFFIX = ".tmp"
 # Other files kept beside the state, written the same way (their temp files are ".NAME.*.tmp").
 TAP_JOURNAL_FILE = "tap-namespaces.json"  # orphans.TapJournal

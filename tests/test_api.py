@@ -245,6 +245,7 @@ def test_openapi_document_is_served_and_covers_every_route(api: Api, openapi: di
         ("delete", "/v1/fdb/{network}/{mac}"), ("post", "/v1/fdb/flush"), ("get", "/v1/stats"), ("get", "/v1/openapi.json"),
         ("get", "/v1/ports/{name}/capture"), ("post", "/v1/trace"), ("patch", "/v1/ports/{name}"),
         ("get", "/v1/cluster"),
+        ("get", "/v1/config"), ("post", "/v1/config"),
     }
     documented = {(m, p) for p, item in served["paths"].items() for m in item if m != "parameters"}
     assert documented == expected

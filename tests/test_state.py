@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import stat
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -151,3 +152,105 @@ def test_unreadable_file_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "state.json").mkdir()  # a directory where the file should be
     with pytest.raises(ConfigError, match="cannot read"):
         StateStore(tmp_path).load()
+
+
+# --- symlinks, leftovers and a state dir that cannot take a change --------------------
+
+
+def test_a_symlink_at_the_state_file_is_neither_read_nor_written_through(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text(json.dumps(_valid_doc()))
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    (state_dir / "state.json").symlink_to(target)
+    with pytest.raises(ConfigError, match="symlink .* is not followed"):
+        StateStore(state_dir).load()
+    before = target.read_text()
+    StateStore(state_dir).save(STATE)  # replaces the link itself
+    assert target.read_text() == before
+    assert not (state_dir / "state.json").is_symlink()
+    assert StateStore(state_dir).load() == STATE
+
+
+def test_a_symlinked_state_dir_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "state").symlink_to(real)
+    with pytest.raises(ConfigError, match="symlink"):
+        StateStore(tmp_path / "state").load()
+    with pytest.raises(StateNotSaved, match="symlink"):
+        StateStore(tmp_path / "state").save(STATE)
+    assert list(real.iterdir()) == []
+
+
+def test_temp_files_left_by_a_crash_are_removed_at_load(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.save(STATE)
+    for name in (".state.json.abc123.tmp", ".state.json.x.tmp"):
+        (tmp_path / name).write_text("half a save")
+    (tmp_path / "unrelated.tmp").write_text("kept")
+    assert store.load() == STATE
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.json", "unrelated.tmp"]
+
+
+def test_check_writable_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    store.check_writable()
+    store.save(STATE)
+    store.check_writable()
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["state.json"]
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 512 KiB tmpfs, unmounted at teardown."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: mounts a tmpfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mnt)], check=True, timeout=30)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True, timeout=30)
+
+
+def _fill(path: Path) -> None:
+    import errno
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 512)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.root
+def test_a_full_or_read_only_state_dir_refuses_changes_up_front(tiny_tmpfs: Path) -> None:
+    import subprocess
+
+    store = StateStore(tiny_tmpfs)
+    store.save(STATE)
+    saved = (tiny_tmpfs / "state.json").read_bytes()
+    _fill(tiny_tmpfs / "filler")
+    with pytest.raises(StateNotSaved, match=r"change refused: .*No space left on device; nothing was changed"):
+        store.check_writable()
+    assert (tiny_tmpfs / "state.json").read_bytes() == saved
+    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["filler", "state.json"]
+    (tiny_tmpfs / "filler").unlink()
+    store.check_writable()
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True, timeout=30)
+    try:
+        with pytest.raises(StateNotSaved, match="Read-only file system; nothing was changed"):
+            store.check_writable()
+        assert store.load() == STATE
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(tiny_tmpfs)], check=True, timeout=30)
+    store.check_writable()

@@ -6,6 +6,10 @@ Every error body is ``{"error": <kind>, "detail": <one line>}``.
 
 One route streams instead of answering JSON: a port capture is sent as pcap,
 frame by frame, for as long as the client reads (the connection then closes).
+
+Connections are held by connections.ConnectionLoop, which reads each request
+whole before a worker of its fixed pool serves it here: no thread waits on an
+idle or slow client.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import logging
 import os
 import select
 import socket
-import socketserver
+import io
 import stat
 import threading
 import time
@@ -27,7 +31,10 @@ from pathlib import Path
 from typing import Any, BinaryIO, Callable
 from urllib.parse import parse_qs, unquote
 
+from . import reconcile
 from .capture import Capture, pcap_header, pcap_record
+from .config import config_document, parse_config
+from .connections import CLOSE, DETACHED, KEEP, Conn, ConnectionLoop, Limits, RequestBuffer
 from .errors import Conflict, ConfigError, InvalidArgument, NotFound, VswitchError
 from .model import (NetworkSpec, PeerSpec, PortSpec, PortUpdate, StaticFdbSpec, check_keys, check_label_filter, check_mac,
                     check_name)
@@ -37,6 +44,11 @@ log = logging.getLogger("vswitch.api")
 
 MAX_BODY = 64 * 1024
 BODY_METHODS = ("POST", "PATCH")  # the methods whose request body is JSON the handler reads
+# A whole config document is applied in one request: room for thousands of ports.
+MAX_CONFIG_BODY = 4 * 1024 * 1024
+BODY_LIMITS = {"/v1/config": MAX_CONFIG_BODY}
+# Requests that change nothing an operator configured, whatever their method.
+READ_ONLY_POSTS = {"/v1/trace", "/v1/fdb/flush"}
 PCAP_TYPE = "application/vnd.tcpdump.pcap"
 # How often an idle capture stream checks that its port still exists.
 PORT_CHECK_S = 0.5
@@ -260,6 +272,20 @@ def _capture(req: Request) -> tuple[int, Any]:
     return 200, PcapStream(req.switch, name, capture, None if count is None else int(count))
 
 
+def _config_export(req: Request) -> tuple[int, Any]:
+    return 200, config_document(req.switch.settings, req.switch.desired_state())
+
+
+def _config_apply(req: Request) -> tuple[int, Any]:
+    body = _object(req)
+    check_keys("apply", body, {"config", "dry_run"}, {"config"})
+    dry_run = body.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise InvalidArgument(f"dry_run: {dry_run!r} is not true or false")
+    settings, state = parse_config(body["config"], check_netns=True)
+    return 200, reconcile.apply(req.switch, settings, state, dry_run=dry_run)
+
+
 def _openapi(req: Request) -> tuple[int, Any]:
     return 200, openapi_document()
 
@@ -283,8 +309,22 @@ ROUTES: dict[str, dict[str, tuple[Handler, tuple[str, ...]]]] = {
     "/v1/stats": {"GET": (_stats, ())},
     "/v1/cluster": {"GET": (_cluster, ())},
     "/v1/trace": {"POST": (_trace, ())},
+    "/v1/config": {"GET": (_config_export, ()), "POST": (_config_apply, ())},
     "/v1/openapi.json": {"GET": (_openapi, ())},
 }
+
+
+def body_limit(raw_path: bytes) -> int:
+    """The largest body a request to this raw path (no query) may carry; the connection
+    loop reads no more than this before the handler decides."""
+    return BODY_LIMITS.get(raw_path.decode("latin-1"), MAX_BODY)
+
+
+def changes_state(template: str, method: str, req: Request) -> bool:
+    """Whether a request may change the desired state (and so must be able to save it)."""
+    if method in ("GET", "HEAD", "OPTIONS") or template in READ_ONLY_POSTS:
+        return False
+    return not (template == "/v1/config" and isinstance(req.body, dict) and req.body.get("dry_run") is True)
 
 
 def match_route(path: str) -> tuple[str, dict[str, str]] | None:
@@ -313,13 +353,49 @@ def openapi_document() -> Any:
     return json.loads(resources.files("vswitch").joinpath("openapi.json").read_bytes())
 
 
+class _SocketWriter(io.BufferedIOBase):
+    """The handler's wfile: every write goes out whole (sendall), bounded by the socket's timeout."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self._sock.sendall(b)
+        return len(b)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
 class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves one request that the connection loop read whole (rfile is that buffer)."""
+
     protocol_version = "HTTP/1.1"  # keep-alive; every response carries Content-Length
     # Nobody speaks HTTP/0.9: a malformed request line still gets a status line and headers.
     default_request_version = "HTTP/1.0"
-    timeout = 60  # idle keep-alive connections must not pin a thread forever
     server: _Server
     _template = UNMATCHED
+
+    def __init__(self, conn: Conn, server: _Server, rfile: RequestBuffer) -> None:
+        # Not BaseRequestHandler's __init__: that would loop over requests on a blocking socket.
+        self.conn = conn
+        self.request = self.connection = conn.sock
+        self.client_address = ""
+        self.server = server
+        self.rfile = rfile
+        self.wfile = _SocketWriter(conn.sock)
+        self.timeout = server.limits.request_timeout_s
+        self._detached = False
+
+    def serve_one(self) -> str:
+        self.close_connection = True  # unless the request line says keep-alive
+        self.handle_one_request()
+        if self._detached:
+            return DETACHED
+        return CLOSE if self.close_connection else KEEP
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -333,6 +409,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         headers: dict[str, str] = {}
         try:
             req, handler = self._parse()
+            if self.server.state_check is not None and changes_state(self._template, self.command, req):
+                self.server.state_check()  # a state dir that cannot save refuses the change first
             status, payload = handler(req)
         except HttpError as e:
             status, payload, headers = e.status, {"error": e.error, "detail": e.detail}, e.headers
@@ -404,10 +482,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if self.command in BODY_METHODS:
                 raise HttpError(411, "length_required", f"{self.command} needs a Content-Length header")
             return False, None
-        if length > MAX_BODY:
+        limit = BODY_LIMITS.get(self._template, MAX_BODY)
+        if length > limit:
             # The body is never read, so the connection cannot carry another request.
             self.close_connection = True
-            raise HttpError(413, "payload_too_large", f"request body of {length} bytes exceeds the {MAX_BODY}-byte limit")
+            raise HttpError(413, "payload_too_large", f"request body of {length} bytes exceeds the {limit}-byte limit")
         try:
             data = self.rfile.read(length)
         except TimeoutError:
@@ -453,7 +532,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _stream(self, status: int, stream: PcapStream) -> None:
-        """Headers, then the body as it is produced; its end is the connection's end."""
+        """Headers, then the body as it is produced; its end is the connection's end.
+
+        The body is pumped by a thread of its own, not a pool worker, for as long as the
+        client reads: at most one capture runs per port, so these threads are bounded."""
         self.close_connection = True
         try:
             self.send_response(status)
@@ -461,16 +543,34 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.send_header("Connection", "close")
             self.end_headers()
-            stream.pump(self.wfile, self.connection)
-        except OSError as e:  # the client went away or stopped reading: the normal end of a stream
+        except OSError as e:
             log.debug("%s %s: stream ended: %s", self.command, self.path, e)
-        finally:
             stream.close()
+            return
+        sock, wfile, what, server = self.connection, self.wfile, f"{self.command} {self.path}", self.server
+
+        def pump() -> None:
+            try:
+                stream.pump(wfile, sock)
+            except OSError as e:  # the client went away or stopped reading: the normal end of a stream
+                log.debug("%s: stream ended: %s", what, e)
+            finally:
+                stream.close()
+                sock.close()
+                with server.streams_lock:
+                    server.streams.pop(threading.current_thread(), None)
+
+        thread = threading.Thread(target=pump, name=f"capture:{stream.port}", daemon=True)
+        with server.streams_lock:
+            server.streams[thread] = sock
+        self._detached = True
+        thread.start()
 
     def handle_expect_100(self) -> bool:
-        # Do not invite a body that will be refused anyway.
+        # Do not invite a body that will be refused anyway, nor twice: the connection
+        # loop sent 100 Continue itself if it waited for the body.
         length = _parse_length(self.headers.get("Content-Length", ""))
-        if length is not None and length > MAX_BODY:
+        if self.conn.continue_sent or (length is not None and length > body_limit(self.path.encode(errors="replace"))):
             return True
         return super().handle_expect_100()
 
@@ -504,19 +604,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return "unix"  # peers on a Unix socket have no address
 
 
-class _Server(socketserver.ThreadingUnixStreamServer):
-    daemon_threads = True
-    block_on_close = False
-    # A Unix socket refuses connect() with EAGAIN once the backlog is full
-    # (clients with a timeout never queue), so bursts of clients need room.
-    request_queue_size = socket.SOMAXCONN
+class _Server:
+    """What handlers reach through self.server: the switch, the metrics hook, the state check."""
 
-    def __init__(self, path: str, switch: Switch, metrics_hook: MetricsHook | None) -> None:
-        super().__init__(path, _Handler, bind_and_activate=False)
+    def __init__(self, switch: Switch, metrics_hook: MetricsHook | None,
+                 state_check: Callable[[], None] | None, limits: Limits) -> None:
         self.switch = switch
         self.metrics_hook = metrics_hook
-        self.conns: set[socket.socket] = set()
-        self.conns_lock = threading.Lock()
+        self.state_check = state_check
+        self.limits = limits
+        self.streams: dict[threading.Thread, socket.socket] = {}  # capture streams and their clients
+        self.streams_lock = threading.Lock()
 
     def report(self, template: str, status: int) -> None:
         if self.metrics_hook is None:
@@ -526,27 +624,10 @@ class _Server(socketserver.ThreadingUnixStreamServer):
         except Exception:
             log.exception("metrics hook failed for %s %d", template, status)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.conns_lock:
-            self.conns.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.conns_lock:
-            self.conns.discard(request)
-        super().shutdown_request(request)
-
-    def drop_connections(self) -> None:
-        with self.conns_lock:
-            conns = list(self.conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.debug("api connection error", exc_info=True)
+    def serve(self, conn: Conn, request: bytes, timed_out: bool) -> str:
+        """Serve one whole request read by the connection loop; KEEP, CLOSE or DETACHED."""
+        handler = _Handler(conn, self, RequestBuffer(request, timed_out))
+        return handler.serve_one()
 
 
 class ApiServer:
@@ -554,20 +635,27 @@ class ApiServer:
 
     ``bind()`` claims the socket and fails with ConfigError if another vswitchd
     answers on it; call it before touching any state so a second daemon stops
-    before disturbing the first one. ``start()`` binds if needed and serves in
-    a daemon thread; ``close()`` stops serving and removes the socket.
+    before disturbing the first one. ``start()`` binds if needed and serves
+    (connections parked in one event loop, requests served by a fixed pool of
+    workers); ``close()`` stops serving and removes the socket.
+
+    ``state_check`` is called before a request that changes the desired state;
+    its StateNotSaved refuses the request before anything changes.
     """
 
-    def __init__(self, switch: Switch, socket_path: Path, metrics_hook: MetricsHook | None = None) -> None:
+    def __init__(self, switch: Switch, socket_path: Path, metrics_hook: MetricsHook | None = None,
+                 state_check: Callable[[], None] | None = None, limits: Limits | None = None) -> None:
         self.switch = switch
         self.socket_path = Path(socket_path)
         self.metrics_hook = metrics_hook
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self.limits = limits or Limits()
+        self._server = _Server(switch, metrics_hook, state_check, self.limits)
+        self._listener: socket.socket | None = None
+        self._loop: ConnectionLoop | None = None
         self._inode: int | None = None
 
     def bind(self) -> None:
-        if self._server is not None:
+        if self._listener is not None:
             return
         openapi_document()  # a broken package fails here, not on the first request
         path = self.socket_path
@@ -575,39 +663,48 @@ class ApiServer:
             path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
             os.chmod(path.parent, 0o755)
         _remove_stale_socket(path)
-        server = _Server(str(path), self.switch, self.metrics_hook)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         # The umask makes the socket 0600 from its creation: there is no window
         # in which another user could connect.
         old_umask = os.umask(0o177)
         try:
-            server.server_bind()
+            listener.bind(str(path))
         except OSError as e:
-            server.server_close()
+            listener.close()
             raise ConfigError(f"cannot bind the API socket {path}: {e.strerror}") from None
         finally:
             os.umask(old_umask)
         os.chmod(path, 0o600)
         self._inode = os.stat(path).st_ino
-        server.server_activate()
-        self._server = server
+        # A Unix socket refuses connect() with EAGAIN once the backlog is full
+        # (clients with a timeout never queue), so bursts of clients need room.
+        listener.listen(socket.SOMAXCONN)
+        self._listener = listener
 
     def start(self) -> None:
         self.bind()
-        assert self._server is not None
-        self._thread = threading.Thread(target=self._server.serve_forever, name="vswitch-api", daemon=True)
-        self._thread.start()
+        assert self._listener is not None
+        self._loop = ConnectionLoop(self._listener, self._server.serve, body_limit, self.limits)
+        self._loop.start()
         log.info("control API listening on %s", self.socket_path)
 
     def close(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
+        listener, self._listener = self._listener, None
+        if listener is None:
             return
-        if self._thread is not None:
-            server.shutdown()
-            self._thread.join()
-            self._thread = None
-        server.server_close()
-        server.drop_connections()
+        if self._loop is not None:
+            self._loop.stop()
+            self._loop = None
+        listener.close()
+        with self._server.streams_lock:
+            streams = list(self._server.streams.items())
+        for thread, sock in streams:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # the pump sees its client gone and ends
+            except OSError:
+                pass
+        for thread, _ in streams:
+            thread.join(timeout=5)
         # Remove the socket only if it is still ours (not one a successor bound).
         try:
             if os.stat(self.socket_path).st_ino == self._inode:

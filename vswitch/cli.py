@@ -12,9 +12,12 @@ import os
 import signal
 import struct
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 from urllib.parse import quote, urlencode
+
+import tomli_w
 
 from vswitch import __version__
 from vswitch.client import DEFAULT_SOCKET, ApiError, Client
@@ -201,6 +204,57 @@ def render_trace(doc: dict[str, Any]) -> str:
         where += [f"peers {', '.join(out['peers'])}"] if out["peers"] else []
         verdict = f"{doc['action']} to {' and '.join(where)}" if where else f"{doc['action']} to nowhere (no other port is up)"
     return "\n".join([*doc["steps"], f"verdict: {verdict}"])
+
+
+# --- apply and export -------------------------------------------------------
+
+APPLY_TIMEOUT_S = 600.0  # a config of many ports takes a while to build
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """A TOML config file as the document the API takes; one-line errors naming the file."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise ApiError(0, "file", f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ApiError(0, "file", f"{path}: not UTF-8 text: {e.reason} at byte {e.start}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ApiError(0, "file", f"{path}: invalid TOML: {e}") from None
+    try:
+        json.dumps(doc)
+    except (TypeError, ValueError):
+        raise ApiError(0, "file", f"{path}: dates and times are not config values") from None
+    return doc
+
+
+def _apply(c: Client, ns: argparse.Namespace) -> Any:
+    doc = read_config_file(ns.file)
+    client = Client(c.socket_path, timeout=max(c.timeout, APPLY_TIMEOUT_S))
+    try:
+        return client.request("POST", "/v1/config", {"config": doc, "dry_run": bool(ns.dry_run)})
+    except ApiError as e:
+        if e.status == 0:
+            raise
+        raise ApiError(e.status, e.error, f"{ns.file}: {e.detail}") from None
+
+
+def render_apply(result: dict[str, Any]) -> str:
+    changes, restart = result["changes"], result["restart_needed"]
+    if result["dry_run"]:
+        head = f"dry run: {len(changes)} change{'s' if len(changes) != 1 else ''} planned, nothing was changed"
+    else:
+        head = f"{len(changes)} change{'s' if len(changes) != 1 else ''} applied" if changes else "no changes: the switch matches the file"
+    lines = [head, *(f"  {c['description']}" for c in changes)]
+    if restart:
+        lines.append("needs a restart ([switch] settings stay as they are while vswitchd runs):")
+        lines += [f"  switch.{r['key']}: running {cell(r['running'])}, file {cell(r['file'])}" for r in restart]
+    return "\n".join(lines)
+
+
+def render_toml(doc: dict[str, Any]) -> str:
+    return tomli_w.dumps(doc).rstrip("\n")
 
 
 # --- capture ----------------------------------------------------------------
@@ -524,6 +578,18 @@ COMMANDS: tuple[Command, ...] = (
             Arg("--vlan", "N", "802.1Q tag the frame carries", required=False, type=int),
         ),
     ),
+    Command(
+        ("apply",),
+        "make the running switch match a TOML config file: networks, ports, peers and static entries",
+        _apply,
+        render_apply,
+        args=(
+            Arg("file", "FILE", "TOML config file, as vswitchd --config takes"),
+            Arg("--dry-run", "", "print the plan and change nothing", required=False, action="store_true"),
+        ),
+    ),
+    Command(("export",), "print the running configuration as a TOML file that apply takes back unchanged",
+            lambda c, ns: c.request("GET", "/v1/config"), render_toml),
     Command(
         ("capture",),
         "write a port's frames as pcap until COUNT frames, Ctrl-C or SIGTERM",

@@ -5,6 +5,7 @@ so every message points at one key of one table of the file.
 """
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ _ARRAYS: dict[str, Any] = {
 }
 # [cluster] is read by clusterconfig.load_cluster, so that loading a config never needs the etcd client.
 TOP_LEVEL_KEYS = {"switch", "cluster", *_ARRAYS}
+# Which DesiredState list each array of tables fills.
+SECTIONS = {"network": "networks", "port": "ports", "peer": "peers", "fdb": "static_fdb"}
 
 
 def _parse_array(key: str, value: Any) -> list[Any]:
@@ -75,6 +78,28 @@ def load_config(path: str | Path, *, check_netns: bool = False) -> tuple[SwitchS
     except InvalidArgument as e:
         raise ConfigError(f"{path}: {e}") from None
     return settings, state
+
+
+def parse_config(data: Any, *, check_netns: bool = True) -> tuple[SwitchSettings, DesiredState]:
+    """A config document already decoded (from TOML, or JSON sent to the API), checked as
+    load_config checks a file, except the peers: those are checked against the switch
+    they are applied to. Raises InvalidArgument naming the key and value."""
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"config: expected a table/object, got {type(data).__name__}")
+    settings, state = _parse(data)
+    check_references(state, check_netns=check_netns)
+    return settings, state
+
+
+def config_document(settings: SwitchSettings, state: DesiredState) -> dict[str, Any]:
+    """The config document that parse_config reads back as these settings and state.
+    A value of None is the same as the key left out, which is how TOML says it."""
+    doc: dict[str, Any] = {"switch": {k: v for k, v in dataclasses.asdict(settings).items() if v is not None}}
+    for key, attr in SECTIONS.items():
+        items = [{k: v for k, v in spec.to_dict().items() if v is not None} for spec in getattr(state, attr)]
+        if items:
+            doc[key] = items
+    return doc
 
 
 def _first_seen(seen: dict[Any, int], key: Any, i: int) -> int | None:

@@ -23,19 +23,21 @@ import dataclasses
 import errno
 import logging
 import os
+import select
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
+from . import __version__, reconcile
 from .api import ApiServer
 from .clusterconfig import load_cluster
 from .config import load_config
 from .errors import ConfigError, VswitchError
 from .metrics import ApiRequestCounter, serve_metrics
 from .model import IO_MODES, DesiredState, SwitchSettings
+from .orphans import TapJournal, candidate_netns, remove_orphans, tap_mark
 from .state import StateStore
 from .switch import Switch
 from .systemd import JournalFormatter, Notifier, Watchdog, stderr_is_journal
@@ -63,7 +65,8 @@ def parse_hostport(value: str) -> tuple[str, int]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vswitchd", description="Userspace virtual switch for containers.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    p.add_argument("--config", type=Path, help="TOML config; seeds the state when the state dir has none")
+    p.add_argument("--config", type=Path, help="TOML config; seeds the state when the state dir has none, "
+                   "gives the [switch] settings, and SIGHUP re-applies it")
     p.add_argument("--api-socket", type=Path, default=Path(DEFAULT_SOCKET), help=f"control API socket ({DEFAULT_SOCKET})")
     p.add_argument("--metrics", type=parse_hostport, default=parse_hostport(DEFAULT_METRICS),
                    help=f"Prometheus listen address HOST:PORT ({DEFAULT_METRICS}); port 0 picks a free one")
@@ -120,6 +123,80 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+class _Signals:
+    """SIGTERM, SIGINT and SIGHUP for the main thread to wait on.
+
+    The kernel may hand a process's signal to any of its threads, and a main
+    thread blocked on a lock is then never woken to run the Python handler. So
+    the main thread waits in select() on the wakeup fd, which the C-level
+    handler writes to whichever thread took the signal; the handlers only
+    record the signal (no locks: they run between the main thread's bytecodes).
+    """
+
+    def __init__(self) -> None:
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._old_fd = signal.set_wakeup_fd(self._w, warn_on_full_buffer=False)
+        self._stop = False
+        self._hups = 0
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._record)
+
+    def _record(self, signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            self._hups += 1
+        else:
+            self._stop = True
+
+    def wait(self) -> int:
+        """SIGHUP once for any number that came since the last call, else SIGTERM when asked to stop."""
+        while True:
+            if self._stop:
+                return signal.SIGTERM
+            if self._hups:
+                self._hups = 0
+                return signal.SIGHUP
+            select.select([self._r], [], [], 1.0)  # the timeout only as a backstop
+            try:
+                os.read(self._r, 4096)
+            except BlockingIOError:
+                pass
+
+    def stop(self) -> None:
+        """Make wait() return SIGTERM, as a signal would: from any thread (the forwarding loop's end)."""
+        self._stop = True
+        try:
+            os.write(self._w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full: wait() is awake already
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._old_fd)
+        os.close(self._r)
+        os.close(self._w)
+
+
+def reapply_config(path: Path | None, switch: Switch, store: StateStore, io_mode: str | None = None) -> None:
+    """SIGHUP: make the switch match the config file again, as `vswitchctl apply` does.
+    A file that cannot be read or checked changes nothing and is logged."""
+    if path is None:
+        log.warning("SIGHUP: vswitchd runs without --config; nothing to re-apply")
+        return
+    log.info("SIGHUP: re-applying %s", path)
+    try:
+        settings, state = load_config(path, check_netns=True)
+        if io_mode is not None:  # --io-mode overrides the file, as it did at start
+            settings = dataclasses.replace(settings, io_mode=io_mode)
+        store.check_writable()
+        result = reconcile.apply(switch, settings, state)
+    except VswitchError as e:
+        log.error("SIGHUP: %s", e)
+        return
+    for item in result["restart_needed"]:
+        log.warning("SIGHUP: switch.%s = %r in %s needs a restart (running with %r)",
+                    item["key"], item["file"], path, item["running"])
+    log.info("SIGHUP: %s applied: %d changes", path, len(result["changes"]))
+
+
 def run(args: argparse.Namespace) -> int:
     failure_errno = loop_failure_hook_errno()
     cluster_settings = load_cluster(args.config, getattr(args, "etcd", None))
@@ -140,13 +217,14 @@ def run(args: argparse.Namespace) -> int:
         for agent in agents:
             agent.local_changed()
 
-    switch = Switch(settings, on_change=on_change if cluster_settings is not None else store.save)
-    api = ApiServer(switch, args.api_socket, metrics_hook=api_requests)
+    mark, journal = tap_mark(args.state_dir), TapJournal(store)
+    earlier_namespaces = journal.load()
+    switch = Switch(settings, on_change=on_change if cluster_settings is not None else store.save,
+                    tap_mark=mark, before_tap=journal.record)
+    api = ApiServer(switch, args.api_socket, metrics_hook=api_requests, state_check=store.check_writable)
     api.bind()  # refuses to go on while another vswitchd answers on the socket
 
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    signals = _Signals()
     if failure_errno is not None:
         log.warning("test hook on: SIGUSR2 makes the forwarding loop fail with %s", errno.errorcode.get(failure_errno, failure_errno))
         signal.signal(signal.SIGUSR2, lambda *_: switch.inject_loop_failure(failure_errno))
@@ -156,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     def loop_ended(error: str | None) -> None:
         if error is not None:
             loop_failure.append(error)
-            stop.set()
+            signals.stop()
 
     notifier = Notifier()
     watchdog = Watchdog(notifier, lambda: switch.loop.healthy())
@@ -168,6 +246,10 @@ def run(args: argparse.Namespace) -> int:
             switch.apply(saved, strict=False)
         else:
             switch.apply(seed, strict=True)
+        # TAPs of changes a crash cut short, before the state held their ports.
+        named = [*(p.netns for p in (saved or seed).ports), *earlier_namespaces]
+        remove_orphans(mark, switch.port_interfaces(), candidate_netns(named))
+        journal.reset()
         if cluster_settings is not None:
             from .cluster import ClusterAgent  # the etcd client is imported only by cluster nodes
 
@@ -190,7 +272,8 @@ def run(args: argparse.Namespace) -> int:
             notifier.ready(f"forwarding: {summary}")
             if watchdog.start():
                 log.info("systemd watchdog: a ping every %.3g s while the forwarding loop turns", notifier.watchdog_s / 2)
-        stop.wait()
+        while signals.wait() == signal.SIGHUP:
+            reapply_config(args.config, switch, store, args.io_mode)
         watchdog.stop()  # no ping may follow STOPPING=1
         notifier.stopping()
         if loop_failure:
@@ -211,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
         if metrics_stop is not None:
             metrics_stop.join()
         notifier.close()
+        signals.close()
     if loop_failure:
         return EXIT_LOOP_FAILED
     log.info("stopped")

@@ -26,7 +26,8 @@ class Conflict(VswitchError):
 
 
 class StateNotSaved(VswitchError):
-    """A change took effect but the state file could not be written (HTTP 500)."""
+    """The state file cannot be written: a change is refused before it is made, or took
+    effect but could not be saved (HTTP 500)."""
 
     kind = "state_not_saved"
 

@@ -20,8 +20,9 @@ import os
 import select
 import socket
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from fastpath import PEER_FLAG, Datapath
 
@@ -71,9 +72,12 @@ class _Port:
 
 
 class Switch:
-    def __init__(self, settings: SwitchSettings, on_change: Callable[[DesiredState], None] | None = None) -> None:
+    def __init__(self, settings: SwitchSettings, on_change: Callable[[DesiredState], None] | None = None,
+                 tap_mark: str | None = None, before_tap: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self._on_change = on_change
+        self.tap_mark = tap_mark  # the alias every TAP this switch makes carries (orphans.py)
+        self._before_tap = before_tap  # told each namespace path before a TAP is made there
         self._lock = threading.RLock()
         self._dp = self._make_datapath(settings.io_mode)
         self._networks: dict[str, _Network] = {}
@@ -95,6 +99,8 @@ class Switch:
         self._events = EventLog(self._out_name)
         self._event_seq = 0
         self._masquerade = Masquerade()
+        self._batch_depth = 0  # > 0: inside batch(), changes are saved once at its end
+        self._batch_changed = False
 
     def _make_datapath(self, requested: str) -> Datapath:
         """The datapath in the io_mode setting's I/O mode. auto takes io_uring
@@ -271,8 +277,37 @@ class Switch:
             )
 
     def _changed(self) -> None:
+        if self._batch_depth:
+            self._batch_changed = True
+            return
         if self._on_change is not None:
             self._on_change(self.desired_state())
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Hold the switch for a series of changes (no other client's change comes between
+        them) and save the desired state once, at the end: also when one of them failed,
+        so that what was done is saved."""
+        with self._lock:
+            self._batch_depth += 1
+            try:
+                yield
+            except BaseException:
+                self._batch_depth -= 1
+                self._save_after_failed_batch()
+                raise
+            self._batch_depth -= 1
+            if self._batch_depth == 0 and self._batch_changed:
+                self._batch_changed = False
+                self._changed()
+
+    def _save_after_failed_batch(self) -> None:
+        if self._batch_depth == 0 and self._batch_changed:
+            self._batch_changed = False
+            try:
+                self._changed()
+            except Exception as e:  # the batch's own error is the one to report
+                log.error("saving the state after a failed change: %s", e)
 
     # ---- networks --------------------------------------------------------------------
 
@@ -367,8 +402,10 @@ class Switch:
         # TSO super-frames cross between local ports as they are, and are
         # cut into segments in the loop when bound for a VXLAN peer.
         offloads = TSO_OFFLOADS if vnet else 0
+        if self._before_tap is not None:
+            self._before_tap(path)
         tap = open_tap(path, spec.ifname, mac=spec.mac, ips=spec.ips, mtu=mtu, vnet_hdr=vnet, offloads=offloads,
-                       routes=[(r.dst, r.gw) for r in spec.routes])
+                       routes=[(r.dst, r.gw) for r in spec.routes], alias=self.tap_mark)
         try:
             index = self._dp.add_port(tap.fd, net.id, mtu, vnet)
         except Exception as e:
@@ -744,6 +781,11 @@ class Switch:
             port.capture = Capture(lambda fd, rx, tx: self._dp.set_capture(port.index, fd, rx, tx), stop, direction)
             log.info("capture started on port %s (%s)", name, direction)
             return port.capture
+
+    def port_interfaces(self) -> set[tuple[tuple[int, int] | None, str]]:
+        """(namespace identity, interface name) of every port's TAP."""
+        with self._lock:
+            return {(p.netns_id, p.spec.ifname) for p in self._ports.values()}
 
     def has_port(self, name: str) -> bool:
         with self._lock:

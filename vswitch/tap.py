@@ -173,7 +173,7 @@ def _set_offloads(fd: int, vnet_hdr: bool, offloads: int) -> None:
 
 
 def _open_in_ns(path: str, ifname: str, flags: int, mac: str | None, ips: Sequence[str], mtu: int | None,
-                offloads: int, routes: Sequence[Route]) -> TapPort:
+                offloads: int, routes: Sequence[Route], alias: str | None = None) -> TapPort:
     where = f"netns {netns_label(path)}"
     ipr = IPRoute()
     try:
@@ -194,8 +194,12 @@ def _open_in_ns(path: str, ifname: str, flags: int, mac: str | None, ips: Sequen
             # Always set: a re-attached TAP keeps the offloads of its last
             # owner, and frames that need them are garbage without the header.
             _set_offloads(dev.fileno(), bool(flags & pytun.IFF_VNET_HDR), offloads)
-            dev.persist(True)
             idx = ipr.link_lookup(ifname=ifname)[0]
+            if alias is not None and ipr.get_links(idx)[0].get_attr("IFLA_IFALIAS") != alias:
+                # Marked before it is made persistent: a TAP that outlives a crash always
+                # carries the mark by which the next start finds it if no port owns it.
+                ipr.link("set", index=idx, ifalias=alias)
+            dev.persist(True)
             try:
                 actual_mac = _configure(ipr, idx, mac, ips, mtu, routes)
             except NetlinkError as e:
@@ -225,6 +229,7 @@ def open_tap(
     offloads: int = 0,
     ips: Sequence[str] = (),
     routes: Sequence[Route] = (),
+    alias: str | None = None,
 ) -> TapPort:
     """Create (or re-attach to) the persistent TAP `ifname` inside a namespace and configure it.
 
@@ -234,10 +239,11 @@ def open_tap(
     the fd is led by a 12-byte virtio-net header, and `offloads` (TUN_F_*)
     says which super-frames and partial checksums the container may send.
     `ips` (or the one `ip`) are configured on it, then `routes` (dst, gw or None).
+    `alias`, if given, is set as the interface's alias (the mark of its owner).
     """
     path = resolve_netns(netns_path)
     flags = pytun.IFF_TAP | pytun.IFF_NO_PI | (pytun.IFF_VNET_HDR if vnet_hdr else 0)
     if offloads and not vnet_hdr:
         raise ValueError("offloads need the virtio-net header (vnet_hdr=True)")
     addresses = tuple(ips) or ((ip,) if ip is not None else ())
-    return run_in_netns(path, _open_in_ns, path, ifname, flags, mac, addresses, mtu, offloads, tuple(routes))
+    return run_in_netns(path, _open_in_ns, path, ifname, flags, mac, addresses, mtu, offloads, tuple(routes), alias)

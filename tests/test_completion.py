@@ -40,14 +40,15 @@ def test_script_is_valid_bash_and_registers_the_function(script: Path) -> None:
 
 def test_first_word_offers_every_command(script: Path) -> None:
     offered = complete(script, "")
-    assert offered[:8] == ["show", "network", "port", "peer", "fdb", "stats", "trace", "capture"]
+    assert offered[:11] == ["show", "network", "port", "peer", "fdb", "cluster", "stats", "trace", "apply", "export",
+                           "capture"]
     assert {c.words[0] for c in COMMANDS} <= set(offered)
     assert {"--socket", "--json", "--version"} <= set(offered)
     assert complete(script, "p") == ["port", "peer"]
 
 
 def test_each_group_offers_its_verbs(script: Path) -> None:
-    assert complete(script, "port", "") == ["add", "del", "list", "--socket", "--json", "--help"]
+    assert complete(script, "port", "") == ["add", "set", "show", "del", "list", "--socket", "--json", "--help"]
     for group in {c.words[0] for c in COMMANDS if len(c.words) > 1}:
         verbs = [c.words[1] for c in COMMANDS if c.words[0] == group]
         assert complete(script, group, "")[: len(verbs)] == verbs

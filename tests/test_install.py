@@ -23,7 +23,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # What a built tree holds beside the source: none of it may reach the wheel's build.
 NOT_SOURCE = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".hypothesis",
                                     ".pytest_cache", "*.so", "*.c", "*.html")
-RUNTIME = {"vswitch", "python-pytun", "pyroute2", "prometheus-client"}
+RUNTIME = {"vswitch", "python-pytun", "pyroute2", "prometheus-client", "tomli-w",
+           # the cluster agent's etcd client and what it pulls in
+           "etcd3gw", "requests", "futurist", "pbr", "debtcollector", "wrapt", "urllib3", "idna",
+           "charset-normalizer", "certifi"}
 VENV_TOOLS = {"pip", "setuptools"}  # what `python3 -m venv` puts in every venv
 
 pytestmark = pytest.mark.root

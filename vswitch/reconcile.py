@@ -47,7 +47,8 @@ def port_change(old: PortSpec, new: PortSpec) -> str:
     """How a changed port is brought to its new spec: "update" in place when only
     fields a live port can change differ, else "recreate"."""
     # An MTU taken out of the file means the network's default, which only a new port gets.
-    if new.mtu is None and old.mtu is not None:
+    a, b = old.to_dict(), new.to_dict()
+    if "mtu" in a and "mtu" not in b:
         return "recreate"
     return "update" if set(changed_fields(old, new)) <= PORT_FIELDS_IN_PLACE else "recreate"
 

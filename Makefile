@@ -15,7 +15,7 @@ PYTEST := $(VENV_PY) -m pytest -q -ra -p no:cacheprovider
 # switches and Prometheus that later tests compare against.
 DEB_PACKAGES := liburing-dev iproute2 iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch
 
-EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.h)
+EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.pxi fastpath/*.h)
 # C files that cythonize writes beside each .pyx; their directives differ
 # between release and debug builds, so a mode switch must regenerate them.
 GENERATED_C := $(patsubst %.pyx,%.c,$(wildcard fastpath/*.pyx))

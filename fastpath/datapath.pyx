@@ -45,14 +45,7 @@ include "forward.pxi"
 include "engine_poll.pxi"
 include "engine_uring_ring.pxi"
 include "engine_uring.pxi"
-cdef enum:
-    FDB_CHUNK = 4096               # slots fdb_entries reads per hold of the lock
 
-cdef struct fdb_row:               # an entry as fdb_entries copies it out from under the lock
-    uint64_t key
-    uint32_t out
-    uint32_t flags
-    int64_t age_ms
 
 IO_MODES = ("poll", "uring")
 PEER_FLAG = <uint32_t>OUT_PEER
@@ -465,8 +458,6 @@ cdef class Datapath:
         cdef uint32_t want = OUT_NONE if out is None else out
         cdef uint64_t i = 0, end
         cdef uint32_t n, j
-        cdef int64_t now
-        cdef mac_entry *e
         # Copied chunk by chunk under the lock, turned into Python objects after it.
         cdef fdb_row *copy = <fdb_row *>malloc(FDB_CHUNK * sizeof(fdb_row))
         cdef fdb_row *r
@@ -477,22 +468,11 @@ cdef class Datapath:
         try:
             while i <= self.sw.mt.mask:
                 end = min(i + FDB_CHUNK, self.sw.mt.mask + 1)
-                n = 0
                 with nogil:
                     pthread_mutex_lock(&self.sw.lock)
-                    now = now_ms()
-                    while i < end:
-                        e = &self.sw.mt.slots[i]
-                        i += 1
-                        if (e.key == 0 or (network and key_network(e.key) != network)
-                                or (want != OUT_NONE and e.out != want) or mt_expired(&self.sw.mt, e, now)):
-                            continue
-                        copy[n].key = e.key
-                        copy[n].out = e.out
-                        copy[n].flags = e.flags
-                        copy[n].age_ms = now - e.last_seen_ms
-                        n += 1
+                    n = sw_copy_fdb(self.sw, i, end, network, want, copy)
                     pthread_mutex_unlock(&self.sw.lock)
+                i = end
                 for j in range(n):
                     r = &copy[j]
                     if r.key in seen:

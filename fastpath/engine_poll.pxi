@@ -107,16 +107,14 @@ cdef int poll_run(void *eng) noexcept nogil:
     cdef int64_t spin_until = 0
     cdef int timeout = SWEEP_INTERVAL_MS
     while not stopping:
-        if not sw_turn(sw, now_ns()):
-            err = sw.inject_err
-            break
         n = epoll_wait(e.epfd, events, MAX_EVENTS, timeout)
-        if n < 0:
-            if errno == EINTR:
-                continue
+        if n < 0 and errno != EINTR:
             err = errno
             break
         t = now_ns()
+        if not sw_turn(sw, t):
+            err = sw.inject_err
+            break
         now = t // 1000000
         # Busy polling: for busy_poll_ns after traffic, poll instead of
         # sleeping, so the next frame of a conversation does not wait for

@@ -261,9 +261,6 @@ cdef int ur_run(void *eng) noexcept nogil:
         if not u.mirror_pending:
             ur_recycle(u)
         t = now_ns()
-        if not sw_turn(sw, t):
-            err = sw.inject_err
-            break
         # Never sleep on unsubmitted writes: a frame counts as handled
         # once its writes are out, and under load the submission that
         # carries them also brings the next completions. (A batch wait
@@ -286,6 +283,9 @@ cdef int ur_run(void *eng) noexcept nogil:
             break
         n = io_uring_peek_batch_cqe(&u.ring, u.cqes, UR_CQ)
         t = now_ns()
+        if not sw_turn(sw, t):
+            err = sw.inject_err
+            break
         now = t // 1000000
         # Batch waits: a round that brought UR_BATCH_MIN completions or
         # more means frames come faster than the loop turns round. The

@@ -1,8 +1,8 @@
 # The switch: the state every unit reads, owned by Datapath. The control
 # plane changes it under `lock`; the loop runs every unit under it.
-from libc.stdint cimport int32_t, int64_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 
-from fastpath.mactable cimport mac_table, mt_flush, mt_sweep
+from fastpath.mactable cimport OUT_NONE, key_network, mac_entry, mac_table, mt_expired, mt_flush, mt_sweep
 from fastpath.posix_io cimport CLOCK_MONOTONIC, clock_gettime, pthread_mutex_t, timespec, write
 
 cdef struct sw_t:
@@ -57,8 +57,8 @@ cdef inline void sw_event(sw_t *sw, uint8_t kind, uint64_t key, uint32_t a, uint
 
 
 cdef inline bint sw_turn(sw_t *sw, int64_t t) noexcept nogil:
-    """An engine's loop starts a turn at t: False when it must end (an
-    injected failure, which then reads as its wait's)."""
+    """An engine's loop starts a turn at t, its wait just returned: False
+    when it must end (an injected failure, which then reads as its wait's)."""
     sw.last_turn_ns = t
     return sw.inject_err == 0
 
@@ -92,3 +92,34 @@ cdef void sw_remove_port(sw_t *sw, uint32_t idx) noexcept nogil:
     sw.ports[idx].state = PORT_FREE
     sw.ports[idx].gen += 1
     sw.ports[idx].fd = -1
+
+
+cdef enum:
+    FDB_CHUNK = 4096               # slots fdb_entries reads per hold of the lock
+
+cdef struct fdb_row:               # an entry as fdb_entries copies it out from under the lock
+    uint64_t key
+    uint32_t out
+    uint32_t flags
+    int64_t age_ms
+
+
+cdef uint32_t sw_copy_fdb(sw_t *sw, uint64_t start, uint64_t end, uint16_t network, uint32_t want,
+                          fdb_row *rows) noexcept nogil:
+    """Copy the live entries of MAC table slots [start, end) of `network`
+    (0: all) naming output `want` (OUT_NONE: any) to rows; returns how many."""
+    cdef int64_t now = now_ms()
+    cdef uint32_t n = 0
+    cdef mac_entry *e
+    cdef uint64_t i
+    for i in range(start, end):
+        e = &sw.mt.slots[i]
+        if (e.key == 0 or (network and key_network(e.key) != network) or (want != OUT_NONE and e.out != want)
+                or mt_expired(&sw.mt, e, now)):
+            continue
+        rows[n].key = e.key
+        rows[n].out = e.out
+        rows[n].flags = e.flags
+        rows[n].age_ms = now - e.last_seen_ms
+        n += 1
+    return n

@@ -64,7 +64,7 @@ $(EDITABLE_STAMP): $(REQ_STAMP) pyproject.toml setup.py
 	echo release > $(MODE_FILE)
 	touch $@
 
-# After a .pyx/.pxd edit, build_ext recompiles only the modules whose C
+# After a .pyx/.pxd/.pxi edit, build_ext recompiles only the modules whose C
 # changed. It cannot see a hand-written header or a debug build in place, so
 # those force a full rebuild.
 $(EXT_STAMP): $(EDITABLE_STAMP) $(EXT_SOURCES)

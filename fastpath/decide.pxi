@@ -97,7 +97,7 @@ cdef mt_result learn_peek(mac_table *t, uint64_t key, uint32_t out, int64_t now,
     return MT_HIT if e.out == out else MT_MOVED
 
 
-cdef void decide(sw_t *sw, const uint8_t *data, uint32_t length, const ingress_t *src, int64_t now, bint dry,
+cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const ingress_t *src, int64_t now, bint dry,
                  decision_t *d) noexcept nogil:
     cdef eth_info eth
     cdef drop_reason reason = parse_eth(data, length, src.mtu, &eth)

@@ -215,7 +215,7 @@ cdef void gro_flush(sw_t *sw) noexcept nogil:
         out_port(sw, out, g)
 
 
-cdef void deliver(sw_t *sw, frame_t *f, const ingress_t *src, const decision_t *d) noexcept nogil:
+cdef inline void deliver(sw_t *sw, frame_t *f, const ingress_t *src, const decision_t *d) noexcept nogil:
     """Carry out a decision (other than a drop the caller counts)."""
     if d.verdict == V_PORT:
         if (sw.ports[d.out].vnet and f.vi.gso_type == VNET_GSO_NONE and gro_take(sw, f, d.out)):

@@ -27,7 +27,7 @@ DEB_TEST_PACKAGES := iputils-ping ethtool tcpdump tshark prometheus openvswitch-
 # Where `make install-cni` puts the plugin (an executable named vswitch).
 CNI_BIN_DIR ?= /opt/cni/bin
 
-EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.h)
+EXT_SOURCES := $(wildcard fastpath/*.pyx fastpath/*.pxd fastpath/*.pxi fastpath/*.h)
 # C files that cythonize writes beside each .pyx; their directives differ
 # between release and debug builds, so a mode switch must regenerate them.
 GENERATED_C := $(patsubst %.pyx,%.c,$(wildcard fastpath/*.pyx))
@@ -84,7 +84,7 @@ $(EDITABLE_STAMP): $(REQ_STAMP) pyproject.toml setup.py
 	echo release > $(MODE_FILE)
 	touch $@
 
-# After a .pyx/.pxd edit, build_ext recompiles only the modules whose C
+# After a .pyx/.pxd/.pxi edit, build_ext recompiles only the modules whose C
 # changed. It cannot see a hand-written header or a debug build in place, so
 # those force a full rebuild.
 $(EXT_STAMP): $(EDITABLE_STAMP) $(EXT_SOURCES)

@@ -15,7 +15,7 @@
   that peer decapsulated to the port.
 - The same decisions made by the pure-Python model in tests/model.py, to
   show what compilation buys (decision only, no I/O: the fairest case for
-  Python). It has no VXLAN, so the VXLAN cases have no Python figure.
+  Python). Only local ingress is timed, so the VXLAN cases have no Python figure.
 """
 from __future__ import annotations
 

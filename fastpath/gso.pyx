@@ -10,7 +10,7 @@ from fastpath.frame cimport (
 )
 from fastpath.inet cimport csum_add, csum_pseudo, csum_store, load_be32, store_be16, store_be32
 
-GSO_ERROR_NAMES = ("none", "unsupported", "malformed", "too_many")
+GSO_ERROR_NAMES = ("none", "unsupported", "malformed", "too_many_segments")  # the `error` label of gso_errors
 assert len(GSO_ERROR_NAMES) == GSO_ERRORS
 
 HEADROOM = GSO_HEADROOM

@@ -62,6 +62,8 @@ cdef extern from "<errno.h>" nogil:
         ECANCELED
         EOPNOTSUPP
         ETIME
+        EBUSY
+        ENOMEM
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:

@@ -24,7 +24,7 @@ cdef enum:
     VXLAN_IP_OVERHEAD = IPV4_HLEN + UDP_HLEN + VXLAN_HLEN
 
 # Why a packet received on the VXLAN socket was dropped (VX_DROP_NAMES in
-# datapath.pyx names them, in this order).
+# vxlan.pyx names them, in this order).
 cdef enum vx_drop:
     VX_OK = 0
     VX_TRUNCATED = 1               # shorter than the VXLAN header plus an Ethernet header

@@ -1,16 +1,23 @@
 """A reference model of the forwarding rules, in plain Python.
 
 It is a test oracle, not a fallback: the compiled loop must make exactly the
-decisions this model makes (which ports receive which frame, what the FDB
-holds afterwards). It also stands in for "the same decision loop in Python"
-in the benchmarks.
+decisions this model makes (which ports and tunnel peers receive which
+frame, what the FDB holds afterwards), for frames from local ports and for
+VXLAN datagrams from peers. It also stands in for "the same decision loop in
+Python" in the benchmarks.
+
+Outputs are port indices, and ("peer", index) for a tunnel peer; an FDB
+entry behind a peer names PEER_FLAG | index, as the compiled table does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 ETH_HLEN = 14
+VXLAN_HLEN = 8
 VLAN_TPIDS = (0x8100, 0x88A8)
+PEER_FLAG = 0x80000000
 
 
 @dataclass
@@ -27,6 +34,10 @@ class ModelSwitch:
     ports: dict[int, tuple[int, int]] = field(default_factory=dict)  # port -> (network, mtu)
     fdb: dict[tuple[int, bytes], Entry] = field(default_factory=dict)
     drops: dict[tuple[int, str], int] = field(default_factory=dict)
+    peers: dict[int, tuple[int, str]] = field(default_factory=dict)  # peer -> (network, remote IPv4)
+    vnis: dict[int, int] = field(default_factory=dict)  # network -> VNI
+    tunnel_max_frame: int = 1 << 32  # the longest inner frame the underlay carries (VTEP unset: no bound)
+    vx_drops: dict[str, int] = field(default_factory=dict)
     learned: int = 0
     moved: int = 0
     refused: int = 0
@@ -37,6 +48,14 @@ class ModelSwitch:
     def remove_port(self, port: int) -> None:
         del self.ports[port]
         for key in [k for k, e in self.fdb.items() if e.out == port]:
+            del self.fdb[key]
+
+    def add_peer(self, peer: int, network: int, remote: str) -> None:
+        self.peers[peer] = (network, remote)
+
+    def remove_peer(self, peer: int) -> None:
+        del self.peers[peer]
+        for key in [k for k, e in self.fdb.items() if e.out == PEER_FLAG | peer]:
             del self.fdb[key]
 
     def _drop(self, port: int, reason: str) -> dict[int, bytes]:
@@ -50,30 +69,64 @@ class ModelSwitch:
             return None
         return e
 
-    def forward(self, in_port: int, frame: bytes, now_ms: int = 0) -> dict[int, bytes]:
-        """{out_port: frame} for one frame received on in_port."""
+    def forward(self, in_port: int, frame: bytes, now_ms: int = 0) -> dict[Any, bytes]:
+        """{output: frame} for one frame received on in_port."""
         network, mtu = self.ports[in_port]
+        reason = self._check(frame, mtu)
+        if reason:
+            return self._drop(in_port, reason)
+        return self._decide(in_port, network, frame, now_ms)
+
+    def forward_tunnel(self, remote: str, vni: int, frame: bytes, now_ms: int = 0) -> dict[Any, bytes]:
+        """{output: frame} for the inner frame of one VXLAN datagram for vni from remote
+        (RFC 7348: decapsulated, its source learned behind the peer, and never sent
+        back into the tunnel: split horizon)."""
+        if VXLAN_HLEN + len(frame) < VXLAN_HLEN + ETH_HLEN:
+            return self._vx_drop("truncated")
+        network = next((n for n, v in self.vnis.items() if v == vni), None)
+        if network is None:
+            return self._vx_drop("unknown_vni")
+        peer = next((p for p, (n, r) in self.peers.items() if n == network and r == remote), None)
+        if peer is None:
+            return self._vx_drop("unknown_peer")
+        if self._check(frame, self.tunnel_max_frame - ETH_HLEN):
+            return self._vx_drop("inner_malformed")
+        return self._decide(PEER_FLAG | peer, network, frame, now_ms)
+
+    def _vx_drop(self, reason: str) -> dict[Any, bytes]:
+        self.vx_drops[reason] = self.vx_drops.get(reason, 0) + 1
+        return {}
+
+    @staticmethod
+    def _check(frame: bytes, mtu: int) -> str | None:
+        """Why the Ethernet header fails a port's checks, or None."""
         if len(frame) < ETH_HLEN:
-            return self._drop(in_port, "runt")
-        tpid = int.from_bytes(frame[12:14], "big")
-        tagged = tpid in VLAN_TPIDS
+            return "runt"
+        tagged = int.from_bytes(frame[12:14], "big") in VLAN_TPIDS
         if tagged and len(frame) < ETH_HLEN + 4:
-            return self._drop(in_port, "runt")
+            return "runt"
         if len(frame) > mtu + ETH_HLEN + (4 if tagged else 0):
-            return self._drop(in_port, "too_big")
-        dst, src = frame[0:6], frame[6:12]
-        if src[0] & 1:
-            return self._drop(in_port, "src_multicast")
+            return "too_big"
+        if frame[6] & 1:
+            return "src_multicast"
         if tagged:
-            return self._drop(in_port, "vlan_tagged")
-        self._learn((network, src), in_port, now_ms)
-        if dst[0] & 1:
-            return self._flood(in_port, network, frame)
-        e = self._live((network, dst), now_ms)
-        if e is None or e.out not in self.ports:
-            return self._flood(in_port, network, frame)
-        if e.out == in_port:
-            return self._drop(in_port, "same_port")
+            return "vlan_tagged"
+        return None
+
+    def _decide(self, ingress: int, network: int, frame: bytes, now_ms: int) -> dict[Any, bytes]:
+        """Learn the source on ingress (a port, or PEER_FLAG | peer), then look the destination up."""
+        dst, src = frame[0:6], frame[6:12]
+        from_tunnel = bool(ingress & PEER_FLAG)
+        self._learn((network, src), ingress, now_ms)
+        e = None if dst[0] & 1 else self._live((network, dst), now_ms)
+        if e is None:
+            return self._flood(ingress, network, frame)
+        if e.out & PEER_FLAG:
+            return {} if from_tunnel else {("peer", e.out & ~PEER_FLAG): frame}
+        if e.out not in self.ports:
+            return self._flood(ingress, network, frame)
+        if e.out == ingress:
+            return self._drop(ingress, "same_port")
         return {e.out: frame}
 
     def _learn(self, key: tuple[int, bytes], port: int, now_ms: int) -> None:
@@ -92,8 +145,12 @@ class ModelSwitch:
                 e.out = port
                 self.moved += 1
 
-    def _flood(self, in_port: int, network: int, frame: bytes) -> dict[int, bytes]:
-        return {p: frame for p, (net, _) in self.ports.items() if net == network and p != in_port}
+    def _flood(self, ingress: int, network: int, frame: bytes) -> dict[Any, bytes]:
+        """Every other port of the network and, for a frame from a local port, every peer (head-end replication)."""
+        out: dict[Any, bytes] = {p: frame for p, (net, _) in self.ports.items() if net == network and p != ingress}
+        if not ingress & PEER_FLAG:
+            out.update({("peer", p): frame for p, (net, _) in self.peers.items() if net == network})
+        return out
 
     def fdb_snapshot(self, now_ms: int = 0) -> set[tuple[int, bytes, int, bool]]:
         return {

@@ -359,11 +359,11 @@ def test_too_many_segments_or_too_little_scratch():
     hdr, frame = tcp4(payload=b"x" * 3001)  # 4 segments of 1000, 1000, 1000, 1
     segs = segment(frame, hdr, max_segs=4)
     assert [len(s) - 54 for s in segs] == [1000, 1000, 1000, 1]
-    assert gso_error(frame, hdr, max_segs=3) == "too_many"
-    assert gso_error(frame, hdr, max_segs=0) == "too_many"
+    assert gso_error(frame, hdr, max_segs=3) == "too_many_segments"
+    assert gso_error(frame, hdr, max_segs=0) == "too_many_segments"
     need = scratch_needed(segs)
     assert segment(frame, hdr, scratch_len=need) == segs
-    assert gso_error(frame, hdr, scratch_len=need - 1) == "too_many"
+    assert gso_error(frame, hdr, scratch_len=need - 1) == "too_many_segments"
 
 
 def test_bad_vnet_header_is_rejected_before_segmenting():

@@ -700,6 +700,64 @@ def test_trace_predicts_exactly_where_each_frame_goes(lan: Lan) -> None:
     assert {"output", "flood", "same_port", "vlan_tagged", "src_multicast"} <= seen_actions
 
 
+def test_trace_from_a_peer_predicts_exactly_where_its_frames_go(lan: Lan) -> None:
+    blue = [h for h in lan.hosts.values() if h.network == "blue"]
+    for host in blue:
+        lan.fence(host)  # every blue MAC is learned on its port
+
+    def peer_fence() -> None:
+        # Datagrams from the peer are handled in order: once this broadcast is
+        # everywhere, so is whatever the peer sent before it.
+        token = new_token("peer-fence")
+        lan.peer.send(VNI, marked_frame("02:00:00:00:0e:ff", BROADCAST, token))
+        for host in blue:
+            assert host.wait(token) != [], f"the peer's fence never reached {host.port}"
+
+    lan.peer.send(VNI, marked_frame(REMOTE_MAC, BROADCAST, new_token("remote")))
+    peer_fence()
+    cases = [  # (src, dst, vlan, expected action or reason)
+        ("02:00:00:00:0e:02", port_mac("c2"), None, "output"),
+        ("02:00:00:00:0e:02", "02:00:00:00:0d:99", None, "flood"),
+        (REMOTE_MAC, BROADCAST, None, "flood"),
+        ("02:00:00:00:0e:03", REMOTE_MAC, None, "split_horizon"),
+        ("02:00:00:00:0e:04", port_mac("c4"), None, "flood"),  # c4 is in red: unknown in blue
+        ("02:00:00:00:0e:05", port_mac("c1"), 7, "inner_malformed"),
+    ]
+    doc = lan.daemon.api("GET", "/v1/openapi.json")[1]
+    for src, dst, vlan, what in cases:
+        body = {"from_peer": PEER_IP, "dst": dst, "src": src, **({"vlan": vlan} if vlan is not None else {})}
+        status, trace = lan.daemon.api("POST", "/v1/trace", body)
+        check_against_openapi(doc, "POST", "/v1/trace", status, trace)
+        assert status == 200, (body, trace)
+        assert (trace["from_peer"], trace["in_port"], trace["vni"]) == (PEER_IP, None, VNI)
+        assert (trace["reason"] if trace["action"] == "drop" else trace["action"]) == what, trace
+        assert trace["outputs"]["peers"] == [], f"a frame from the tunnel went back into it: {trace}"
+        token = new_token("peer-trace")
+        frame = marked_frame(src, dst, token, vlan=vlan)
+        lan.peer.send(VNI, frame)
+        peer_fence()
+        for host in lan.hosts.values():
+            expected = [frame] if host.port in trace["outputs"]["ports"] else []
+            assert host.seen(token) == expected, f"{what}: {host.port} disagrees with {trace}"
+
+    proc = lan.daemon.ctl_run("trace", "--from-peer", PEER_IP, "--src", "02:00:00:00:0e:02", "--dst", port_mac("c2"),
+                              json_output=False)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"frame 02:00:00:00:0e:02 -> {port_mac('c2')} arrives from peer {PEER_IP} (network blue, VNI {VNI})"
+    assert lines[1:2] == ["learn: refresh"] and lines[-1] == "verdict: output to ports c2", lines
+    for bad, status, detail in [
+        ({"from_peer": STRANGER_IP, "src": REMOTE_MAC, "dst": BROADCAST}, 404, f"peer {STRANGER_IP} is not in any network"),
+        ({"from_peer": PEER_IP, "network": "red", "src": REMOTE_MAC, "dst": BROADCAST}, 404, "not in network 'red'"),
+        ({"from_peer": PEER_IP, "dst": BROADCAST}, 400, "src: required with from_peer"),
+        ({"from_peer": PEER_IP, "in_port": "c1", "src": REMOTE_MAC, "dst": BROADCAST}, 400, "either in_port or from_peer"),
+        ({"from_peer": "nonsense", "src": REMOTE_MAC, "dst": BROADCAST}, 400, "from_peer: 'nonsense'"),
+    ]:
+        answer = lan.daemon.api("POST", "/v1/trace", bad)
+        check_against_openapi(doc, "POST", "/v1/trace", *answer)
+        assert answer[0] == status and detail in answer[1]["detail"], (bad, answer)
+
+
 def test_trace_through_the_api_and_vswitchctl(lan: Lan) -> None:
     d = lan.daemon
     lan.fence(lan["c2"])

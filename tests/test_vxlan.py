@@ -198,9 +198,15 @@ def test_injected_bad_vxlan_is_dropped_counted_and_forwarding_goes_on(lab: Lab, 
         wait_until(lambda r=reason: h1.drops()[r] == expected[r], timeout=5.0,
                    message=f"{reason}: counter never rose; drops = {h1.drops()}")
         assert h1.drops() == expected, f"after the {reason} packet"
+    # An empty datagram is one too: counted as truncated, not lost uncounted.
+    lab.inject([lab.udp_frame(h1, b"", src_ip=h2.ip)])
+    expected["truncated"] += 1
+    wait_until(lambda: h1.drops()["truncated"] == expected["truncated"], timeout=5.0,
+               message=f"an empty VXLAN datagram was not counted; drops = {h1.drops()}")
+    assert h1.drops() == expected, "after the empty datagram"
     # A header with no room for an inner Ethernet header: truncated or malformed, never delivered.
     lab.inject([lab.vxlan_frame(h1, vni, bytes.fromhex("0200000000ee01"), src_ip=h2.ip)])
-    wait_until(lambda: sum(h1.drops().values()) == len(cases) + 1, timeout=5.0,
+    wait_until(lambda: sum(h1.drops().values()) == len(cases) + 2, timeout=5.0,
                message=f"a VXLAN packet with a 7-byte inner frame was not counted; drops = {h1.drops()}")
     # A valid packet over the same forged path, from the real peer's address,
     # is delivered: forwarding goes on, and it fences the bad ones.

@@ -256,8 +256,10 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _trace(req: Request) -> tuple[int, Any]:
     body = _object(req)
-    check_keys("trace", body, {"in_port", "dst", "src", "vlan"}, {"in_port", "dst"})
-    return 200, req.switch.trace(check_name("in_port", body["in_port"]), body["dst"], body.get("src"), body.get("vlan"))
+    check_keys("trace", body, {"in_port", "from_peer", "network", "dst", "src", "vlan"}, {"dst"})
+    in_port = None if body.get("in_port") is None else check_name("in_port", body["in_port"])
+    return 200, req.switch.trace(in_port, body["dst"], body.get("src"), body.get("vlan"), from_peer=body.get("from_peer"),
+                                 network=body.get("network"))
 
 
 def _capture(req: Request) -> tuple[int, Any]:

@@ -32,7 +32,7 @@ from .liveness import LoopRunner
 from .errors import ConfigError, Conflict, InvalidArgument, NotFound
 from .masquerade import Masquerade, subnets_of
 from .model import (MAX_PEERS, DesiredState, NetworkSpec, PeerSpec, PortSpec, PortUpdate, StaticFdbSpec, SwitchSettings,
-                    check_mac, check_name, peer_problem)
+                    check_ip, check_mac, check_name, peer_problem)
 from .netns import netns_identity, netns_path, resolve_netns
 from .tap import TSO_OFFLOADS, TapPort, open_tap, reconfigure_tap
 
@@ -793,83 +793,106 @@ class Switch:
 
     # ---- trace -------------------------------------------------------------------------
 
-    def trace(self, in_port: str, dst: str, src: str | None = None, vlan: int | None = None) -> dict[str, Any]:
-        """What the switch would do right now with a frame from in_port to dst, and why.
+    def trace(self, in_port: str | None, dst: str, src: str | None = None, vlan: int | None = None,
+              from_peer: str | None = None, network: str | None = None) -> dict[str, Any]:
+        """What the switch would do right now with a frame for dst entering by in_port, or
+        arriving from the VXLAN peer from_peer with its network's VNI, and why.
 
-        Read from the live tables and the same rules the loop applies; nothing
-        is learned or aged by asking. The frame's size is not considered.
+        The datapath's own forwarding decision answers, asked without side effects:
+        nothing is learned or aged by asking. The frame's size is not considered.
         """
         dst = check_mac("dst", dst, unicast=False)
         src_mac = None if src is None else check_mac("src", src, unicast=False)
         if vlan is not None and (isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 4095):
             raise InvalidArgument(f"vlan: {vlan!r} is not a VLAN ID (0-4095)")
+        if (in_port is None) == (from_peer is None):
+            raise InvalidArgument("give either in_port or from_peer")
+        if from_peer is not None and src_mac is None:
+            raise InvalidArgument("src: required with from_peer (a peer has no MAC of its own)")
         with self._lock:
-            port = self._port(in_port)
-            net = self._networks[port.spec.network]
-            src_mac = src_mac or port.tap.mac
-            steps = [f"frame {src_mac} -> {dst} enters port {in_port} (network {net.spec.name}"
-                     + (f", VNI {net.spec.vni})" if net.spec.vni is not None else ")")]
-            result: dict[str, Any] = {
-                "in_port": in_port, "network": net.spec.name, "vni": net.spec.vni, "src": src_mac, "dst": dst,
-                "vlan": vlan, "learn": None, "lookup": None, "outputs": {"ports": [], "peers": []},
-            }
-
-            def verdict(action: str, reason: str | None = None) -> dict[str, Any]:
-                result["action"] = action
-                result["reason"] = reason
-                if reason is not None:
-                    steps.append(f"drop: {reason}")
-                result["steps"] = steps
-                return result
-
-            if self._dp.port_state(port.index) != "up":
-                return verdict("drop", "port_down")
-            if int(src_mac[:2], 16) & 1:
-                return verdict("drop", "src_multicast")
-            if vlan is not None:
-                steps.append(f"802.1Q tag {vlan} on an access port")
-                return verdict("drop", "vlan_tagged")
-            result["learn"] = self._trace_learn(net, port, src_mac)
-            steps.append(f"learn: {result['learn']['result']}")
-            if int(dst[:2], 16) & 1:
-                steps.append("destination is broadcast/multicast: flood")
-                return self._trace_flood(net, port, result, steps, verdict)
-            hit = self._dp.fdb_lookup(net.id, dst)
-            if dst == src_mac and result["learn"]["result"].startswith(("new entry", "refresh", "move")):
-                # The loop learns before it looks up: the entry it finds is the one just learned.
-                hit = (port.index, False, 0.0)
-            if hit is None:
-                result["lookup"] = {"hit": False}
-                steps.append("destination unknown in the FDB: flood")
-                return self._trace_flood(net, port, result, steps, verdict)
-            out, static, age = hit
-            entry = self._describe_out(out)
-            result["lookup"] = {"hit": True, "static": static, "age_s": None if static else round(age, 3), **entry}
-            steps.append(f"FDB hit: {dst} -> {_where(entry)} ({'static' if static else f'learned {age:.1f}s ago'})")
-            if entry.get("port") == in_port:
-                return verdict("drop", "same_port")
-            if entry.get("port") and self._dp.port_state(out) != "up":
-                steps.append(f"port {entry['port']} is not up: flood")
-                return self._trace_flood(net, port, result, steps, verdict)
-            if entry.get("port"):
-                result["outputs"]["ports"] = [entry["port"]]
+            if in_port is not None:
+                port = self._port(in_port)
+                net = self._networks[port.spec.network]
+                src_mac = src_mac or port.tap.mac
+                ingress, asked = f"port {in_port}", {"in_port": port.index}
             else:
-                result["outputs"]["peers"] = [entry["peer"]]
-            steps.append(f"output: {_where(entry)}")
-            return verdict("output")
+                peer = self._trace_peer(check_ip("from_peer", from_peer),
+                                        None if network is None else check_name("network", network))
+                net, from_peer = self._networks[peer.network], peer.remote
+                ingress, asked = f"peer {peer.remote}", {"from_addr": peer.remote, "vni": net.spec.vni}
+            tag = b"" if vlan is None else b"\x81\x00" + vlan.to_bytes(2, "big")
+            frame = bytes.fromhex(dst.replace(":", "") + src_mac.replace(":", "")) + tag + b"\x08\x00"
+            d = self._dp.decide(frame, **asked)
+            names = {"ports": {p.index: name for name, p in self._ports.items()},
+                     "peers": {i: spec.remote for spec, i in self._peers.items()}}
+            learned = None if d["was"] is None else self._describe_out(d["was"])
+            hit = None if not (d["lookup"] or {}).get("hit") else self._describe_out(d["lookup"]["out"])
+        vni = f", VNI {net.spec.vni})" if net.spec.vni is not None else ")"
+        result: dict[str, Any] = {
+            "in_port": in_port, "from_peer": from_peer, "network": net.spec.name, "vni": net.spec.vni, "src": src_mac,
+            "dst": dst, "vlan": vlan, "learn": None, "lookup": None, "action": "drop", "reason": d["reason"],
+            "outputs": {"ports": sorted(names["ports"][i] for i in d["ports"]),
+                        "peers": [r for i, r in names["peers"].items() if i in d["peers"]]},
+            "steps": [f"frame {src_mac} -> {dst} " + (f"enters {ingress}" if in_port is not None else f"arrives from {ingress}")
+                      + f" (network {net.spec.name}" + vni],
+        }
+        steps = result["steps"]
+        if d["learn"] is None:  # dropped before learning: the frame's own header
+            if d["reason"] == "vlan_tagged":
+                steps.append(f"802.1Q tag {vlan} on an access port")
+            elif d["reason"] == "inner_malformed":
+                steps.append("the inner frame fails the port checks" + (f" (802.1Q tag {vlan})" if vlan is not None else ""))
+            steps.append(f"drop: {d['reason']}")
+            return result
+        result["learn"] = self._trace_learn(d["learn"], ingress, learned)
+        steps.append(f"learn: {result['learn']['result']}")
+        if d["lookup"] is None:
+            steps.append("destination is broadcast/multicast: flood")
+        elif not d["lookup"]["hit"]:
+            result["lookup"] = {"hit": False}
+            steps.append("destination unknown in the FDB: flood")
+        else:
+            static, age = d["lookup"]["static"], d["lookup"]["age_s"]
+            result["lookup"] = {"hit": True, "static": static, "age_s": None if static else round(age, 3), **hit}
+            steps.append(f"FDB hit: {dst} -> {_where(hit)} ({'static' if static else f'learned {age:.1f}s ago'})")
+            if d["verdict"] == "flood":
+                steps.append(f"{_where(hit)} is not up: flood")
+            elif d["reason"] == "split_horizon":
+                steps.append("a frame from the tunnel never goes back into it (split horizon)")
+            elif d["verdict"] != "drop":
+                steps.append(f"output: {_where(hit)}")
+        if d["verdict"] == "drop":
+            steps.append(f"drop: {d['reason']}")
+        elif d["verdict"] == "flood":
+            result["action"] = "flood"
+            out = result["outputs"]
+            steps.append(f"flood to ports [{', '.join(out['ports'])}]"
+                         + (f" and peers [{', '.join(out['peers'])}]" if out["peers"] else ""))
+        else:
+            result["action"] = "output"
+        return result
 
-    def _trace_learn(self, net: _Network, port: _Port, src: str) -> dict[str, Any]:
-        hit = self._dp.fdb_lookup(net.id, src)
-        if hit is None:
-            full = self._dp.fdb_counters()["entries"] >= self._dp.mac_table_size
-            return {"result": "refused: MAC table full" if full else f"new entry on port {port.spec.name}"}
-        out, static, _ = hit
-        current = self._describe_out(out)
-        if current.get("port") == port.spec.name:
+    def _trace_peer(self, remote: str, network: str | None) -> PeerSpec:
+        found = [spec for spec in self._peers if spec.remote == remote and network in (None, spec.network)]
+        if not found:
+            raise NotFound(f"peer {remote} is not in " + ("any network" if network is None else f"network {network!r}"))
+        if len(found) > 1:
+            nets = ", ".join(sorted(spec.network for spec in found))
+            raise InvalidArgument(f"network: peer {remote} is in networks {nets}: say which")
+        return found[0]
+
+    @staticmethod
+    def _trace_learn(learn: str, ingress: str, current: dict[str, Any] | None) -> dict[str, Any]:
+        if learn == "learned":
+            return {"result": f"new entry on {ingress}"}
+        if learn == "refused":
+            return {"result": "refused: MAC table full"}
+        assert current is not None  # the source has an entry: hit, moved or kept
+        if learn == "hit":
             return {"result": "refresh", **current}
-        if static:
+        if learn == "static_kept":
             return {"result": f"static entry kept on {_where(current)}", **current}
-        return {"result": f"move from {_where(current)} to port {port.spec.name}", **current}
+        return {"result": f"move from {_where(current)} to {ingress}", **current}
 
     def _describe_out(self, out: int) -> dict[str, Any]:
         for p in self._ports.values():
@@ -879,16 +902,6 @@ class Switch:
             if PEER_FLAG | idx == out:
                 return {"peer": spec.remote}
         return {"port": None}
-
-    def _trace_flood(self, net: _Network, port: _Port, result: dict[str, Any], steps: list[str],
-                     verdict: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-        name = net.spec.name
-        ports = sorted(p.spec.name for p in self._ports.values()
-                       if p.spec.network == name and p is not port and self._dp.port_state(p.index) == "up")
-        peers = [p.remote for p in self._peers if p.network == name]
-        result["outputs"] = {"ports": ports, "peers": peers}
-        steps.append(f"flood to ports [{', '.join(ports)}]" + (f" and peers [{', '.join(peers)}]" if peers else ""))
-        return verdict("flood")
 
     # ---- counters ----------------------------------------------------------------------
 

@@ -1,0 +1,163 @@
+# The forwarding decision, the one place the switch's L2 rules live. Given a
+# frame and where it came from (a local port, or a tunnel peer of a network),
+# decide() says what becomes of it and learns its source:
+#
+#   1. parse the Ethernet header against the ingress's MTU (frame.parse_eth);
+#      a tagged frame is dropped: every port is an access port;
+#   2. learn (network, source MAC) on the ingress; a move or a full table is
+#      an event for the control plane's log;
+#   3. a group destination floods; else look the destination up, after
+#      learning, so a frame to its own source finds the entry just made;
+#   4. no entry, or one naming a port that is not up: flood; an entry naming
+#      the ingress port: drop (same_port); one naming a peer: that peer,
+#      unless the frame came from the tunnel (split horizon, RFC 7348 4.2:
+#      a frame from one VTEP is never relayed to another); else that port.
+#
+# The flood set is every up port of the network but the ingress and, for a
+# frame from a local port only, every peer of the network (head-end
+# replication): flood_port() and flood_peers() say so for output and trace.
+#
+# With `dry` set (trace), nothing changes: learning is predicted with a peek,
+# the lookup does not age entries out, no event is written.
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from fastpath.frame cimport (DROP_NONE, DROP_REASONS, DROP_SAME_PORT, DROP_VLAN_TAGGED, drop_reason, eth_info,
+                             mac_is_group, parse_eth)
+from fastpath.mactable cimport (MT_HIT, MT_LEARNED, MT_MOVED, MT_REFUSED, MT_STATIC, MT_STATIC_KEPT, OUT_NONE, OUT_PEER,
+                                mac_entry, mac_key, mac_table, mt_expired, mt_learn, mt_lookup, mt_peek, mt_result)
+
+cdef enum verdict:
+    V_DROP = 0                     # reason says why
+    V_PORT = 1                     # out: the port
+    V_PEER = 2                     # out: the peer
+    V_FLOOD = 3
+VERDICTS = ("drop", "port", "peer", "flood")
+
+cdef enum:
+    # Beyond frame.drop_reason: a frame from the tunnel whose destination sits
+    # behind a peer goes nowhere, and is no error; no port counts it.
+    DROP_SPLIT_HORIZON = DROP_REASONS
+    LEARN_NONE = 0xFF              # decision.learned of a frame dropped before learning
+LEARN_RESULTS = ("hit", "learned", "moved", "refused", "static_kept")   # by mt_result
+
+cdef struct ingress_t:
+    uint32_t out                   # what its sources are learned on: a port index, or OUT_PEER | peer index
+    uint16_t network
+    uint32_t mtu                   # the L3 payload bound of its frames (parse_eth)
+
+cdef struct decision_t:
+    uint8_t verdict
+    uint8_t reason                 # V_DROP: a drop_reason, or DROP_SPLIT_HORIZON
+    uint32_t out                   # V_PORT: port index; V_PEER: peer index
+    uint8_t learned                # mt_result of learning the source, or LEARN_NONE
+    uint32_t was                   # the output the source's entry named before (OUT_NONE: none)
+    uint8_t hit                    # the destination's entry, as the lookup found it (unicast only)
+    uint8_t hit_static
+    uint32_t hit_out
+    int64_t hit_seen_ms
+
+
+cdef inline bint flood_port(const sw_t *sw, uint32_t q, const ingress_t *src) noexcept nogil:
+    """Whether a flood of a frame from src reaches port q (a port of its network)."""
+    return q != src.out and sw.ports[q].state == PORT_UP
+
+
+cdef inline bint flood_peers(const ingress_t *src) noexcept nogil:
+    """Whether a flood of a frame from src reaches the network's peers."""
+    return (src.out & OUT_PEER) == 0
+
+
+cdef void flood_set(const sw_t *sw, const ingress_t *src, uint32_t *ports, uint32_t *nports, uint32_t *peers,
+                    uint32_t *npeers) noexcept nogil:
+    """List the flood set of a frame from src (trace): the ports and peers out_flood sends it to."""
+    cdef int32_t q = sw.net_head[src.network]
+    while q >= 0:
+        if flood_port(sw, <uint32_t>q, src):
+            ports[nports[0]] = q
+            nports[0] += 1
+        q = sw.ports[q].next_in_net
+    q = sw.tun.net_peer_head[src.network] if flood_peers(src) else -1
+    while q >= 0:
+        peers[npeers[0]] = q
+        npeers[0] += 1
+        q = sw.tun.peers[q].next_in_net
+
+
+cdef mt_result learn_peek(mac_table *t, uint64_t key, uint32_t out, int64_t now, uint32_t *was) noexcept nogil:
+    """What mt_learn(t, key, out, now) would return, changing nothing."""
+    cdef mac_entry *e = mt_peek(t, key)
+    was[0] = OUT_NONE
+    if e == NULL:
+        return MT_REFUSED if t.count >= t.capacity else MT_LEARNED
+    was[0] = e.out
+    if e.flags & MT_STATIC:
+        return MT_HIT if e.out == out else MT_STATIC_KEPT
+    if now - e.last_seen_ms >= t.aging_ms:
+        return MT_LEARNED
+    return MT_HIT if e.out == out else MT_MOVED
+
+
+cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const ingress_t *src, int64_t now, bint dry,
+                 decision_t *d) noexcept nogil:
+    cdef eth_info eth
+    cdef drop_reason reason = parse_eth(data, length, src.mtu, &eth)
+    cdef uint64_t skey, dkey
+    cdef mac_entry *e
+    cdef uint32_t out
+    d.learned = LEARN_NONE
+    d.hit = 0
+    if reason == DROP_NONE and eth.tagged:
+        reason = DROP_VLAN_TAGGED
+    if reason != DROP_NONE:
+        d.verdict = V_DROP
+        d.reason = reason
+        return
+    skey = mac_key(src.network, eth.src)
+    if dry:
+        d.learned = learn_peek(&sw.mt, skey, src.out, now, &d.was)
+    else:
+        d.was = OUT_NONE
+        d.learned = mt_learn(&sw.mt, skey, src.out, now, &d.was)
+        if d.learned == MT_MOVED:
+            sw_event(sw, EV_MAC_MOVED, skey, d.was, src.out)
+        elif d.learned == MT_REFUSED:
+            sw_event(sw, EV_TABLE_FULL, skey, src.out, 0)
+    if mac_is_group(eth.dst):
+        d.verdict = V_FLOOD
+        return
+    dkey = mac_key(src.network, eth.dst)
+    if dry:
+        e = mt_peek(&sw.mt, dkey)
+        if e != NULL and mt_expired(&sw.mt, e, now):
+            e = NULL
+    else:
+        e = mt_lookup(&sw.mt, dkey, now)
+    if e != NULL:
+        d.hit = 1
+        d.hit_out = e.out
+        d.hit_static = (e.flags & MT_STATIC) != 0
+        d.hit_seen_ms = e.last_seen_ms
+    if dry and dkey == skey and (d.learned == MT_LEARNED or d.learned == MT_HIT or d.learned == MT_MOVED):
+        # The loop would have learned it by now: the lookup finds that entry.
+        d.hit = 1
+        d.hit_out = src.out
+        d.hit_static = e != NULL and d.hit_static
+        d.hit_seen_ms = now
+    out = d.hit_out
+    if not d.hit:
+        d.verdict = V_FLOOD
+    elif out & OUT_PEER:
+        if src.out & OUT_PEER:
+            d.verdict = V_DROP
+            d.reason = DROP_SPLIT_HORIZON
+        else:
+            d.verdict = V_PEER
+            d.out = out & ~OUT_PEER
+    elif out == src.out:
+        d.verdict = V_DROP
+        d.reason = DROP_SAME_PORT
+    elif out < sw.max_ports and sw.ports[out].state == PORT_UP:
+        d.verdict = V_PORT
+        d.out = out
+    else:
+        d.verdict = V_FLOOD

@@ -1,0 +1,125 @@
+# The switch: the state every unit reads, owned by Datapath. The control
+# plane changes it under `lock`; the loop runs every unit under it.
+from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
+
+from fastpath.mactable cimport OUT_NONE, key_network, mac_entry, mac_table, mt_expired, mt_flush, mt_sweep
+from fastpath.posix_io cimport CLOCK_MONOTONIC, clock_gettime, pthread_mutex_t, timespec, write
+
+cdef struct sw_t:
+    pthread_mutex_t lock
+    port_t *ports
+    uint64_t *pctr                 # PC_COUNT per port
+    int32_t *net_head              # first port of each network, -1: none
+    uint32_t max_ports
+    uint32_t max_networks
+    mac_table mt
+    uint32_t sweep_budget
+    uint64_t stats[LS_COUNT]
+    dp_event evring[EV_RING]
+    uint64_t ev_head
+    int stop_efd                   # written by stop(): every engine watches it
+    int notify_efd                 # written when a port's fd fails
+    int64_t busy_poll_ns
+    int64_t last_turn_ns           # CLOCK_MONOTONIC at the start of the loop's latest turn
+    int inject_err                 # a failure the loop ends with at its next turn (tests)
+    const char *fail_what          # what failed when the loop ended with an errno
+    tunnel_t tun
+    output_t out
+    engine_ops eng
+    void *engine
+
+
+cdef inline int64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline int64_t now_ms() noexcept nogil:
+    return now_ns() // 1000000
+
+
+cdef inline uint32_t hist_bucket(uint32_t n) noexcept nogil:
+    cdef uint32_t b = 0
+    while n > 1 and b < HIST_BUCKETS - 1:
+        n >>= 1
+        b += 1
+    return b
+
+
+cdef inline void sw_event(sw_t *sw, uint8_t kind, uint64_t key, uint32_t a, uint32_t b) noexcept nogil:
+    cdef dp_event *ev = &sw.evring[sw.ev_head & (EV_RING - 1)]
+    ev.kind = kind
+    ev.key = key
+    ev.a = a
+    ev.b = b
+    sw.ev_head += 1
+
+
+cdef inline bint sw_turn(sw_t *sw, int64_t t) noexcept nogil:
+    """An engine's loop starts a turn at t, its wait just returned: False
+    when it must end (an injected failure, which run() names as one)."""
+    sw.last_turn_ns = t
+    return sw.inject_err == 0
+
+
+cdef inline void sw_sweep(sw_t *sw, int64_t now) noexcept nogil:
+    sw.stats[LS_SWEPT] += mt_sweep(&sw.mt, now, sw.sweep_budget)
+
+
+cdef void sw_port_down(sw_t *sw, uint32_t idx) noexcept nogil:
+    """The loop found port idx's fd failed: stop reading it, forget its MACs,
+    tell the control plane (which removes it)."""
+    cdef uint64_t one = 1
+    sw.eng.port_down(sw.engine, idx, True)
+    sw.ports[idx].state = PORT_DEAD
+    mt_flush(&sw.mt, 0, idx, True)
+    write(sw.notify_efd, &one, sizeof(one))
+
+
+cdef void sw_remove_port(sw_t *sw, uint32_t idx) noexcept nogil:
+    """Take port idx out of its network and forget every FDB entry naming it."""
+    cdef int32_t *link = &sw.net_head[sw.ports[idx].network]
+    while link[0] >= 0:
+        if <uint32_t>link[0] == idx:
+            link[0] = sw.ports[idx].next_in_net
+            break
+        link = &sw.ports[link[0]].next_in_net
+    sw.ports[idx].next_in_net = -1
+    mt_flush(&sw.mt, 0, idx, True)
+    sw.ports[idx].cap_fd = -1
+    sw.ports[idx].cap_dir = 0
+    sw.ports[idx].state = PORT_FREE
+    sw.ports[idx].gen += 1
+    sw.ports[idx].fd = -1
+
+
+cdef enum:
+    FDB_CHUNK = 4096               # slots fdb_entries reads per hold of the lock
+
+cdef struct fdb_row:               # an entry as fdb_entries copies it out from under the lock
+    uint64_t key
+    uint32_t out
+    uint32_t flags
+    int64_t age_ms
+
+
+cdef uint32_t sw_copy_fdb(sw_t *sw, uint64_t start, uint64_t end, uint16_t network, uint32_t want,
+                          fdb_row *rows) noexcept nogil:
+    """Copy the live entries of MAC table slots [start, end) of `network`
+    (0: all) naming output `want` (OUT_NONE: any) to rows; returns how many."""
+    cdef int64_t now = now_ms()
+    cdef uint32_t n = 0
+    cdef mac_entry *e
+    cdef uint64_t i
+    for i in range(start, end):
+        e = &sw.mt.slots[i]
+        if (e.key == 0 or (network and key_network(e.key) != network) or (want != OUT_NONE and e.out != want)
+                or mt_expired(&sw.mt, e, now)):
+            continue
+        rows[n].key = e.key
+        rows[n].out = e.out
+        rows[n].flags = e.flags
+        rows[n].age_ms = now - e.last_seen_ms
+        n += 1
+    return n

@@ -317,6 +317,18 @@ def vxlan_payload(rnd: random.Random, corpus: list[bytes]) -> tuple[str, bytes]:
     return f"inner_{kind}", header() + inner
 
 
+def outer_verdict(data: bytes, from_peer: bool) -> str:
+    """What the switch must make of a datagram by the rules it documents, before the inner frame:
+    a drop reason, or "peer" (taken from a peer)."""
+    if len(data) < 8 + 14:
+        return "truncated"  # shorter than the VXLAN and Ethernet headers: an empty datagram too
+    if not data[0] & 0x08:
+        return "bad_flags"
+    if int.from_bytes(data[4:7], "big") != VNI:
+        return "unknown_vni"
+    return "peer" if from_peer else "unknown_peer"
+
+
 def vxlan_sender(args: argparse.Namespace) -> dict[str, Any]:
     """In the remote namespace: send --count datagrams to the VTEP, from a peer and from a stranger."""
     corpus = load_corpus(Path(args.corpus))
@@ -331,6 +343,7 @@ def vxlan_sender(args: argparse.Namespace) -> dict[str, Any]:
         s = udp_snmp(args.daemon_pid)
         return sum(s[k] - snmp0[k] for k in ("InDatagrams", "InErrors", "NoPorts"))
     taken: dict[str, int] = {}
+    predicted: dict[str, int] = {}
     refused: dict[str, dict[str, int]] = {}
     ok = stalls = 0
     t0 = time.monotonic()
@@ -346,6 +359,8 @@ def vxlan_sender(args: argparse.Namespace) -> dict[str, Any]:
             continue
         ok += 1
         taken[kind] = taken.get(kind, 0) + 1
+        verdict = outer_verdict(data, sock is peer)
+        predicted[verdict] = predicted.get(verdict, 0) + 1
         if ok % 32 == 0:
             deadline = time.monotonic() + 2.0
             while ok - arrived() > WINDOW // 2:
@@ -354,7 +369,7 @@ def vxlan_sender(args: argparse.Namespace) -> dict[str, Any]:
                     break
                 time.sleep(0.0002)
     return {"attempted": args.count, "taken": ok, "taken_by_kind": taken, "refused_by_kind": refused,
-            "send_seconds": round(time.monotonic() - t0, 2), "window_stalls": stalls}
+            "predicted": predicted, "send_seconds": round(time.monotonic() - t0, 2), "window_stalls": stalls}
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -529,6 +544,11 @@ def reconcile_vxlan(sender: dict[str, Any], d: dict[str, Any], udp: dict[str, in
           "datagrams sent = read by the switch (Udp InDatagrams) + dropped by the host's UDP (InErrors, NoPorts)")
     check(checks, "counted", read, counted,
           "datagrams read = dropped by reason (truncated, bad_flags, unknown_vni, unknown_peer) + taken from a peer")
+    for reason in ("truncated", "bad_flags", "unknown_vni", "unknown_peer", "peer"):
+        got = peer_rx if reason == "peer" else drops[reason]
+        check(checks, f"reason_{reason}", sender["predicted"].get(reason, 0), got,
+              f"datagrams whose outer headers make them {'taken from a peer' if reason == 'peer' else reason} "
+              f"(by the documented rules) = the switch's count")
     forwarded = vxs["tx_packets"] + vxs["tx_errors"]
     check(checks, "decided", peer_rx, drops["inner_malformed"] + forwarded,
           "taken from a peer = inner_malformed + written to the network's port (or a write error); nothing the "

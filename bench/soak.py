@@ -266,6 +266,7 @@ def main() -> int:
     ap.add_argument("--minutes", type=float, default=30.0)
     ap.add_argument("--io-mode", choices=("auto", "uring", "poll"), default="auto")
     ap.add_argument("--out", type=Path, default=None, help="default: bench/results/soak-<date>")
+    ap.add_argument("--no-plot", action="store_true", help="write no soak.png (matplotlib is a benchmark requirement)")
     args = ap.parse_args()
     interrupt_on_signals()
     seconds = max(60, int(args.minutes * 60))
@@ -326,7 +327,8 @@ def main() -> int:
         doc["traffic_ok"] = all(p["loss_pct"] is not None and p["loss_pct"] <= PING_LOSS_LIMIT_PCT for p in pings.values())
     (out / "results.json").write_text(json.dumps(doc, indent=1) + "\n")
     write_md(doc, out / "results.md")
-    plot(samples, warmup_s, out / "soak.png")
+    if not args.no_plot:
+        plot(samples, warmup_s, out / "soak.png")
     print((out / "results.md").read_text())
     ok = doc["verdict"]["ok"] and doc["traffic_ok"] and alive and not churn.errors
     return 0 if ok else 1

@@ -196,5 +196,5 @@ soak: test-deps build $(BENCH_REQ_STAMP)
 FUZZ_FRAMES ?= 1000000
 
 .PHONY: fuzz-live
-fuzz-live: build
+fuzz-live: test-deps build
 	$(VENV_PY) bench/fuzz_live.py --frames $(FUZZ_FRAMES) --datagrams $(FUZZ_FRAMES) $(FUZZ_ARGS)

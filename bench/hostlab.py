@@ -119,10 +119,28 @@ class Site:
         return self.api("GET", "/v1/stats")
 
     def process(self) -> dict[str, int]:
-        """RSS (KiB), open fds and threads of the daemon, from /proc."""
+        """RSS (KiB), open fds and threads of the daemon, from /proc; and how much of that RSS is
+        the largest anonymous mapping: the datapath's frame buffers, allocated once at start
+        and touched page by page as frames first use them."""
         st = _status(self.pid)
         return {"rss_kib": int(st["VmRSS"].split()[0]), "threads": int(st["Threads"]),
-                "fds": len(os.listdir(f"/proc/{self.pid}/fd"))}
+                "fds": len(os.listdir(f"/proc/{self.pid}/fd")), "buffers_rss_kib": _largest_anon_rss(self.pid)}
+
+
+def _largest_anon_rss(pid: int) -> int:
+    """Rss (KiB) of the largest writable anonymous mapping (no path) in /proc/PID/smaps."""
+    best_size = best_rss = 0
+    size = 0
+    anon = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+            anon = len(head) == 5 and head[1].startswith("rw")  # not the ---p reservations of malloc's arenas
+        elif head[0] == "Size:":
+            size = int(head[1])
+        elif head[0] == "Rss:" and anon and size > best_size:
+            best_size, best_rss = size, int(head[1])
+    return best_rss
 
 
 def _status(pid: int) -> dict[str, str]:

@@ -253,11 +253,13 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
               f"{PING_LOSS_LIMIT_PCT:g} %): {'yes' if doc['traffic_ok'] else 'NO'}",
               f"Daemon alive at the end: {doc['alive_at_end']}", "",
               "Samples (one a minute shown; every 10 s in results.json):", "",
-              "| t (s) | RSS (KiB) | fds | threads | FDB entries | loadavg |", "| --- | --- | --- | --- | --- | --- |"]
+              "| t (s) | RSS (KiB) | of it, frame buffers (KiB) | fds | threads | FDB entries | loadavg |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     per_min = int(60 / CYCLE_S)
     for k, s in enumerate(doc["samples"]):
         if k % per_min == 0 or k == len(doc["samples"]) - 1:
-            lines.append(f"| {s['t_s']:g} | {s['rss_kib']} | {s['fds']} | {s['threads']} | {s['fdb_entries']} | {s['loadavg']} |")
+            lines.append(f"| {s['t_s']:g} | {s['rss_kib']} | {s.get('buffers_rss_kib', '-')} | {s['fds']} | {s['threads']} | "
+                         f"{s['fdb_entries']} | {s['loadavg']} |")
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -298,7 +300,7 @@ def main() -> int:
                 time.sleep(max(0.0, cycle_end - time.monotonic()))
                 samples.append(sample(site, t0, churn_s))
                 s = samples[-1]
-                print(f"soak: t={s['t_s']:7.1f}s rss={s['rss_kib']}KiB fds={s['fds']} threads={s['threads']} "
+                print(f"soak: t={s['t_s']:7.1f}s rss={s['rss_kib']}KiB buffers={s['buffers_rss_kib']}KiB fds={s['fds']} threads={s['threads']} "
                       f"fdb={s['fdb_entries']} churn={s['churn_s']}s load={s['loadavg']}", flush=True)
         finally:
             stop.set()

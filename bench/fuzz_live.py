@@ -465,7 +465,9 @@ def run_mode(io_mode: str, args: argparse.Namespace, corpus_path: Path) -> dict[
         # The underlay's ARP is resolved before any count starts.
         site.remote.exec("ping", "-n", "-c", "1", "-W", "2", HOST_IP)
         by = Bystanders(lab, b1, b2.addr)
-        result: dict[str, Any] = {"io_mode": real_mode, "daemon_pid": site.pid}
+        maps = Path(f"/proc/{site.pid}/maps").read_text()
+        result: dict[str, Any] = {"io_mode": real_mode, "daemon_pid": site.pid,
+                                  "sanitizers_loaded": [lib for lib in ("libasan", "libubsan") if lib in maps]}
 
         # -- frames into the TAP
         site.api("POST", "/v1/fdb/flush", {})
@@ -602,7 +604,8 @@ def write_md(doc: dict[str, Any], path: Path) -> None:
              f"datagrams into the VXLAN socket. Verdict: **{'PASS' if doc['ok'] else 'FAIL'}**.", ""]
     for r in doc["modes"]:
         lines += [f"## io_mode {r['io_mode']}", "",
-                  f"Daemon alive: {r['alive']}, health: {r['health']}, error lines in its log: {len(r['daemon_errors'])}.", ""]
+                  f"Daemon alive: {r['alive']}, health: {r['health']}, error lines (or sanitizer reports) in its log: "
+                  f"{len(r['daemon_errors'])}; sanitizer runtimes in the daemon: {', '.join(r['sanitizers_loaded']) or 'none'}.", ""]
         for side in ("tap", "vxlan"):
             s = r[side]
             snd = s["sender"]

@@ -15,8 +15,9 @@ underlay to a remote namespace, containers) gets:
   plain frames and TCP super-frames; the kernel refuses some itself);
 - --datagrams VXLAN datagrams into its tunnel socket from the remote
   namespace: empty, 1 byte, truncated, random bytes, flags without I,
-  unknown VNIs, a sender that is not a peer, and valid headers carrying the
-  fuzzed frames.
+  unknown VNIs, a sender that is not a peer, frames between stations behind
+  the peer, and valid headers carrying the fuzzed frames. The MAC table is
+  flushed before each of the two phases.
 
 Meanwhile two bystander containers on another network ping each other every
 10 ms; their replies are timestamped, so a stall shows as a gap.
@@ -62,6 +63,7 @@ FZ_KERNEL_MTU = 9000  # what the hostile container sets on its own interface
 PORT_MTU = 1500  # the fuzz port's MTU as the switch knows it
 UNKNOWN_PEER_IP = "192.0.2.3"
 BEHIND_PEER_MACS = [bytes([0x02, 0, 0, 0x0e, 0, i]) for i in range(16)]
+FENCE_VNI = 0xF3F3F3  # no fuzzed datagram carries it
 CORPUS_VERSION = 1
 WINDOW = 256  # frames in flight between the sender and the switch at most
 BYSTANDER_INTERVAL_S = 0.01
@@ -390,8 +392,22 @@ def vxlan_sender(args: argparse.Namespace) -> dict[str, Any]:
                     stalls += 1
                     break
                 time.sleep(0.0002)
-    return {"attempted": args.count, "taken": ok, "taken_by_kind": taken, "refused_by_kind": refused,
-            "predicted": predicted, "send_seconds": round(time.monotonic() - t0, 2), "window_stalls": stalls}
+    send_seconds = round(time.monotonic() - t0, 2)
+    # A fence: once the switch has counted this one (an unknown VNI), it has handled every
+    # datagram before it, as it reads and handles one socket's datagrams in order.
+    deadline = time.monotonic() + 30.0
+    while arrived() < ok and time.monotonic() < deadline:
+        time.sleep(0.001)
+    peer.sendto(header_only(FENCE_VNI) + bytes(14), dst)
+    ok += 1
+    taken["fence"] = 1
+    predicted["unknown_vni"] = predicted.get("unknown_vni", 0) + 1
+    return {"attempted": args.count + 1, "taken": ok, "taken_by_kind": taken, "refused_by_kind": refused,
+            "predicted": predicted, "send_seconds": send_seconds, "window_stalls": stalls}
+
+
+def header_only(vni: int) -> bytes:
+    return bytes([0x08, 0, 0, 0]) + vni.to_bytes(3, "big") + b"\x00"
 
 
 # ---- the run ---------------------------------------------------------------------------------
@@ -482,7 +498,12 @@ def run_mode(io_mode: str, args: argparse.Namespace, corpus_path: Path) -> dict[
         def drained() -> bool:
             kf = delta(link_stats(fz.ns), k0["fz"])
             rx = site.stats()["ports"]["fz"]["rx_packets"] - s0["ports"]["fz"]["rx_packets"]
-            return kf["tx"]["packets"] + kf["tx"]["dropped"] >= sender["taken"] and rx == kf["tx"]["packets"]
+            port = site.stats()["ports"]["fz"]
+            decided = (sum(port["drops"].values()) + port["flooded"]
+                       - sum(s0["ports"]["fz"]["drops"].values()) - s0["ports"]["fz"]["flooded"])
+            # Every frame the kernel took has left its queue, the switch read each and decided on
+            # each (read and decision are counted microseconds apart, within one batch).
+            return kf["tx"]["packets"] + kf["tx"]["dropped"] >= sender["taken"] and rx == kf["tx"]["packets"] == decided
         try:
             wait_for("the switch to read every frame the kernel took", drained, timeout=DRAIN_TIMEOUT_S, interval=0.2)
         except BenchError as e:
@@ -509,12 +530,14 @@ def run_mode(io_mode: str, args: argparse.Namespace, corpus_path: Path) -> dict[
 
         def vdrained() -> bool:
             u = delta(udp_snmp(site.pid), u0)
-            return u["InDatagrams"] + u["InErrors"] + u["NoPorts"] >= vsender["taken"]
+            fenced = site.stats()["vxlan"]["drops"]["unknown_vni"] - s0["vxlan"]["drops"]["unknown_vni"]
+            return (u["InDatagrams"] + u["InErrors"] + u["NoPorts"] >= vsender["taken"]
+                    and fenced >= vsender["predicted"]["unknown_vni"])
         try:
-            wait_for("the switch to read every datagram", vdrained, timeout=DRAIN_TIMEOUT_S, interval=0.2)
+            wait_for("the switch to read every datagram and count the fence", vdrained, timeout=DRAIN_TIMEOUT_S,
+                     interval=0.1)
         except BenchError as e:
             result["vxlan_drain_error"] = str(e)
-        time.sleep(0.2)  # the last batch read is handled under the loop's lock before stats can see it
         t_end = time.time()
         s1 = stats(site)
         k1v = {"vxs": link_stats(vxs.ns), "ul0": link_stats(site.host, "ul0")}

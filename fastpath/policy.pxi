@@ -29,8 +29,8 @@ from fastpath.frame cimport (DROP_DHCP_GUARD, DROP_NONE, DROP_RA_GUARD, DROP_SPO
 
 cdef enum:
     POL_MACS = 8                   # the port's MAC and the MACs it may also send from
-    POL_IP4 = 24
-    POL_IP6 = 40                   # room for a link-local address per MAC beside the port's own
+    POL_IP4 = 32
+    POL_IP6 = 48                   # room for a link-local address per MAC beside the port's own
     POL_SECURITY = 1               # policy flags
     POL_ROUTER = 2                 # may send router advertisements
     POL_DHCP_SERVER = 4            # may send DHCP server replies
@@ -148,6 +148,8 @@ cdef drop_reason pol_ipv6(const port_policy *p, const uint8_t *l3, uint32_t n) n
     cdef bint unspec
     if n < 40:
         return DROP_SPOOFED_IP
+    if 40 + <uint32_t>load_be16(l3 + 4) < n:
+        n = 40 + load_be16(l3 + 4)  # what follows the payload is the link's padding, not ND options
     nh = l3[6]
     if nh == IPPROTO_ICMPV6 and n >= 41:
         if (l3[40] == ND_ROUTER_ADVERT or l3[40] == ND_REDIRECT) and not (p.flags & POL_ROUTER):

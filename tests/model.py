@@ -85,6 +85,7 @@ class Policy:
     def _ipv6(self, l3: bytes) -> str | None:
         if len(l3) < 40:
             return "spoofed_ip"
+        l3 = l3[:40 + int.from_bytes(l3[4:6], "big")]
         nh, icmp_type = l3[6], (l3[40] if len(l3) > 40 else None)
         if nh == 58 and icmp_type in (134, 137) and not self.router:
             return "ra_guard"

@@ -96,6 +96,12 @@ def test_a_forged_source_mac_moves_nothing_and_is_counted(lan: Lan) -> None:
           bad, good, "spoofed_mac")
     fdb = {e["mac"]: e for e in lan.daemon.ctl("fdb", "show")}
     assert fdb[port_mac("p1")]["port"] == "p1" and fdb[port_mac("p1")]["pinned"]
+    # trace asks the same decision: it names the rule.
+    t = lan.daemon.ctl("trace", "--in-port", "p3", "--dst", BROADCAST, "--src", port_mac("p1"))
+    assert (t["action"], t["reason"]) == ("drop", "spoofed_mac")
+    assert "port policy of port p3: the source MAC is not the port's" in t["steps"]
+    t = lan.daemon.ctl("trace", "--in-port", "p4", "--dst", BROADCAST, "--src", port_mac("p1"))
+    assert (t["reason"], t["learn"]["result"]) == ("mac_pinned", "pinned to port p1: kept, the frame is dropped")
     # With port security off, a frame carrying p1's own MAC is still refused: the MAC is pinned.
     check(lan, "p4", lan["p4"].frame(BROADCAST, bad, src=port_mac("p1")),
           lan["p4"].frame(BROADCAST, good, src=FOREIGN_MAC), bad, good, "mac_pinned")

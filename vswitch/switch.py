@@ -55,6 +55,17 @@ def _where(out: dict[str, Any]) -> str:
     return f"port {out['port']}" if "port" in out else f"peer {out['peer']}"
 
 
+# What trace says of a frame the port policy refused (fastpath/policy.pxi).
+POLICY_DROPS = {
+    "spoofed_mac": "the source MAC is not the port's",
+    "spoofed_ip": "the IP source is not the port's",
+    "spoofed_arp": "the ARP sender is not the port's",
+    "spoofed_nd": "a neighbor discovery target or link-layer option is not the port's",
+    "ra_guard": "router advertisements are not the port's to send",
+    "dhcp_guard": "DHCP server replies are not the port's to send",
+}
+
+
 @dataclass
 class _Network:
     spec: NetworkSpec
@@ -853,7 +864,9 @@ class Switch:
                 net, from_peer = self._networks[peer.network], peer.remote
                 ingress, asked = f"peer {peer.remote}", {"from_addr": peer.remote, "vni": net.spec.vni}
             tag = b"" if vlan is None else b"\x81\x00" + vlan.to_bytes(2, "big")
-            frame = bytes.fromhex(dst.replace(":", "") + src_mac.replace(":", "")) + tag + b"\x08\x00"
+            # An L2 question: the IEEE local experimental ethertype, which port policy reads no further than its
+            # source MAC (an empty IPv4 packet would be refused as unverifiable).
+            frame = bytes.fromhex(dst.replace(":", "") + src_mac.replace(":", "")) + tag + b"\x88\xb5"
             d = self._dp.decide(frame, **asked)
             names = {"ports": {p.index: name for name, p in self._ports.items()},
                      "peers": {i: spec.remote for spec, i in self._peers.items()}}
@@ -874,10 +887,15 @@ class Switch:
                 steps.append(f"802.1Q tag {vlan} on an access port")
             elif d["reason"] == "inner_malformed":
                 steps.append("the inner frame fails the port checks" + (f" (802.1Q tag {vlan})" if vlan is not None else ""))
+            elif d["reason"] in POLICY_DROPS:
+                steps.append(f"port policy of {ingress}: {POLICY_DROPS[d['reason']]}")
             steps.append(f"drop: {d['reason']}")
             return result
         result["learn"] = self._trace_learn(d["learn"], ingress, learned)
         steps.append(f"learn: {result['learn']['result']}")
+        if d["learn"] == "pinned_kept":
+            steps.append(f"drop: {d['reason']}")
+            return result
         if d["lookup"] is None:
             steps.append("destination is broadcast/multicast: flood")
         elif not d["lookup"]["hit"]:
@@ -924,6 +942,8 @@ class Switch:
             return {"result": "refresh", **current}
         if learn == "static_kept":
             return {"result": f"static entry kept on {_where(current)}", **current}
+        if learn == "pinned_kept":
+            return {"result": f"pinned to {_where(current)}: kept, the frame is dropped", **current}
         return {"result": f"move from {_where(current)} to {ingress}", **current}
 
     def _describe_out(self, out: int) -> dict[str, Any]:

@@ -15,11 +15,11 @@ engine is reached through the function pointers of engine_ops.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
-from fastpath.frame cimport DROP_REASONS
+from fastpath.frame cimport DROP_MAC_PINNED, DROP_REASONS
 from fastpath.mactable cimport (MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry, mac_key, mac_table, mt_delete,
-                                mt_expired, mt_flush, mt_free, mt_init, mt_peek, mt_set_static)
+                                mt_expired, mt_flush, mt_free, mt_init, mt_peek, mt_pin, mt_set_static)
 from fastpath.posix_io cimport (EFD_CLOEXEC, EFD_NONBLOCK, close, errno, eventfd, pthread_mutex_destroy,
                                 pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock, read,
                                 write)
@@ -37,6 +37,7 @@ from fastpath.vxlan import VX_DROP_NAMES
 
 include "counters.pxi"
 include "core.pxi"
+include "policy.pxi"
 include "decide.pxi"
 include "output.pxi"
 include "tunnel.pxi"
@@ -96,9 +97,10 @@ cdef class Datapath:
         sw.max_ports = max_ports
         sw.max_networks = max_networks
         sw.ports = <port_t *>calloc(max_ports, sizeof(port_t))
+        sw.policy = <port_policy *>calloc(max_ports, sizeof(port_policy))
         sw.pctr = <uint64_t *>calloc(<size_t>max_ports * PC_COUNT, sizeof(uint64_t))
         sw.net_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
-        if (not (sw.ports and sw.pctr and sw.net_head) or tun_init(&sw.tun, max_peers, max_networks) < 0
+        if (not (sw.ports and sw.policy and sw.pctr and sw.net_head) or tun_init(&sw.tun, max_peers, max_networks) < 0
                 or out_init(&sw.out, kernel_takes_udp_superframes() if gro_udp is None else bool(gro_udp)) < 0):
             raise MemoryError("cannot allocate the datapath tables")
         for i in range(max_networks + 1):
@@ -131,6 +133,7 @@ cdef class Datapath:
             pthread_mutex_destroy(&sw.lock)
         mt_free(&sw.mt)
         free(sw.ports)
+        free(sw.policy)
         free(sw.pctr)
         free(sw.net_head)
         tun_free(&sw.tun)
@@ -222,6 +225,7 @@ cdef class Datapath:
                 p.vnet = vnet_hdr
                 p.cap_fd = -1
                 p.cap_dir = 0
+                memset(&sw.policy[idx], 0, sizeof(port_policy))  # no policy until the control plane sets one
                 memset(&sw.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
                 rc = sw.eng.port_up(sw.engine, idx)
                 if rc == 0:
@@ -273,6 +277,58 @@ cdef class Datapath:
         out["drops"] = {DROP_NAMES[r]: c[PC_DROPS + r] for r in range(1, DROP_REASONS)}
         out["capture_dropped"] = c[PC_CAPTURE_DROPS]
         return out
+
+    def set_port_policy(self, uint32_t idx, bint security=False, bint router=False, bint dhcp_server=False,
+                        macs=(), ips=()) -> None:
+        """Set port idx's policy (policy.pxi): with `security`, its frames must
+        come from one of `macs` and, for each IP family it has addresses of in
+        `ips`, from one of those; router / dhcp_server lift the RA / DHCP guard."""
+        cdef sw_t *sw = self.sw
+        cdef port_policy pol
+        cdef bint free_slot
+        self._check_index(idx)
+        memset(&pol, 0, sizeof(port_policy))
+        pol.flags = (POL_SECURITY if security else 0) | (POL_ROUTER if router else 0) | (
+            POL_DHCP_SERVER if dhcp_server else 0)
+        macs = [parse_mac(m) for m in macs]
+        addrs = [ipaddress.ip_address(a) for a in ips]
+        v4 = list(dict.fromkeys(a.packed for a in addrs if a.version == 4))
+        v6 = list(dict.fromkeys(a.packed for a in addrs if a.version == 6))
+        if security and not macs:
+            raise ValueError("port security needs at least one MAC")
+        if len(macs) > POL_MACS or len(v4) > POL_IP4 or len(v6) > POL_IP6:
+            raise ValueError(f"at most {POL_MACS} MACs, {POL_IP4} IPv4 and {POL_IP6} IPv6 addresses per port")
+        for i, m in enumerate(macs):
+            pol.macs[i] = int.from_bytes(m, "big")
+        for i, a in enumerate(v4):
+            memcpy(pol.ip4[i], <const char *>a, 4)
+        for i, a in enumerate(v6):
+            memcpy(pol.ip6[i], <const char *>a, 16)
+        pol.nmacs, pol.nip4, pol.nip6 = len(macs), len(v4), len(v6)
+        with nogil:
+            pthread_mutex_lock(&sw.lock)
+            free_slot = sw.ports[idx].state == PORT_FREE
+            if not free_slot:
+                sw.policy[idx] = pol
+            pthread_mutex_unlock(&sw.lock)
+        if free_slot:
+            raise LookupError(f"port index {idx} is not in use")
+
+    def fdb_pin(self, uint16_t network, mac, uint32_t idx) -> None:
+        """Pin a port's own MAC to it: a static entry that no frame from
+        elsewhere (another port, a tunnel peer) moves; such a frame is dropped."""
+        cdef bytes m = parse_mac(mac)
+        cdef const uint8_t *mp = m
+        cdef int rc
+        if m[0] & 1:
+            raise ValueError("a pinned entry needs a unicast MAC")
+        self._check_index(idx)
+        with nogil:
+            pthread_mutex_lock(&self.sw.lock)
+            rc = mt_pin(&self.sw.mt, mac_key(network, mp), idx, now_ms())
+            pthread_mutex_unlock(&self.sw.lock)
+        if rc < 0:
+            raise OverflowError(f"the MAC table is full ({self.sw.mt.capacity} entries)")
 
     def set_capture(self, uint32_t idx, int fd, bint rx, bint tx) -> None:
         """Mirror the port's received and/or sent frames to fd (a datagram
@@ -604,6 +660,7 @@ cdef class Datapath:
             out["verdict"] = VERDICTS[d.verdict]
             if d.verdict == V_DROP:
                 out["reason"] = ("split_horizon" if d.reason == DROP_SPLIT_HORIZON
+                                 else "mac_pinned" if d.reason == DROP_MAC_PINNED
                                  else "inner_malformed" if from_addr is not None else DROP_NAMES[d.reason])
             elif d.verdict == V_PORT:
                 out["ports"] = [d.out]

@@ -34,6 +34,7 @@ from .masquerade import Masquerade, subnets_of
 from .model import (MAX_PEERS, DesiredState, NetworkSpec, PeerSpec, PortSpec, PortUpdate, StaticFdbSpec, SwitchSettings,
                     check_ip, check_mac, check_name, peer_problem)
 from .netns import netns_identity, netns_path, resolve_netns
+from .portpolicy import datapath_sources
 from .tap import TSO_OFFLOADS, TapPort, open_tap, reconfigure_tap
 
 log = logging.getLogger("vswitch.switch")
@@ -52,6 +53,17 @@ HOST_NETNS = "/proc/self/ns/net"
 def _where(out: dict[str, Any]) -> str:
     """'port c1' or 'peer 192.0.2.2' for an output as _describe_out gives it."""
     return f"port {out['port']}" if "port" in out else f"peer {out['peer']}"
+
+
+# What trace says of a frame the port policy refused (fastpath/policy.pxi).
+POLICY_DROPS = {
+    "spoofed_mac": "the source MAC is not the port's",
+    "spoofed_ip": "the IP source is not the port's",
+    "spoofed_arp": "the ARP sender is not the port's",
+    "spoofed_nd": "a neighbor discovery target or link-layer option is not the port's",
+    "ra_guard": "router advertisements are not the port's to send",
+    "dhcp_guard": "DHCP server replies are not the port's to send",
+}
 
 
 @dataclass
@@ -413,6 +425,11 @@ class Switch:
             raise Conflict(f"port {spec.name!r} cannot be attached: {e}") from e
         port = _Port(spec, tap, index, mtu, path, netns_identity(path))
         self._ports[spec.name] = port
+        try:
+            self._apply_policy(port, net, pin=True)
+        except Exception:
+            self._drop_port(port, destroy=tap.created)
+            raise
         if spec.masquerade:
             try:
                 self._sync_masquerade()
@@ -423,6 +440,23 @@ class Switch:
             "port %s %s: %s in %s, network %s, mtu %d",
             spec.name, "created" if tap.created else "re-attached", spec.ifname, where, spec.network, mtu,
         )
+
+    def _apply_policy(self, port: _Port, net: _Network, *, pin: bool) -> None:
+        """Give the datapath the port's policy and, with pin, pin its own MAC to
+        it: known at once (never flooded to others), never moved by a frame from
+        elsewhere."""
+        pol = port.spec.policy
+        assert pol is not None
+        macs, ips = datapath_sources(port.spec, port.tap.mac)
+        try:
+            self._dp.set_port_policy(port.index, pol.port_security, pol.router, pol.dhcp_server, macs, ips)
+        except ValueError as e:
+            raise InvalidArgument(f"port {port.spec.name!r}: {e}") from e
+        if pin:
+            try:
+                self._dp.fdb_pin(net.id, port.tap.mac, port.index)
+            except OverflowError as e:  # learned like any MAC, then
+                log.warning("port %s: its MAC could not be pinned: %s", port.spec.name, e)
 
     def _sync_masquerade(self) -> None:
         self._masquerade.sync({p.spec.name: subnets_of(p.spec.ips) for p in self._ports.values() if p.spec.masquerade})
@@ -437,7 +471,8 @@ class Switch:
             ips = old.ips if update.ips is None else update.ips
             routes = old.routes if update.routes is None else update.routes
             new = dataclasses.replace(old, ip=None, ips=ips, routes=routes,
-                                      mtu=old.mtu if update.mtu is None else update.mtu)
+                                      mtu=old.mtu if update.mtu is None else update.mtu,
+                                      policy=update.policy_over(old))
             if new.masquerade and not subnets_of(new.ips):
                 raise InvalidArgument(f"port {name!r} masquerades: it needs an IPv4 address")
             mtu_changes = update.mtu is not None and update.mtu != port.mtu
@@ -450,6 +485,8 @@ class Switch:
             port.spec = new
             if mtu_changes:
                 self._reattach(port, update.mtu)  # type: ignore[arg-type]
+            else:
+                self._apply_policy(port, self._networks[new.network], pin=False)
             if new.masquerade:
                 self._sync_masquerade()
             log.info("port %s changed: ips %s, %d routes, mtu %d", name, list(new.ips) or "none", len(new.routes), port.mtu)
@@ -462,6 +499,7 @@ class Switch:
         self._dp.remove_port(port.index)
         port.index = self._dp.add_port(port.tap.fd, net.id, mtu, self.settings.offloads)
         port.mtu = mtu
+        self._apply_policy(port, net, pin=True)
         for entry in self._static.values():
             if entry.port == port.spec.name:
                 self._dp.fdb_set_static(net.id, entry.mac, port.index)
@@ -533,6 +571,7 @@ class Switch:
             "labels": s.label_map,
             "host": s.host,
             "masquerade": s.masquerade,
+            "policy": s.policy.view(),  # type: ignore[union-attr]
         }
 
     def _watch_ports(self) -> None:
@@ -634,16 +673,20 @@ class Switch:
             names = {n.id: n.spec.name for n in self._networks.values()}
             ports = {p.index: p.spec.name for p in self._ports.values()}
             peers = {PEER_FLAG | i: p.remote for p, i in self._peers.items()}
+            # A port's own MAC, pinned to it when it was made: static in the table, but not the operator's.
+            pins = {(self._networks[p.spec.network].id, p.tap.mac.lower(), p.index) for p in self._ports.values()}
         entries = []
         for nid, mac, o, static, age in self._dp.fdb_entries(net_id, out):
             if nid not in names:
                 continue
+            pinned = static and (nid, mac, o) in pins
             entries.append({
                 "network": names[nid],
                 "mac": mac,
                 "port": ports.get(o),
                 "peer": peers.get(o),
-                "static": static,
+                "static": static and not pinned,
+                "pinned": pinned,
                 "age_s": None if static else round(age, 3),
             })
         entries.sort(key=lambda e: (e["network"], e["mac"]))
@@ -821,7 +864,9 @@ class Switch:
                 net, from_peer = self._networks[peer.network], peer.remote
                 ingress, asked = f"peer {peer.remote}", {"from_addr": peer.remote, "vni": net.spec.vni}
             tag = b"" if vlan is None else b"\x81\x00" + vlan.to_bytes(2, "big")
-            frame = bytes.fromhex(dst.replace(":", "") + src_mac.replace(":", "")) + tag + b"\x08\x00"
+            # An L2 question: the IEEE local experimental ethertype, which port policy reads no further than its
+            # source MAC (an empty IPv4 packet would be refused as unverifiable).
+            frame = bytes.fromhex(dst.replace(":", "") + src_mac.replace(":", "")) + tag + b"\x88\xb5"
             d = self._dp.decide(frame, **asked)
             names = {"ports": {p.index: name for name, p in self._ports.items()},
                      "peers": {i: spec.remote for spec, i in self._peers.items()}}
@@ -842,10 +887,15 @@ class Switch:
                 steps.append(f"802.1Q tag {vlan} on an access port")
             elif d["reason"] == "inner_malformed":
                 steps.append("the inner frame fails the port checks" + (f" (802.1Q tag {vlan})" if vlan is not None else ""))
+            elif d["reason"] in POLICY_DROPS:
+                steps.append(f"port policy of {ingress}: {POLICY_DROPS[d['reason']]}")
             steps.append(f"drop: {d['reason']}")
             return result
         result["learn"] = self._trace_learn(d["learn"], ingress, learned)
         steps.append(f"learn: {result['learn']['result']}")
+        if d["learn"] == "pinned_kept":
+            steps.append(f"drop: {d['reason']}")
+            return result
         if d["lookup"] is None:
             steps.append("destination is broadcast/multicast: flood")
         elif not d["lookup"]["hit"]:
@@ -892,6 +942,8 @@ class Switch:
             return {"result": "refresh", **current}
         if learn == "static_kept":
             return {"result": f"static entry kept on {_where(current)}", **current}
+        if learn == "pinned_kept":
+            return {"result": f"pinned to {_where(current)}: kept, the frame is dropped", **current}
         return {"result": f"move from {_where(current)} to {ingress}", **current}
 
     def _describe_out(self, out: int) -> dict[str, Any]:

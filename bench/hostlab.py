@@ -39,6 +39,7 @@ class Container:
     network: str
     mac: str
     ip: str | None  # with prefix length
+    port_security: bool = True
 
     @property
     def addr(self) -> str:
@@ -68,8 +69,9 @@ class Site:
         self.host.ip("link", "set", UNDERLAY_IF, "up")
         self.remote.ip("link", "set", UNDERLAY_IF, "up")
 
-    def add_container(self, name: str, network: str, mac: str, ip: str | None = None) -> Container:
-        c = Container(name, self.lab.netns(name), network, mac, ip)
+    def add_container(self, name: str, network: str, mac: str, ip: str | None = None,
+                      port_security: bool = True) -> Container:
+        c = Container(name, self.lab.netns(name), network, mac, ip, port_security)
         # IPv6 off before the interface exists: the kernel then sends nothing
         # of its own (router solicitations, MLD, DAD) that the runs did not ask for.
         c.ns.exec("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
@@ -81,7 +83,8 @@ class Site:
         parts = [toml("[switch]", {"vtep_ip": HOST_IP, "vxlan_port": VXLAN_PORT, **switch})]
         parts += [toml("[[network]]", {"name": n, "vni": vni}) for n, vni in networks.items()]
         parts += [toml("[[port]]", {"name": c.name, "netns": c.ns.name, "network": c.network, "ifname": "eth0",
-                                    "mac": c.mac, "ip": c.ip}) for c in self.containers.values()]
+                                    "mac": c.mac, "ip": c.ip, "port_security": None if c.port_security else False})
+                  for c in self.containers.values()]
         parts += [toml("[[peer]]", {"network": n, "remote": r}) for n, r in peers]
         cfg = self.lab.dir / "vswitch.toml"
         cfg.write_text("".join(parts))

@@ -220,7 +220,7 @@ class ModelSwitch:
         if e is None:
             return self._flood(ingress, network, frame)
         if e.out & PEER_FLAG:
-            return {} if from_tunnel else {("peer", e.out & ~PEER_FLAG): frame}
+            return self._vx_drop("split_horizon") if from_tunnel else {("peer", e.out & ~PEER_FLAG): frame}
         if e.out not in self.ports:
             return self._flood(ingress, network, frame)
         if e.out == ingress:

@@ -82,9 +82,6 @@ def test_every_datagram_read_is_counted_empty_ones_included(fuzz: dict[str, Any]
     assert failed(vx["checks"], "counted", "reason_truncated") == [], f"{vx['uncounted']} datagrams read but counted nowhere"
 
 
-@pytest.mark.xfail(strict=True, reason="a frame from a peer whose destination MAC is learned behind a peer is "
-                                       "discarded (split horizon) without any drop counter (fastpath/datapath.pyx "
-                                       "_decap: `elif e.out & OUT_PEER: pass`)")
 def test_every_frame_from_a_peer_is_forwarded_or_dropped_by_reason(fuzz: dict[str, Any]) -> None:
     vx = fuzz["vxlan"]
     assert failed(vx["checks"], "decided") == [], f"{vx['not_decided']} frames neither forwarded nor counted as dropped"
@@ -146,7 +143,6 @@ def test_an_empty_datagram_is_counted(tunnel_rig: tuple[LoopRig, socket.socket, 
 
 
 @pytest.mark.io_modes
-@pytest.mark.xfail(strict=True, reason="a frame from a peer to a MAC learned behind a peer is discarded uncounted")
 def test_a_frame_from_a_peer_to_a_mac_behind_a_peer_is_counted_as_dropped(
         tunnel_rig: tuple[LoopRig, socket.socket, int, int]) -> None:
     rig, peer, vxlan_port, port = tunnel_rig

@@ -38,6 +38,7 @@ from fastpath.vxlan import VX_DROP_NAMES
 include "counters.pxi"
 include "core.pxi"
 include "policy.pxi"
+include "neigh.pxi"
 include "decide.pxi"
 include "output.pxi"
 include "tunnel.pxi"
@@ -62,7 +63,8 @@ cdef class Datapath:
 
     def __cinit__(self, uint32_t max_ports=1024, uint32_t mac_table_size=65536, double mac_aging_s=300.0,
                   uint32_t max_networks=4096, uint32_t max_peers=1024, uint32_t busy_poll_us=0,
-                  str io_mode="poll", uint32_t ring_buffers=UR_BUFS, uint32_t batch_wait_us=0, gro_udp=None):
+                  str io_mode="poll", uint32_t ring_buffers=UR_BUFS, uint32_t batch_wait_us=0, gro_udp=None,
+                  uint32_t neigh_table_size=4096):
         cdef uint32_t i
         cdef int err = 0
         cdef sw_t *sw
@@ -80,6 +82,8 @@ cdef class Datapath:
             raise ValueError(f"max_networks must be in [1, {VNI_SLOTS // 2}]")
         if max_peers < 1 or max_peers >= OUT_PEER:
             raise ValueError("max_peers is out of range")
+        if neigh_table_size < 1 or neigh_table_size > (1 << 24):
+            raise ValueError("neigh_table_size must be in [1, 16777216]")
         if mac_aging_s <= 0:
             raise ValueError("mac_aging_s must be positive")
         if batch_wait_us >= 1000000:
@@ -100,7 +104,9 @@ cdef class Datapath:
         sw.policy = <port_policy *>calloc(max_ports, sizeof(port_policy))
         sw.pctr = <uint64_t *>calloc(<size_t>max_ports * PC_COUNT, sizeof(uint64_t))
         sw.net_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
-        if (not (sw.ports and sw.policy and sw.pctr and sw.net_head) or tun_init(&sw.tun, max_peers, max_networks) < 0
+        if (not (sw.ports and sw.policy and sw.pctr and sw.net_head)
+                or neigh_init(&sw.neigh, neigh_table_size, int.from_bytes(os.urandom(8), "little")) < 0
+                or tun_init(&sw.tun, max_peers, max_networks) < 0
                 or out_init(&sw.out, kernel_takes_udp_superframes() if gro_udp is None else bool(gro_udp)) < 0):
             raise MemoryError("cannot allocate the datapath tables")
         for i in range(max_networks + 1):
@@ -132,6 +138,7 @@ cdef class Datapath:
         if self.locked:
             pthread_mutex_destroy(&sw.lock)
         mt_free(&sw.mt)
+        neigh_free(&sw.neigh)
         free(sw.ports)
         free(sw.policy)
         free(sw.pctr)
@@ -596,6 +603,77 @@ cdef class Datapath:
             pthread_mutex_unlock(&self.sw.lock)
         return found
 
+    # ---- neighbours (ARP and ND suppression) -----------------------------------------
+
+    @property
+    def neigh_table_size(self) -> int:
+        return self.sw.neigh.capacity
+
+    def _neigh_key(self, uint16_t network, ip) -> tuple:
+        if network < 1 or network > self.sw.max_networks:
+            raise ValueError(f"network id {network} is out of range [1, {self.sw.max_networks}]")
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
+        if addr.is_multicast or addr.is_unspecified:
+            raise ValueError(f"{ip} is not a unicast address")
+        return addr.version, addr.packed.ljust(16, b"\0")
+
+    def neigh_set(self, uint16_t network, ip, mac) -> None:
+        """Answer ARP requests (IPv4) or neighbour solicitations (IPv6) for ip
+        in network with mac, from now on. OverflowError when the table is full."""
+        family, packed = self._neigh_key(network, ip)
+        cdef bytes m = parse_mac(mac)
+        cdef bytes a = packed
+        cdef const uint8_t *mp = m
+        cdef const uint8_t *ap = a
+        cdef uint8_t fam = family
+        cdef int rc
+        if m[0] & 1 or m == bytes(6):
+            raise ValueError(f"{mac} is not a unicast MAC")
+        with nogil:
+            pthread_mutex_lock(&self.sw.lock)
+            rc = neigh_set(&self.sw.neigh, network, fam, ap, mp)
+            pthread_mutex_unlock(&self.sw.lock)
+        if rc < 0:
+            raise OverflowError(f"the neighbour table is full ({self.sw.neigh.capacity} entries)")
+
+    def neigh_delete(self, uint16_t network, ip) -> bool:
+        family, packed = self._neigh_key(network, ip)
+        cdef bytes a = packed
+        cdef const uint8_t *ap = a
+        cdef uint8_t fam = family
+        cdef bint found
+        with nogil:
+            pthread_mutex_lock(&self.sw.lock)
+            found = neigh_delete(&self.sw.neigh, network, fam, ap)
+            pthread_mutex_unlock(&self.sw.lock)
+        return found
+
+    def neigh_entries(self) -> list:
+        """[(network, ip, mac)] of every address the switch answers for."""
+        cdef neigh_table *t = &self.sw.neigh
+        cdef uint32_t n = 0, i
+        cdef neigh_entry *copy = <neigh_entry *>malloc((t.capacity + 1) * sizeof(neigh_entry))
+        if copy == NULL:
+            raise MemoryError()
+        try:
+            with nogil:  # copied under the lock, turned into Python objects after it
+                pthread_mutex_lock(&self.sw.lock)
+                for i in range(t.mask + 1):
+                    if t.slots[i].network:
+                        copy[n] = t.slots[i]
+                        n += 1
+                pthread_mutex_unlock(&self.sw.lock)
+            out = []
+            for i in range(n):
+                raw = bytes(copy[i].addr[:4 if copy[i].family == 4 else 16])
+                out.append((copy[i].network, str(ipaddress.ip_address(raw)), format_mac(mac_key(0, copy[i].mac))))
+            return out
+        finally:
+            free(copy)
+
     # ---- the decision, asked ---------------------------------------------------------
 
     def decide(self, bytes frame, in_port=None, from_addr=None, uint32_t vni=0, bint dry_run=True) -> dict:
@@ -608,7 +686,9 @@ cdef class Datapath:
         "learn": an mt_result name or None, "was": the source entry's output
         before, "lookup": None (not looked up) | {"hit": False} | {"hit":
         True, "out", "static", "age_s"}, "ports": [...], "peers": [...]},
-        ports and peers being the indices that get a copy."""
+        ports and peers being the indices that get a copy. An "answer"
+        (an ARP request or neighbour solicitation the switch replies to
+        itself, out of in_port) also has "answer": {"kind": "arp"|"nd", "mac"}."""
         cdef sw_t *sw = self.sw
         cdef bytes datagram = frame
         cdef uint32_t idx = 0, addr = 0, i, nports = 0, npeers = 0
@@ -664,6 +744,10 @@ cdef class Datapath:
                                  else "inner_malformed" if from_addr is not None else DROP_NAMES[d.reason])
             elif d.verdict == V_PORT:
                 out["ports"] = [d.out]
+            elif d.verdict == V_ANSWER:
+                out["ports"] = [d.out]
+                out["answer"] = {"kind": "arp" if d.answer == NEIGH_ARP else "nd",
+                                 "mac": format_mac(mac_key(0, d.answer_mac))}
             elif d.verdict == V_PEER:
                 out["peers"] = [d.out]
             if d.learned != LEARN_NONE:

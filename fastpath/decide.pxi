@@ -10,7 +10,10 @@
 #      an event for the control plane's log; a source MAC pinned to another
 #      port (a port's own MAC) drops the frame (mac_pinned), from a local
 #      port or from the tunnel alike;
-#   4. a group destination floods; else look the destination up, after
+#   4. a group destination from a local port that is an ARP request or a
+#      neighbour solicitation the switch can answer is answered (neigh.pxi):
+#      the reply goes back out of the ingress port, nothing else gets it;
+#      any other group destination floods; else look the destination up, after
 #      learning, so a frame to its own source finds the entry just made;
 #   5. no entry, or one naming a port that is not up: flood; an entry naming
 #      the ingress port: drop (same_port); one naming a peer: that peer,
@@ -36,7 +39,8 @@ cdef enum verdict:
     V_PORT = 1                     # out: the port
     V_PEER = 2                     # out: the peer
     V_FLOOD = 3
-VERDICTS = ("drop", "port", "peer", "flood")
+    V_ANSWER = 4                   # out: the ingress port; answer, answer_mac: the reply (neigh.pxi)
+VERDICTS = ("drop", "port", "peer", "flood", "answer")
 
 cdef enum:
     # Beyond frame.drop_reason: a frame from the tunnel whose destination sits
@@ -60,6 +64,8 @@ cdef struct decision_t:
     uint8_t hit_static
     uint32_t hit_out
     int64_t hit_seen_ms
+    uint8_t answer                 # V_ANSWER: NEIGH_ARP or NEIGH_ND
+    uint8_t answer_mac[6]          # V_ANSWER: the MAC the reply gives for the target
 
 
 cdef inline bint flood_port(const sw_t *sw, uint32_t q, const ingress_t *src) noexcept nogil:
@@ -136,7 +142,12 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const in
         d.reason = DROP_MAC_PINNED
         return
     if mac_is_group(eth.dst):
-        d.verdict = V_FLOOD
+        if (src.out & OUT_PEER) == 0 and neigh_suppress(&sw.neigh, data, length, &eth, src.network, &d.answer,
+                                                            d.answer_mac):
+            d.verdict = V_ANSWER
+            d.out = src.out
+        else:
+            d.verdict = V_FLOOD
         return
     dkey = mac_key(src.network, eth.dst)
     if dry:

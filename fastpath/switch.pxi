@@ -15,6 +15,7 @@ cdef struct sw_t:
     uint32_t max_ports
     uint32_t max_networks
     mac_table mt
+    neigh_table neigh              # addresses the switch answers ARP and ND for (neigh.pxi)
     uint32_t sweep_budget
     uint64_t stats[LS_COUNT]
     dp_event evring[EV_RING]

@@ -11,6 +11,8 @@ entry behind a peer names PEER_FLAG | index, as the compiled table does.
 """
 from __future__ import annotations
 
+import ipaddress
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -128,6 +130,9 @@ class ModelSwitch:
     vnis: dict[int, int] = field(default_factory=dict)  # network -> VNI
     tunnel_max_frame: int = 1 << 32  # the longest inner frame the underlay carries (VTEP unset: no bound)
     vx_drops: dict[str, int] = field(default_factory=dict)
+    # (network, packed IPv4 or IPv6 address) -> MAC: the addresses the switch answers ARP and ND for
+    neigh: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
+    answered: dict[tuple[int, str], int] = field(default_factory=dict)  # (port, "arp_suppressed"|...) -> count
     learned: int = 0
     moved: int = 0
     refused: int = 0
@@ -154,6 +159,9 @@ class ModelSwitch:
         del self.peers[peer]
         for key in [k for k, e in self.fdb.items() if e.out == PEER_FLAG | peer]:
             del self.fdb[key]
+
+    def set_neighbour(self, network: int, ip: str, mac: bytes) -> None:
+        self.neigh[(network, ipaddress.ip_address(ip).packed)] = mac
 
     def _drop(self, port: int, reason: str) -> dict[int, bytes]:
         self.drops[(port, reason)] = self.drops.get((port, reason), 0) + 1
@@ -216,6 +224,12 @@ class ModelSwitch:
         from_tunnel = bool(ingress & PEER_FLAG)
         if self._learn((network, src), ingress, now_ms) == "pinned_kept":
             return self._vx_drop("mac_pinned") if from_tunnel else self._drop(ingress, "mac_pinned")
+        if dst[0] & 1 and not from_tunnel:
+            reply = self._answer(network, frame)
+            if reply is not None:
+                kind = "arp_suppressed" if frame[12:14] == b"\x08\x06" else "nd_suppressed"
+                self.answered[(ingress, kind)] = self.answered.get((ingress, kind), 0) + 1
+                return {ingress: reply}
         e = None if dst[0] & 1 else self._live((network, dst), now_ms)
         if e is None:
             return self._flood(ingress, network, frame)
@@ -226,6 +240,40 @@ class ModelSwitch:
         if e.out == ingress:
             return self._drop(ingress, "same_port")
         return {e.out: frame}
+
+    def _answer(self, network: int, frame: bytes) -> bytes | None:
+        """The reply the switch sends itself to an ARP request or a neighbour solicitation
+        from a known sender for a known address, or None (the frame goes on as any other)."""
+        src = frame[6:12]
+        if frame[12:14] == b"\x08\x06" and len(frame) >= 42:
+            htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
+            sha, spa, tpa = frame[22:28], frame[28:32], frame[38:42]
+            if (htype, ptype, hlen, plen, op) != (1, 0x0800, 6, 4, 1) or spa == bytes(4) or spa == tpa or sha != src:
+                return None
+            if self.neigh.get((network, spa)) != sha:
+                return None
+            target = self.neigh.get((network, tpa))
+            if target is None or target == src:
+                return None
+            return sha + target + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + target + tpa + sha + spa
+        if frame[12:14] == b"\x86\xdd" and len(frame) >= 14 + 40 + 24:
+            ip6 = frame[14:]
+            plen = int.from_bytes(ip6[4:6], "big")
+            if ip6[0] >> 4 != 6 or ip6[6] != 58 or ip6[7] != 255 or plen < 24 or 14 + 40 + plen > len(frame):
+                return None
+            icmp, ip_src, ip_dst = ip6[40:40 + plen], ip6[8:24], ip6[24:40]
+            target_ip = icmp[8:24]
+            if icmp[0] != 135 or icmp[1] != 0 or target_ip[0] == 0xFF or self.neigh.get((network, ip_src)) != src:
+                return None
+            target = self.neigh.get((network, target_ip))
+            if target is None or target == src or _icmp6_sum(ip_src, ip_dst, icmp) != 0xFFFF:
+                return None
+            na = struct.pack("!BBHB3x", 136, 0, 0, 0x60) + target_ip + b"\x02\x01" + target
+            csum = ~_icmp6_sum(target_ip, ip_src, na) & 0xFFFF
+            na = na[:2] + struct.pack("!H", csum) + na[4:]
+            hdr = struct.pack("!IHBB", 0x60000000, len(na), 58, 255) + target_ip + ip_src
+            return src + target + b"\x86\xdd" + hdr + na
+        return None
 
     def _learn(self, key: tuple[int, bytes], port: int, now_ms: int) -> str | None:
         e = self._live(key, now_ms)
@@ -256,3 +304,14 @@ class ModelSwitch:
             for (net, mac), e in self.fdb.items()
             if e.static or now_ms - e.last_seen_ms < self.aging_ms
         }
+
+
+def _icmp6_sum(src: bytes, dst: bytes, icmp: bytes) -> int:
+    """The folded ones' complement sum of an ICMPv6 message and its pseudo-header (RFC 8200 8.1)."""
+    data = src + dst + struct.pack("!IxxxB", len(icmp), 58) + icmp
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s

@@ -3,6 +3,7 @@ generated frame sequences.
 
 - The loop: for every generated scenario (ports in several networks, a small
   MAC table, static entries, broadcast, multicast, known and unknown unicast,
+  ARP requests and neighbour solicitations the switch answers or floods,
   and malformed frames) each frame is sent through the real loop over
   socketpairs and through tests/model.py; which port receives which frame,
   the drop counters and the FDB afterwards must be identical.
@@ -20,13 +21,13 @@ import ipaddress
 import socket
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from loop_rig import LoopRig
 from fastpath import PEER_FLAG, Datapath
 from model import Entry, ModelSwitch, Policy
-from rawframes import BROADCAST, eth, mac
+from rawframes import BROADCAST, arp, eth, mac, neighbour_solicitation
 
 MACS = [mac(i) for i in range(1, 9)]
 MCAST = b"\x01\x00\x5e\x00\x00\x09"
@@ -99,13 +100,56 @@ def apply_policy(dp: Datapath, model: ModelSwitch, port: int, network: int, poli
         model.pin(port, pin)
 
 
+IPS = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "fd00::2", "fd00::3"]
+IPS4, IPS6 = IPS[:3], IPS[3:]
+
+
+
+def owner(ip: str) -> bytes:
+    """The MAC that usually has ip, in the table and as the sender of its requests."""
+    return MACS[IPS.index(ip) % 3] if ip in IPS else MACS[7]
+
+
+@st.composite
+def neighbours_st(draw):
+    """Addresses the switch answers ARP and ND for: (network, ip, mac), one MAC per (network, ip)."""
+    out = []
+    for net in (1, 2, 3):
+        for ip in IPS:
+            if draw(st.integers(0, 3)):
+                out.append((net, ip, owner(ip) if draw(st.integers(0, 5)) else draw(st.sampled_from(MACS))))
+    return out
+
+
+@st.composite
+def neighbour_requests(draw):
+    """ARP requests and neighbour solicitations, most of them answerable in some network; some
+    gratuitous, probes, replies, unicast, from a sender that is not who it says, or malformed."""
+    if draw(st.booleans()):
+        spa = draw(st.sampled_from(IPS4 + ["0.0.0.0"]))
+        tpa = draw(st.sampled_from([ip for ip in IPS4 if ip != spa] * 3 + [spa]))
+        src = owner(spa) if draw(st.integers(0, 3)) else draw(st.sampled_from(MACS))
+        sha = src if draw(st.integers(0, 5)) else draw(st.sampled_from(MACS))
+        frame = arp(src, spa, tpa, op=draw(st.sampled_from([1, 1, 1, 2])), sha=sha,
+                    dst=draw(st.sampled_from([BROADCAST] * 4 + [MACS[0]])), pad=draw(st.sampled_from([0, 18])))
+        return frame[:draw(st.sampled_from([len(frame)] * 8 + [30]))]
+    ip_src = draw(st.sampled_from(IPS6 + ["::"]))
+    src = owner(ip_src) if draw(st.integers(0, 3)) else draw(st.sampled_from(MACS))
+    target = draw(st.sampled_from([ip for ip in IPS6 if ip != ip_src] * 3 + [ip_src, "ff02::1"]))
+    return neighbour_solicitation(src, ip_src, target, dst=draw(st.sampled_from([None] * 4 + [MACS[0]])),
+                                  hop_limit=draw(st.sampled_from([255] * 5 + [64])),
+                                  bad_checksum=not draw(st.integers(0, 5)))
+
+
 @st.composite
 def frames(draw, n_ports: int):
     port = draw(st.integers(0, n_ports - 1))
-    kind = draw(st.sampled_from(["ok"] * 6 + ["l3"] * 10 + ["runt", "tagged", "too_big", "src_group"]))
+    kind = draw(st.sampled_from(["ok"] * 6 + ["l3"] * 8 + ["neigh"] * 6 + ["runt", "tagged", "too_big", "src_group"]))
     dst = draw(dst_st)
     src = draw(st.sampled_from(MACS))
     payload = draw(st.binary(min_size=0, max_size=64))
+    if kind == "neigh":
+        return port, draw(neighbour_requests())
     if kind == "runt":
         return port, draw(st.binary(max_size=13))
     if kind == "tagged":
@@ -128,7 +172,17 @@ def scenarios(draw):
                             unique_by=lambda t: t[0]))
     seq = draw(st.lists(frames(len(networks)), min_size=1, max_size=40))
     pols = draw(st.lists(policies(), min_size=len(networks), max_size=len(networks)))
-    return networks, capacity, statics, seq, pols
+    return networks, capacity, statics, draw(neighbours_st()), seq, pols
+
+
+def set_neighbours(dp: Datapath, model: ModelSwitch, neighbours: list) -> None:
+    for net, ip, m in neighbours:
+        dp.neigh_set(net, ip, m)
+        model.set_neighbour(net, ip, m)
+
+
+def answered(dp: Datapath, ports) -> dict:
+    return {(p, k): n for p in ports for k in ("arp_suppressed", "nd_suppressed") if (n := dp.port_counters(p)[k])}
 
 
 pytestmark = pytest.mark.io_modes
@@ -139,10 +193,11 @@ pytestmark = pytest.mark.io_modes
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(scenario=scenarios())
 def test_compiled_loop_matches_model(io_mode, scenario):
-    networks, capacity, statics, seq, pols = scenario
+    networks, capacity, statics, neighbours, seq, pols = scenario
     model = ModelSwitch(capacity=capacity, aging_ms=300_000)
     rig = LoopRig(mac_table_size=capacity, io_mode=io_mode)
     try:
+        set_neighbours(rig.dp, model, neighbours)
         ports = [rig.add_port(net) for net in networks]
         assert ports == list(range(len(networks)))
         pinned: set = set()
@@ -166,6 +221,8 @@ def test_compiled_loop_matches_model(io_mode, scenario):
         for p in ports:
             drops = {r: n for r, n in rig.dp.port_counters(p)["drops"].items() if n}
             assert drops == {r: n for (q, r), n in model.drops.items() if q == p}
+        assert answered(rig.dp, ports) == model.answered
+        event(f"requests answered by the switch: {'some' if model.answered else 'none'}")
         c = rig.dp.fdb_counters()
         assert (c["learned"], c["moved"], c["refused"]) == (model.learned, model.moved, model.refused)
     finally:
@@ -199,7 +256,7 @@ def tunnel_scenarios(draw):
                             max_size=3, unique_by=lambda t: t[0]))
     seq = draw(st.lists(ingress_frames(len(networks)), min_size=1, max_size=40))
     pols = draw(st.lists(policies(), min_size=len(networks), max_size=len(networks)))
-    return networks, capacity, peers, statics, seq, pols
+    return networks, capacity, peers, statics, draw(neighbours_st()), seq, pols
 
 
 def outputs(d: dict) -> dict:
@@ -213,9 +270,10 @@ def outputs(d: dict) -> dict:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(scenario=tunnel_scenarios())
 def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, scenario):
-    networks, capacity, peers, statics, seq, pols = scenario
+    networks, capacity, peers, statics, neighbours, seq, pols = scenario
     model = ModelSwitch(capacity=capacity, aging_ms=300_000)
     dp = Datapath(max_ports=16, mac_table_size=capacity, io_mode=io_mode)
+    set_neighbours(dp, model, neighbours)
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in networks]
     # The VTEP's sockets: the loop does not run, so plain UDP ones will do (nothing is sent).
     vtep = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]

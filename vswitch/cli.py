@@ -164,7 +164,8 @@ def cluster_line(doc: dict[str, Any]) -> str:
         f"etcd UNREACHABLE for {etcd['unreachable_for_s']} s, forwarding on the last known state")
     derived = doc.get("derived") or {}
     return (f"cluster: node {doc['node']}, {state}, {len(doc['nodes'])} nodes, "
-            f"{derived.get('peers', 0)} peers and {derived.get('remote_macs', 0)} remote MACs from etcd")
+            f"{derived.get('peers', 0)} peers, {derived.get('remote_macs', 0)} remote MACs and "
+            f"{derived.get('neighbours', 0)} ARP/ND-answered addresses from etcd")
 
 
 def render_cluster(doc: dict[str, Any]) -> str:
@@ -205,6 +206,8 @@ def render_show(doc: dict[str, Any]) -> str:
 
 def render_trace(doc: dict[str, Any]) -> str:
     out = doc["outputs"]
+    if doc["action"] == "answer":
+        return "\n".join([*doc["steps"], f"verdict: answered locally ({doc['resolve']} is {doc['answer']['mac']})"])
     if doc["action"] == "drop":
         verdict = f"drop ({doc['reason']})"
     else:
@@ -599,13 +602,16 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("trace",),
         "what the switch would do now with a frame from port P (or VXLAN peer REMOTE) to MAC, step by step",
-        lambda c, ns: c.request("POST", "/v1/trace", _body(ns, "in_port", "from_peer", "network", "dst", "src", "vlan")),
+        lambda c, ns: c.request("POST", "/v1/trace",
+                                _body(ns, "in_port", "from_peer", "network", "dst", "src", "vlan", "resolve")),
         render_trace,
         args=(
             Arg("--in-port", "P", "port the frame enters by", required=False),
             Arg("--from-peer", "REMOTE", "VXLAN peer the frame arrives from, with its network's VNI", required=False),
             Arg("--network", "NET", "the peer's network, if it is a peer of several", required=False),
-            Arg("--dst", "MAC", "destination MAC"),
+            Arg("--dst", "MAC", "destination MAC (implied by --resolve)", required=False),
+            Arg("--resolve", "IP", "trace the port's ARP request (IPv4) or neighbour solicitation (IPv6) for IP",
+                required=False),
             Arg("--src", "MAC", "source MAC (default: the port's own; required with --from-peer)", required=False),
             Arg("--vlan", "N", "802.1Q tag the frame carries", required=False, type=int),
         ),

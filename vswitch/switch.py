@@ -15,6 +15,7 @@ the datapath's tables and reads its counters.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import select
@@ -33,6 +34,7 @@ from .errors import ConfigError, Conflict, InvalidArgument, NotFound
 from .masquerade import Masquerade, subnets_of
 from .model import (MAX_PEERS, DesiredState, NetworkSpec, PeerSpec, PortSpec, PortUpdate, StaticFdbSpec, SwitchSettings,
                     check_ip, check_mac, check_name, peer_problem)
+from .neighframes import arp_request, neighbour_solicitation
 from .netns import netns_identity, netns_path, resolve_netns
 from .portpolicy import datapath_sources
 from .tap import TSO_OFFLOADS, TapPort, open_tap, reconfigure_tap
@@ -102,6 +104,8 @@ class Switch:
         # What a cluster agent derived from etcd: live, never persisted (a restart rebuilds it from etcd).
         self._derived_peers: set[PeerSpec] = set()
         self._derived_macs: dict[tuple[str, str], str] = {}  # (network, mac) -> remote VTEP
+        # (network, ip) -> (network id, mac): the addresses the datapath answers ARP and ND for
+        self._neighbours: dict[tuple[str, str], tuple[int, str]] = {}
         # Asked before a network with a VNI is added through the API, e.g. to claim it cluster-wide.
         self.network_guard: Callable[[NetworkSpec], None] | None = None
         self.cluster: Any = None  # the ClusterAgent when this switch is a cluster node (API, metrics)
@@ -798,9 +802,39 @@ class Switch:
                 log.info("cluster: peer %s removed from network %s", spec.remote, spec.network)
         return counts
 
+    def cluster_neighbours(self, wanted: dict[tuple[str, str], str]) -> dict[str, int]:
+        """Make the addresses the datapath answers ARP requests and neighbour solicitations for
+        exactly `wanted` ((network, ip) -> mac). Unchanged entries are not touched. Returns counts."""
+        counts = {"neighbours_set": 0, "neighbours_removed": 0}
+        with self._lock:
+            want = {(net, ip): (self._networks[net].id, mac) for (net, ip), mac in wanted.items()
+                    if net in self._networks}
+            for key in [k for k, v in self._neighbours.items() if want.get(k) != v]:
+                self._dp.neigh_delete(self._neighbours.pop(key)[0], key[1])
+                if key not in want:
+                    counts["neighbours_removed"] += 1
+            for key, (nid, mac) in want.items():
+                if key in self._neighbours:
+                    continue
+                try:
+                    self._dp.neigh_set(nid, key[1], mac)
+                except (OverflowError, ValueError) as e:
+                    log.warning("cluster: neighbour %s in network %s not installed: %s", key[1], key[0], e)
+                    continue
+                self._neighbours[key] = (nid, mac)
+                counts["neighbours_set"] += 1
+        return counts
+
+    def neighbours_answered(self) -> dict[str, int]:
+        """ARP requests and neighbour solicitations the datapath answered itself, over every port."""
+        with self._lock:
+            counters = [self._dp.port_counters(p.index) for p in self._ports.values()]
+        return {k: sum(c[k] for c in counters) for k in ("arp_suppressed", "nd_suppressed")}
+
     def cluster_counts(self) -> dict[str, int]:
         with self._lock:
-            return {"peers": len(self._derived_peers), "remote_macs": len(self._derived_macs)}
+            return {"peers": len(self._derived_peers), "remote_macs": len(self._derived_macs),
+                    "neighbours": len(self._neighbours)}
 
     # ---- capture -----------------------------------------------------------------------
 
@@ -836,14 +870,26 @@ class Switch:
 
     # ---- trace -------------------------------------------------------------------------
 
-    def trace(self, in_port: str | None, dst: str, src: str | None = None, vlan: int | None = None,
-              from_peer: str | None = None, network: str | None = None) -> dict[str, Any]:
+    def trace(self, in_port: str | None, dst: str | None, src: str | None = None, vlan: int | None = None,
+              from_peer: str | None = None, network: str | None = None, resolve: str | None = None) -> dict[str, Any]:
         """What the switch would do right now with a frame for dst entering by in_port, or
-        arriving from the VXLAN peer from_peer with its network's VNI, and why.
+        arriving from the VXLAN peer from_peer with its network's VNI, and why. With resolve
+        (an IP), the frame is the port's ARP request (IPv4) or neighbour solicitation (IPv6)
+        for it, sent from the port's own address of that family, and dst is implied.
 
         The datapath's own forwarding decision answers, asked without side effects:
         nothing is learned or aged by asking. The frame's size is not considered.
         """
+        target = None
+        if resolve is not None:
+            target = ipaddress.ip_address(check_ip("resolve", resolve))
+            if in_port is None or vlan is not None:
+                raise InvalidArgument("resolve: asked from a port (in_port), untagged")
+            if dst is not None:
+                raise InvalidArgument("dst: implied by resolve (broadcast, or the solicited-node group)")
+            dst = "ff:ff:ff:ff:ff:ff" if target.version == 4 else "33:33:ff:" + target.packed[13:].hex(":")
+        elif dst is None:
+            raise InvalidArgument("trace: missing required key 'dst' (or give resolve)")
         dst = check_mac("dst", dst, unicast=False)
         src_mac = None if src is None else check_mac("src", src, unicast=False)
         if vlan is not None and (isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 4095):
@@ -867,6 +913,12 @@ class Switch:
             # An L2 question: the IEEE local experimental ethertype, which port policy reads no further than its
             # source MAC (an empty IPv4 packet would be refused as unverifiable).
             frame = bytes.fromhex(dst.replace(":", "") + src_mac.replace(":", "")) + tag + b"\x88\xb5"
+            if target is not None:
+                own = ipaddress.ip_interface(port.spec.ip).ip if port.spec.ip else None
+                sender = own if own is not None and own.version == target.version else None
+                mac_bytes = bytes.fromhex(src_mac.replace(":", ""))
+                frame = (arp_request(mac_bytes, sender, target) if target.version == 4
+                         else neighbour_solicitation(mac_bytes, sender, target))
             d = self._dp.decide(frame, **asked)
             names = {"ports": {p.index: name for name, p in self._ports.items()},
                      "peers": {i: spec.remote for spec, i in self._peers.items()}}
@@ -895,6 +947,17 @@ class Switch:
         steps.append(f"learn: {result['learn']['result']}")
         if d["learn"] == "pinned_kept":
             steps.append(f"drop: {d['reason']}")
+            return result
+        if target is not None:
+            what = "ARP request" if target.version == 4 else "neighbour solicitation"
+            result["resolve"] = str(target)
+            steps.append(f"{what} for {target}" + ("" if sender else " with no sender address (an announcement)"))
+        if d["verdict"] == "answer":
+            result["action"] = "answer"
+            result["answer"] = d["answer"]
+            steps.append(f"{target} is {d['answer']['mac']} in the neighbour table: answered locally "
+                         f"({'ARP reply' if d['answer']['kind'] == 'arp' else 'neighbour advertisement'} "
+                         f"back out of port {in_port}), not flooded")
             return result
         if d["lookup"] is None:
             steps.append("destination is broadcast/multicast: flood")

@@ -427,12 +427,17 @@ def fuzz_vxlan(data: bytes) -> None:
             assert name == expect and not got, (want, name, list(got))
         else:
             assert name == "ok" and sorted(got) == sorted(want["ports"]) and not want["peers"], (want, name, list(got))
-    # The flow hash behind the outer source port stays in its range.
-    if len(data) >= 18:
-        lo, hi = sorted(struct.unpack("<HH", data[:4]))
-        lo = max(lo, 1)
-        if lo <= hi:
-            assert lo <= source_port(data[4:], lo, hi) <= hi
+    # The flow hash behind the outer source port stays in its range; a frame
+    # without an Ethernet header, or an empty range, is refused.
+    if len(data) >= 4:
+        lo, hi = struct.unpack("<HH", data[:4])
+        frame = data[4:4 + MAX_FRAME]
+        try:
+            port = source_port(frame, lo, hi)
+        except ValueError:
+            assert len(frame) < 14 or lo > hi
+        else:
+            assert len(frame) >= 14 and lo <= port <= hi
 
 
 TARGETS: dict[str, Callable[[bytes], None]] = {

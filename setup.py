@@ -5,6 +5,8 @@ and AddressSanitizer/UBSan, so the parser can be exercised under sanitizers.
 Set VSWITCH_FUZZ=1 (with CC=clang) for the fuzzing build: the same checks,
 plus libFuzzer's coverage instrumentation (-fsanitize=fuzzer-no-link), so a
 coverage-guided fuzzer sees the branches taken inside the extensions.
+Set VSWITCH_COVERAGE=1 (with CC=clang) for source-based coverage
+(llvm-cov) of what the fuzz corpora reach; no sanitizers.
 """
 import os
 import sys
@@ -22,7 +24,8 @@ if Cython.__version__ != CYTHON_VERSION:
     sys.exit(f"vswitch pins Cython=={CYTHON_VERSION}, found {Cython.__version__}")
 
 FUZZ = os.environ.get("VSWITCH_FUZZ") == "1"
-DEBUG = os.environ.get("VSWITCH_DEBUG") == "1" or FUZZ
+COVERAGE = os.environ.get("VSWITCH_COVERAGE") == "1"
+DEBUG = os.environ.get("VSWITCH_DEBUG") == "1" or FUZZ or COVERAGE
 
 # Cython-generated code trips -Wsign-compare in its own loops; the rest of -Wall stays on.
 compile_args = ["-Wall", "-Wno-unused-function", "-Wno-unreachable-code", "-Wno-sign-compare"]
@@ -41,6 +44,9 @@ if FUZZ:
     compile_args += ["-fno-sanitize-recover=undefined"]
     compile_args += ["-O1", "-g", sanitizers, "-fno-omit-frame-pointer", "-Wno-unknown-warning-option"]
     link_args += [sanitizers]
+elif COVERAGE:
+    compile_args += ["-O0", "-g", "-fprofile-instr-generate", "-fcoverage-mapping"]
+    link_args += ["-fprofile-instr-generate"]
 elif DEBUG:
     compile_args += ["-O0", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
     link_args += ["-fsanitize=address,undefined"]

@@ -136,7 +136,14 @@ def seeds_decide() -> list[bytes]:
     run = [tcp4(1448, seq=1 + i * 1448) for i in range(4)]
     out.append(record(b"\0", bytes(Ether(src=B, dst=A) / IP() / UDP()))  # B learned on port 0
                + b"".join(record(b"\2", f) for f in run))                # A -> B from port 2, one batch
-    v, f = superframe(tcp4(6000), 1, 1448)
+    # B learned on port 1 (offloads), then a TCP run to B from port 0: coalesced (GRO) on the way out.
+    back = bytes(VNET_HLEN) + bytes(Ether(src=B, dst=A) / IP() / UDP())
+    out.append(record(b"\1", back) + b"".join(record(b"\0", tcp4(1448, seq=1 + i * 1448)) for i in range(5)))
+    out.append(record(b"\1", back) + b"".join(record(b"\0", udp4(1000, ip_id=i)) for i in range(4)))
+    # B behind a peer of its network, then a TSO super-frame to B from port 1: segmented (GSO) for the tunnel.
+    v, f = superframe(tcp4(6000), 1, 1400)
+    out.append(record(bytes([26 << 3 | 0]), bytes.fromhex("02000000000b") + b"\x80")
+               + record(b"\1", v + f) + record(b"\1", bytes(VNET_HLEN) + tcp4(1400)))
     out.append(record(bytes([26 << 3 | 0]), bytes.fromhex("02000000000b") + b"\x81")  # B behind peer 1
                + record(b"\1", v + f) + record(b"\1", bytes(VNET_HLEN) + tcp4(1400)))
     out.append(record(bytes([26 << 3 | 2]), bytes.fromhex("02000000000b"))
@@ -155,7 +162,7 @@ def seeds_vxlan() -> list[bytes]:
                + record(b"\0", vx(5001, fs[0], flags=0)) + record(b"\0", b"") + record(b"\0", vx(5001, b"short")))
     # B statically on port 1 (offloads), then a TCP run to B from the tunnel: coalesced on the way out.
     out.append(record(b"\x81", bytes.fromhex("02000000000b"))
-               + b"".join(record(b"\2", vx(5001, tcp4(1448, seq=1 + i * 1448))) for i in range(4))
+               + b"".join(record(b"\2", vx(5001, tcp4(1400, seq=1 + i * 1400))) for i in range(4))
                + record(b"\0", vx(5001, bytes(Ether(src=B, dst=A) / IP() / UDP()))))
     return out
 

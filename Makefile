@@ -244,3 +244,21 @@ endif
 .PHONY: bench-ab
 bench-ab: build $(BENCH_REQ_STAMP)
 	$(VENV_PY) bench/ab.py --a $(A) --b $(B) $(AB_ARGS)
+
+# Soak (bench/soak.py, as root): SOAK_MINUTES of mixed traffic, API, MAC and
+# capture churn at a moderate rate; RSS, fds, threads and FDB size sampled
+# every 10 s; writes bench/results/soak-<date>/. SOAK_ARGS passes more options.
+SOAK_MINUTES ?= 30
+
+.PHONY: soak
+soak: test-deps build $(BENCH_REQ_STAMP)
+	$(VENV_PY) bench/soak.py --minutes $(SOAK_MINUTES) $(SOAK_ARGS)
+
+# Live fuzz (bench/fuzz_live.py, as root): FUZZ_FRAMES malformed frames into a TAP and as many
+# malformed VXLAN datagrams into the tunnel socket of a running vswitchd, in both I/O modes,
+# every one reconciled against the daemon's counters; writes bench/results/fuzz-live-<date>/.
+FUZZ_FRAMES ?= 1000000
+
+.PHONY: fuzz-live
+fuzz-live: test-deps build
+	$(VENV_PY) bench/fuzz_live.py --frames $(FUZZ_FRAMES) --datagrams $(FUZZ_FRAMES) $(FUZZ_ARGS)

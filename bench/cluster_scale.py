@@ -11,7 +11,13 @@ address. Measured:
   port deleted first) -> every node points its MAC at the new VTEP;
 - death: one vswitchd killed (SIGKILL) -> every other node has withdrawn its
   MAC (bounded below by the lease TTL);
-- RSS of each vswitchd, and a sample of pings between containers.
+- RSS of each vswitchd, and a sample of pings between containers;
+- underlay BUM: the same sample of pings between containers with empty ARP
+  caches, once with the cluster (ARP answered by each host's switch, remote
+  MACs known ahead) and once with every vswitchd restarted on static peers
+  (a full mesh) and flood-and-learn; underlay_count.py counts the VXLAN
+  datagrams that cross the underlay carrying ARP, other broadcast/multicast
+  and unknown unicast (flood copies).
 
 Usage (root, after `make build`): .venv/bin/python bench/cluster_scale.py --hosts 10
 """
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import signal
 import statistics
 import sys
 import time
@@ -100,6 +107,26 @@ def config(h: Host, endpoints: str, mac: str, ip: str, netns: str, ttl: int) -> 
             f'[cluster]\netcd = {json.dumps(endpoints.split(","))}\nnode = "h{h.i}"\nlease_ttl_s = {ttl}\n')
 
 
+def static_config(h: Host, hosts: list[Host], mac: str, ip: str, netns: str) -> str:
+    """The host as it would be without a cluster: every other host a static peer, flood-and-learn."""
+    peers = "".join(f'[[peer]]\nnetwork = "blue"\nremote = "{o.ip}"\n\n' for o in hosts if o is not h)
+    return (f'[switch]\nvtep_ip = "{h.ip}"\n\n[[network]]\nname = "blue"\nvni = {VNI}\n\n'
+            f'[[port]]\nname = "c{h.i}"\nnetns = "{netns}"\nnetwork = "blue"\nmac = "{mac}"\nip = "{ip}"\n\n{peers}')
+
+
+def count_underlay(lab: Lab, underlay: Netns, name: str, owners: dict[str, str], traffic: Any) -> dict[str, int]:
+    """What crosses the underlay while traffic() runs (underlay_count.py), with bum = all but known unicast."""
+    proc = lab.spawn(name, underlay.cmd(str(VENV_PY), str(Path(__file__).resolve().parent / "underlay_count.py"),
+                                        json.dumps(owners)))
+    wait_for(f"{name} ready", lambda: "ready" in lab.log_tail(name), timeout=30)
+    traffic()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+    counts = json.loads(lab.output(name))
+    counts["bum"] = counts["arp"] + counts["group"] + counts["unknown_unicast"]
+    return counts
+
+
 def measure(n: int, ttl: int, pings: int) -> dict[str, Any]:
     result: dict[str, Any] = {"hosts": n, "lease_ttl_s": ttl}
     with Lab("cl") as lab:
@@ -126,11 +153,14 @@ def measure(n: int, ttl: int, pings: int) -> dict[str, Any]:
             if h.proc.poll() is not None:
                 raise BenchError(f"h{h.i} exited: {lab.log_tail(f'h{h.i}')}")
             try:
-                return h.client.request("GET", "/v1/health") == {"status": "ok"}
+                return h.client.request("GET", "/v1/health").get("status") == "ok"
             except ApiError:
                 return False
         for h in hosts:
-            wait_for(f"h{h.i} API", lambda h=h: api_up(h), timeout=120)
+            try:
+                wait_for(f"h{h.i} API", lambda h=h: api_up(h), timeout=120)
+            except BenchError as e:
+                raise BenchError(f"{e}: {lab.log_tail(f'h{h.i}')}") from None
         result["join_all_apis_s"] = round(time.monotonic() - t0, 3)
 
         def converged(h: Host) -> bool:
@@ -172,6 +202,43 @@ def measure(n: int, ttl: int, pings: int) -> dict[str, Any]:
             wait_for(f"h{h.i} withdrew h{victim.i}", lambda h=h: macs[victim.i] not in h.remote_macs(),
                      timeout=ttl + 30, interval=POLL_S)
         result["death_converged_s"] = round(time.monotonic() - t0, 3)
+
+        # Underlay BUM: one traffic, the cluster's way and flood-and-learn's way. The hosts
+        # touched by the move and the death are left out, so both runs see the same containers.
+        calm = hosts[2:-1]
+        bum_pairs = random.Random(2).sample([(a, b) for a in calm for b in calm if a is not b],
+                                            min(pings, len(calm) * (len(calm) - 1)))
+        owners = {macs[h.i]: h.ip for h in calm}
+
+        def traffic() -> None:
+            for h in calm:
+                ctrs[h.i].exec("ip", "neigh", "flush", "all")
+            result.setdefault("bum_pings_ok", []).append(sum(1 for a, b in bum_pairs if ping(a, b)))
+        def answered() -> int:
+            return sum(int(h.client.request("GET", "/v1/stats")["ports"][f"c{h.i}"]["arp_suppressed"]) for h in calm)
+        before = answered()
+        cluster_bum = count_underlay(lab, underlay, "count-cluster", owners, traffic)
+        cluster_bum["arp_answered_locally"] = answered() - before
+        for h in hosts:
+            if h.proc.poll() is None:
+                h.proc.send_signal(signal.SIGTERM)
+        for h in hosts:
+            h.proc.wait(60)
+        for h in hosts:
+            (h.dir / "static.toml").write_text(static_config(h, hosts, macs[h.i], ips[h.i], ctrs[h.i].name))
+            h.proc = lab.spawn(f"h{h.i}-static", h.ns.cmd(
+                str(VENV_PY), "-m", "vswitch", "--config", str(h.dir / "static.toml"), "--api-socket", str(h.sock),
+                "--state-dir", str(h.dir / "state-static"), "--metrics", "127.0.0.1:0", "--log-level", "warning"))
+        for h in hosts:
+            wait_for(f"h{h.i} API (static peers)", lambda h=h: api_up(h), timeout=120)
+        flood_bum = count_underlay(lab, underlay, "count-flood", owners, traffic)
+        result["underlay_bum"] = {
+            "pings": len(bum_pairs),
+            "cluster": cluster_bum,
+            "static_flood_and_learn": flood_bum,
+            # 0 with the cluster: the ratio is at least what one frame would have made it.
+            "ratio_at_least": round(flood_bum["bum"] / max(1, cluster_bum["bum"]), 1),
+        }
     return result
 
 

@@ -10,6 +10,8 @@
   sending and sinking threads, i.e. the loop thread's plus that of any
   io_uring worker thread, divided by the frames the loop handled; for known
   unicast and for floods to 4, 16 and 64 ports.
+- The cost of port policy: known unicast IPv4 frames with the sender's port
+  security off, then on (source MAC and IPv4 source checked, the MAC pinned).
 - As root (the VTEP sends from a raw socket), the same for VXLAN on
   loopback: frames from a port encapsulated to one peer, and datagrams from
   that peer decapsulated to the port.
@@ -212,6 +214,29 @@ def loop_cost(io_mode: str, fanout: int, known: bool, seconds: float) -> dict[st
                      frames, cpu)
 
 
+# An IPv4/UDP packet from 10.0.0.1 (mac(1)), for the cost of port policy, which reads its source.
+IPV4_UDP = (bytes([0x45, 0, 0, 78, 0, 0, 0x40, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2])
+            + bytes([0x04, 0xD2, 0x00, 0x50, 0, 58, 0, 0]) + b"x" * 50)
+
+
+def policy_cost(io_mode: str, policy: bool, seconds: float) -> dict[str, Any]:
+    """Known unicast of IPv4 frames, with the sender's port security on (its MAC
+    and address checked, the source pinned) or off."""
+    with Rig(io_mode) as rig:
+        ports = [rig.port() for _ in range(2)]
+        if policy:
+            rig.dp.set_port_policy(ports[0][1], True, False, False, [mac(1)], ["10.0.0.1"])
+            rig.dp.fdb_pin(NETWORK, mac(1), ports[0][1])
+        rig.loop.start()
+        rig.sink([ports[1][0]])
+        rig.dp.fdb_set_static(NETWORK, mac(2), ports[1][1])
+        frames, cpu = rig.cost(ports[0][0], eth(mac(2), mac(1), IPV4_UDP, ethertype=0x0800), seconds)
+        dropped = {k: v for k, v in rig.dp.port_counters(ports[0][1])["drops"].items() if v}
+        if dropped:
+            raise RuntimeError(f"the policy dropped the benchmark's frames: {dropped}")
+        return entry(rig, "ipv4 unicast, port security" if policy else "ipv4 unicast", "1 port", frames, cpu)
+
+
 def open_vtep(rig: Rig) -> tuple[int, socket.socket, socket.socket]:
     """Terminate VXLAN at VTEP on a UDP port that is also free at PEER (not
     4789, which a real switch on this host may hold); returns the port, the
@@ -317,7 +342,8 @@ def main() -> None:
         "uring_unavailable": why,
         "mac_table": mac_table([1_000, 64_000, 1_000_000], rounds),
         "loop": [row for mode in modes for row in
-                 [loop_cost(mode, 1, True, seconds)] + [loop_cost(mode, n, False, seconds) for n in (4, 16, 64)]],
+                 [loop_cost(mode, 1, True, seconds)] + [loop_cost(mode, n, False, seconds) for n in (4, 16, 64)]
+                 + [policy_cost(mode, on, seconds) for on in (False, True)]],
         "python_model": [python_model(100_000, 1, True)] + [python_model(20_000, n, False) for n in (4, 16, 64)],
     }
     if os.geteuid() == 0:

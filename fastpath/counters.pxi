@@ -13,10 +13,13 @@ cdef enum:  # port counters: PC_COUNT per port, in one flat array
     PC_TX_BYTES
     PC_FLOODED                     # frames from this port that were flooded
     PC_TX_ERRORS                   # writes to this port that failed
+    PC_ARP_SUPPRESSED              # ARP requests from this port the switch answered itself
+    PC_ND_SUPPRESSED               # neighbour solicitations likewise
     PC_DROPS                       # DROP_REASONS counters follow, by frame.drop_reason
     PC_CAPTURE_DROPS = PC_DROPS + DROP_REASONS   # mirrored frames the capture reader was too slow for
     PC_COUNT
-PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "flooded", "tx_errors")
+PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "flooded", "tx_errors", "arp_suppressed",
+                      "nd_suppressed")
 assert len(PORT_COUNTER_NAMES) == PC_DROPS
 
 cdef enum:  # tunnel peer counters: PE_COUNT per peer

@@ -17,9 +17,9 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
-from fastpath.frame cimport DROP_REASONS
+from fastpath.frame cimport DROP_MAC_PINNED, DROP_REASONS
 from fastpath.mactable cimport (MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry, mac_key, mac_table, mt_delete,
-                                mt_expired, mt_flush, mt_free, mt_init, mt_peek, mt_set_static)
+                                mt_expired, mt_flush, mt_free, mt_init, mt_peek, mt_pin, mt_set_static)
 from fastpath.posix_io cimport (EFD_CLOEXEC, EFD_NONBLOCK, close, errno, eventfd, pthread_mutex_destroy,
                                 pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock, read,
                                 write)
@@ -37,6 +37,8 @@ from fastpath.vxlan import VX_DROP_NAMES
 
 include "counters.pxi"
 include "core.pxi"
+include "policy.pxi"
+include "neigh.pxi"
 include "decide.pxi"
 include "output.pxi"
 include "tunnel.pxi"
@@ -61,7 +63,8 @@ cdef class Datapath:
 
     def __cinit__(self, uint32_t max_ports=1024, uint32_t mac_table_size=65536, double mac_aging_s=300.0,
                   uint32_t max_networks=4096, uint32_t max_peers=1024, uint32_t busy_poll_us=0,
-                  str io_mode="poll", uint32_t ring_buffers=UR_BUFS, uint32_t batch_wait_us=0, gro_udp=None):
+                  str io_mode="poll", uint32_t ring_buffers=UR_BUFS, uint32_t batch_wait_us=0, gro_udp=None,
+                  uint32_t neigh_table_size=4096):
         cdef uint32_t i
         cdef int err = 0
         cdef sw_t *sw
@@ -79,6 +82,8 @@ cdef class Datapath:
             raise ValueError(f"max_networks must be in [1, {VNI_SLOTS // 2}]")
         if max_peers < 1 or max_peers >= OUT_PEER:
             raise ValueError("max_peers is out of range")
+        if neigh_table_size < 1 or neigh_table_size > (1 << 24):
+            raise ValueError("neigh_table_size must be in [1, 16777216]")
         if mac_aging_s <= 0:
             raise ValueError("mac_aging_s must be positive")
         if batch_wait_us >= 1000000:
@@ -96,9 +101,12 @@ cdef class Datapath:
         sw.max_ports = max_ports
         sw.max_networks = max_networks
         sw.ports = <port_t *>calloc(max_ports, sizeof(port_t))
+        sw.policy = <port_policy *>calloc(max_ports, sizeof(port_policy))
         sw.pctr = <uint64_t *>calloc(<size_t>max_ports * PC_COUNT, sizeof(uint64_t))
         sw.net_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
-        if (not (sw.ports and sw.pctr and sw.net_head) or tun_init(&sw.tun, max_peers, max_networks) < 0
+        if (not (sw.ports and sw.policy and sw.pctr and sw.net_head)
+                or neigh_init(&sw.neigh, neigh_table_size, int.from_bytes(os.urandom(8), "little")) < 0
+                or tun_init(&sw.tun, max_peers, max_networks) < 0
                 or out_init(&sw.out, kernel_takes_udp_superframes() if gro_udp is None else bool(gro_udp)) < 0):
             raise MemoryError("cannot allocate the datapath tables")
         for i in range(max_networks + 1):
@@ -130,7 +138,9 @@ cdef class Datapath:
         if self.locked:
             pthread_mutex_destroy(&sw.lock)
         mt_free(&sw.mt)
+        neigh_free(&sw.neigh)
         free(sw.ports)
+        free(sw.policy)
         free(sw.pctr)
         free(sw.net_head)
         tun_free(&sw.tun)
@@ -222,6 +232,7 @@ cdef class Datapath:
                 p.vnet = vnet_hdr
                 p.cap_fd = -1
                 p.cap_dir = 0
+                memset(&sw.policy[idx], 0, sizeof(port_policy))  # no policy until the control plane sets one
                 memset(&sw.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
                 rc = sw.eng.port_up(sw.engine, idx)
                 if rc == 0:
@@ -273,6 +284,58 @@ cdef class Datapath:
         out["drops"] = {DROP_NAMES[r]: c[PC_DROPS + r] for r in range(1, DROP_REASONS)}
         out["capture_dropped"] = c[PC_CAPTURE_DROPS]
         return out
+
+    def set_port_policy(self, uint32_t idx, bint security=False, bint router=False, bint dhcp_server=False,
+                        macs=(), ips=()) -> None:
+        """Set port idx's policy (policy.pxi): with `security`, its frames must
+        come from one of `macs` and, for each IP family it has addresses of in
+        `ips`, from one of those; router / dhcp_server lift the RA / DHCP guard."""
+        cdef sw_t *sw = self.sw
+        cdef port_policy pol
+        cdef bint free_slot
+        self._check_index(idx)
+        memset(&pol, 0, sizeof(port_policy))
+        pol.flags = (POL_SECURITY if security else 0) | (POL_ROUTER if router else 0) | (
+            POL_DHCP_SERVER if dhcp_server else 0)
+        macs = [parse_mac(m) for m in macs]
+        addrs = [ipaddress.ip_address(a) for a in ips]
+        v4 = list(dict.fromkeys(a.packed for a in addrs if a.version == 4))
+        v6 = list(dict.fromkeys(a.packed for a in addrs if a.version == 6))
+        if security and not macs:
+            raise ValueError("port security needs at least one MAC")
+        if len(macs) > POL_MACS or len(v4) > POL_IP4 or len(v6) > POL_IP6:
+            raise ValueError(f"at most {POL_MACS} MACs, {POL_IP4} IPv4 and {POL_IP6} IPv6 addresses per port")
+        for i, m in enumerate(macs):
+            pol.macs[i] = int.from_bytes(m, "big")
+        for i, a in enumerate(v4):
+            memcpy(pol.ip4[i], <const char *>a, 4)
+        for i, a in enumerate(v6):
+            memcpy(pol.ip6[i], <const char *>a, 16)
+        pol.nmacs, pol.nip4, pol.nip6 = len(macs), len(v4), len(v6)
+        with nogil:
+            pthread_mutex_lock(&sw.lock)
+            free_slot = sw.ports[idx].state == PORT_FREE
+            if not free_slot:
+                sw.policy[idx] = pol
+            pthread_mutex_unlock(&sw.lock)
+        if free_slot:
+            raise LookupError(f"port index {idx} is not in use")
+
+    def fdb_pin(self, uint16_t network, mac, uint32_t idx) -> None:
+        """Pin a port's own MAC to it: a static entry that no frame from
+        elsewhere (another port, a tunnel peer) moves; such a frame is dropped."""
+        cdef bytes m = parse_mac(mac)
+        cdef const uint8_t *mp = m
+        cdef int rc
+        if m[0] & 1:
+            raise ValueError("a pinned entry needs a unicast MAC")
+        self._check_index(idx)
+        with nogil:
+            pthread_mutex_lock(&self.sw.lock)
+            rc = mt_pin(&self.sw.mt, mac_key(network, mp), idx, now_ms())
+            pthread_mutex_unlock(&self.sw.lock)
+        if rc < 0:
+            raise OverflowError(f"the MAC table is full ({self.sw.mt.capacity} entries)")
 
     def set_capture(self, uint32_t idx, int fd, bint rx, bint tx) -> None:
         """Mirror the port's received and/or sent frames to fd (a datagram
@@ -540,6 +603,77 @@ cdef class Datapath:
             pthread_mutex_unlock(&self.sw.lock)
         return found
 
+    # ---- neighbours (ARP and ND suppression) -----------------------------------------
+
+    @property
+    def neigh_table_size(self) -> int:
+        return self.sw.neigh.capacity
+
+    def _neigh_key(self, uint16_t network, ip) -> tuple:
+        if network < 1 or network > self.sw.max_networks:
+            raise ValueError(f"network id {network} is out of range [1, {self.sw.max_networks}]")
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
+        if addr.is_multicast or addr.is_unspecified:
+            raise ValueError(f"{ip} is not a unicast address")
+        return addr.version, addr.packed.ljust(16, b"\0")
+
+    def neigh_set(self, uint16_t network, ip, mac) -> None:
+        """Answer ARP requests (IPv4) or neighbour solicitations (IPv6) for ip
+        in network with mac, from now on. OverflowError when the table is full."""
+        family, packed = self._neigh_key(network, ip)
+        cdef bytes m = parse_mac(mac)
+        cdef bytes a = packed
+        cdef const uint8_t *mp = m
+        cdef const uint8_t *ap = a
+        cdef uint8_t fam = family
+        cdef int rc
+        if m[0] & 1 or m == bytes(6):
+            raise ValueError(f"{mac} is not a unicast MAC")
+        with nogil:
+            pthread_mutex_lock(&self.sw.lock)
+            rc = neigh_set(&self.sw.neigh, network, fam, ap, mp)
+            pthread_mutex_unlock(&self.sw.lock)
+        if rc < 0:
+            raise OverflowError(f"the neighbour table is full ({self.sw.neigh.capacity} entries)")
+
+    def neigh_delete(self, uint16_t network, ip) -> bool:
+        family, packed = self._neigh_key(network, ip)
+        cdef bytes a = packed
+        cdef const uint8_t *ap = a
+        cdef uint8_t fam = family
+        cdef bint found
+        with nogil:
+            pthread_mutex_lock(&self.sw.lock)
+            found = neigh_delete(&self.sw.neigh, network, fam, ap)
+            pthread_mutex_unlock(&self.sw.lock)
+        return found
+
+    def neigh_entries(self) -> list:
+        """[(network, ip, mac)] of every address the switch answers for."""
+        cdef neigh_table *t = &self.sw.neigh
+        cdef uint32_t n = 0, i
+        cdef neigh_entry *copy = <neigh_entry *>malloc((t.capacity + 1) * sizeof(neigh_entry))
+        if copy == NULL:
+            raise MemoryError()
+        try:
+            with nogil:  # copied under the lock, turned into Python objects after it
+                pthread_mutex_lock(&self.sw.lock)
+                for i in range(t.mask + 1):
+                    if t.slots[i].network:
+                        copy[n] = t.slots[i]
+                        n += 1
+                pthread_mutex_unlock(&self.sw.lock)
+            out = []
+            for i in range(n):
+                raw = bytes(copy[i].addr[:4 if copy[i].family == 4 else 16])
+                out.append((copy[i].network, str(ipaddress.ip_address(raw)), format_mac(mac_key(0, copy[i].mac))))
+            return out
+        finally:
+            free(copy)
+
     # ---- frames handed in (tests and fuzzing; never the loop's path) ------------------
 
     def forward(self, uint32_t in_port, list frames) -> None:
@@ -666,7 +800,9 @@ cdef class Datapath:
         "learn": an mt_result name or None, "was": the source entry's output
         before, "lookup": None (not looked up) | {"hit": False} | {"hit":
         True, "out", "static", "age_s"}, "ports": [...], "peers": [...]},
-        ports and peers being the indices that get a copy."""
+        ports and peers being the indices that get a copy. An "answer"
+        (an ARP request or neighbour solicitation the switch replies to
+        itself, out of in_port) also has "answer": {"kind": "arp"|"nd", "mac"}."""
         cdef sw_t *sw = self.sw
         cdef bytes datagram = frame
         cdef uint32_t idx = 0, addr = 0, i, nports = 0, npeers = 0
@@ -718,9 +854,14 @@ cdef class Datapath:
             out["verdict"] = VERDICTS[d.verdict]
             if d.verdict == V_DROP:
                 out["reason"] = ("split_horizon" if d.reason == DROP_SPLIT_HORIZON
+                                 else "mac_pinned" if d.reason == DROP_MAC_PINNED
                                  else "inner_malformed" if from_addr is not None else DROP_NAMES[d.reason])
             elif d.verdict == V_PORT:
                 out["ports"] = [d.out]
+            elif d.verdict == V_ANSWER:
+                out["ports"] = [d.out]
+                out["answer"] = {"kind": "arp" if d.answer == NEIGH_ARP else "nd",
+                                 "mac": format_mac(mac_key(0, d.answer_mac))}
             elif d.verdict == V_PEER:
                 out["peers"] = [d.out]
             if d.learned != LEARN_NONE:

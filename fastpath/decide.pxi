@@ -4,11 +4,18 @@
 #
 #   1. parse the Ethernet header against the ingress's MTU (frame.parse_eth);
 #      a tagged frame is dropped: every port is an access port;
-#   2. learn (network, source MAC) on the ingress; a move or a full table is
-#      an event for the control plane's log;
-#   3. a group destination floods; else look the destination up, after
+#   2. port policy, for a frame from a local port (policy.pxi: anti-spoofing,
+#      RA and DHCP guard);
+#   3. learn (network, source MAC) on the ingress; a move or a full table is
+#      an event for the control plane's log; a source MAC pinned to another
+#      port (a port's own MAC) drops the frame (mac_pinned), from a local
+#      port or from the tunnel alike;
+#   4. a group destination from a local port that is an ARP request or a
+#      neighbour solicitation the switch can answer is answered (neigh.pxi):
+#      the reply goes back out of the ingress port, nothing else gets it;
+#      any other group destination floods; else look the destination up, after
 #      learning, so a frame to its own source finds the entry just made;
-#   4. no entry, or one naming a port that is not up: flood; an entry naming
+#   5. no entry, or one naming a port that is not up: flood; an entry naming
 #      the ingress port: drop (same_port); one naming a peer: that peer,
 #      unless the frame came from the tunnel (split horizon, RFC 7348 4.2:
 #      a frame from one VTEP is never relayed to another); else that port.
@@ -21,9 +28,10 @@
 # the lookup does not age entries out, no event is written.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-from fastpath.frame cimport (DROP_NONE, DROP_REASONS, DROP_SAME_PORT, DROP_VLAN_TAGGED, drop_reason, eth_info,
-                             mac_is_group, parse_eth)
-from fastpath.mactable cimport (MT_HIT, MT_LEARNED, MT_MOVED, MT_REFUSED, MT_STATIC, MT_STATIC_KEPT, OUT_NONE, OUT_PEER,
+from fastpath.frame cimport (DROP_MAC_PINNED, DROP_NONE, DROP_REASONS, DROP_SAME_PORT, DROP_VLAN_TAGGED, drop_reason,
+                             eth_info, mac_is_group, parse_eth)
+from fastpath.mactable cimport (MT_HIT, MT_LEARNED, MT_MOVED, MT_PINNED, MT_PINNED_KEPT, MT_REFUSED, MT_STATIC,
+                                MT_STATIC_KEPT, OUT_NONE, OUT_PEER,
                                 mac_entry, mac_key, mac_table, mt_expired, mt_learn, mt_lookup, mt_peek, mt_result)
 
 cdef enum verdict:
@@ -31,14 +39,15 @@ cdef enum verdict:
     V_PORT = 1                     # out: the port
     V_PEER = 2                     # out: the peer
     V_FLOOD = 3
-VERDICTS = ("drop", "port", "peer", "flood")
+    V_ANSWER = 4                   # out: the ingress port; answer, answer_mac: the reply (neigh.pxi)
+VERDICTS = ("drop", "port", "peer", "flood", "answer")
 
 cdef enum:
     # Beyond frame.drop_reason: a frame from the tunnel whose destination sits
     # behind a peer goes nowhere, and is no error; no port counts it.
     DROP_SPLIT_HORIZON = DROP_REASONS
     LEARN_NONE = 0xFF              # decision.learned of a frame dropped before learning
-LEARN_RESULTS = ("hit", "learned", "moved", "refused", "static_kept")   # by mt_result
+LEARN_RESULTS = ("hit", "learned", "moved", "refused", "static_kept", "pinned_kept")   # by mt_result
 
 cdef struct ingress_t:
     uint32_t out                   # what its sources are learned on: a port index, or OUT_PEER | peer index
@@ -55,6 +64,8 @@ cdef struct decision_t:
     uint8_t hit_static
     uint32_t hit_out
     int64_t hit_seen_ms
+    uint8_t answer                 # V_ANSWER: NEIGH_ARP or NEIGH_ND
+    uint8_t answer_mac[6]          # V_ANSWER: the MAC the reply gives for the target
 
 
 cdef inline bint flood_port(const sw_t *sw, uint32_t q, const ingress_t *src) noexcept nogil:
@@ -91,7 +102,9 @@ cdef mt_result learn_peek(mac_table *t, uint64_t key, uint32_t out, int64_t now,
         return MT_REFUSED if t.count >= t.capacity else MT_LEARNED
     was[0] = e.out
     if e.flags & MT_STATIC:
-        return MT_HIT if e.out == out else MT_STATIC_KEPT
+        if e.out == out:
+            return MT_HIT
+        return MT_PINNED_KEPT if e.flags & MT_PINNED else MT_STATIC_KEPT
     if now - e.last_seen_ms >= t.aging_ms:
         return MT_LEARNED
     return MT_HIT if e.out == out else MT_MOVED
@@ -108,6 +121,8 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const in
     d.hit = 0
     if reason == DROP_NONE and eth.tagged:
         reason = DROP_VLAN_TAGGED
+    if reason == DROP_NONE and not (src.out & OUT_PEER):
+        reason = policy_ingress(&sw.policy[src.out], data, length, &eth)
     if reason != DROP_NONE:
         d.verdict = V_DROP
         d.reason = reason
@@ -122,8 +137,17 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const in
             sw_event(sw, EV_MAC_MOVED, skey, d.was, src.out)
         elif d.learned == MT_REFUSED:
             sw_event(sw, EV_TABLE_FULL, skey, src.out, 0)
+    if d.learned == MT_PINNED_KEPT:
+        d.verdict = V_DROP
+        d.reason = DROP_MAC_PINNED
+        return
     if mac_is_group(eth.dst):
-        d.verdict = V_FLOOD
+        if (src.out & OUT_PEER) == 0 and neigh_suppress(&sw.neigh, data, length, &eth, src.network, &d.answer,
+                                                            d.answer_mac):
+            d.verdict = V_ANSWER
+            d.out = src.out
+        else:
+            d.verdict = V_FLOOD
         return
     dkey = mac_key(src.network, eth.dst)
     if dry:

@@ -23,7 +23,15 @@ cdef enum drop_reason:
     DROP_TUNNEL_MTU = 6            # bound for a VXLAN peer but too big for the underlay
     DROP_BAD_VNET = 7              # a virtio-net header that contradicts its frame
     DROP_GSO_UNSUPPORTED = 8       # a TSO super-frame bound where it cannot be segmented
-    DROP_REASONS = 9
+    # Port policy (policy.pxi): a frame from a port with port security on
+    DROP_SPOOFED_MAC = 9           # source MAC is not the port's
+    DROP_SPOOFED_IP = 10           # IPv4/IPv6 source is not the port's
+    DROP_SPOOFED_ARP = 11          # ARP sender MAC or IP is not the port's
+    DROP_SPOOFED_ND = 12           # ND target or link-layer option is not the port's
+    DROP_RA_GUARD = 13             # an IPv6 router advertisement or redirect from a port not marked router
+    DROP_DHCP_GUARD = 14           # a DHCP(v6) server reply from a port not marked dhcp_server
+    DROP_MAC_PINNED = 15           # source MAC is another port's own (pinned) MAC
+    DROP_REASONS = 16
 
 # The virtio-net header that leads each frame on a TAP opened with
 # IFF_VNET_HDR (virtio spec 5.1.6, struct virtio_net_hdr; 12 bytes with

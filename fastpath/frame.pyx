@@ -7,7 +7,8 @@ from libc.string cimport memcpy
 from fastpath.inet cimport csum_add, csum_store
 
 DROP_NAMES = ("none", "runt", "too_big", "src_multicast", "vlan_tagged", "same_port", "tunnel_mtu", "bad_vnet_hdr",
-              "gso_unsupported")
+              "gso_unsupported", "spoofed_mac", "spoofed_ip", "spoofed_arp", "spoofed_nd", "ra_guard", "dhcp_guard",
+              "mac_pinned")
 assert len(DROP_NAMES) == DROP_REASONS
 
 

@@ -17,6 +17,7 @@ cdef enum:
     OUT_NONE = 0xFFFFFFFF      # "no output": matches any output in mt_flush
     OUT_PEER = 0x80000000      # output names a tunnel peer (OUT_PEER | peer index)
     MT_STATIC = 1              # entry flag: never ages, never moved by learning
+    MT_PINNED = 2              # with MT_STATIC: a port's own MAC; a frame carrying it from elsewhere is dropped
 
 cdef enum mt_result:
     MT_HIT = 0                 # known MAC, same output: last-seen refreshed
@@ -24,6 +25,7 @@ cdef enum mt_result:
     MT_MOVED = 2               # known MAC seen on another output: entry moved
     MT_REFUSED = 3             # table full: not learned
     MT_STATIC_KEPT = 4         # a static entry names another output: unchanged
+    MT_PINNED_KEPT = 5         # a pinned entry names another output: unchanged (the frame is dropped)
 
 cdef struct mac_entry:
     uint64_t key               # network << 48 | MAC; 0 marks an empty slot
@@ -58,6 +60,7 @@ cdef mt_result mt_learn(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms
 cdef mac_entry *mt_lookup(mac_table *t, uint64_t key, int64_t now_ms) noexcept nogil
 cdef mac_entry *mt_peek(mac_table *t, uint64_t key) noexcept nogil
 cdef int mt_set_static(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms) noexcept nogil
+cdef int mt_pin(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms) noexcept nogil
 cdef bint mt_delete(mac_table *t, uint64_t key) noexcept nogil
 cdef uint32_t mt_flush(mac_table *t, uint16_t network, uint32_t out, bint with_static) noexcept nogil
 cdef uint32_t mt_sweep(mac_table *t, int64_t now_ms, uint32_t budget) noexcept nogil

@@ -89,7 +89,9 @@ cdef mt_result mt_learn(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms
         e = &t.slots[i]
         if e.key == key:
             if e.flags & MT_STATIC:
-                return MT_HIT if e.out == out else MT_STATIC_KEPT
+                if e.out == out:
+                    return MT_HIT
+                return MT_PINNED_KEPT if e.flags & MT_PINNED else MT_STATIC_KEPT
             if now_ms - e.last_seen_ms >= t.aging_ms:
                 # Expired but not yet swept: it ages out and is learned anew.
                 t.aged += 1
@@ -149,6 +151,17 @@ cdef int mt_set_static(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms)
     t.slots[i].out = out
     t.slots[i].flags = MT_STATIC
     t.slots[i].last_seen_ms = now_ms
+    return 0
+
+
+cdef int mt_pin(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms) noexcept nogil:
+    """Install a port's own MAC: a static entry that learning never moves,
+    and whose MAC in a frame from anywhere else drops that frame."""
+    cdef mac_entry *e
+    if mt_set_static(t, key, out, now_ms) < 0:
+        return -1
+    e = _find(t, key)
+    e.flags |= MT_PINNED
     return 0
 
 
@@ -212,7 +225,7 @@ def format_mac(uint64_t key) -> str:
     return ":".join(f"{(key >> (40 - 8 * i)) & 0xff:02x}" for i in range(6))
 
 
-RESULTS = ("hit", "learned", "moved", "refused", "static_kept")
+RESULTS = ("hit", "learned", "moved", "refused", "static_kept", "pinned_kept")
 
 
 cdef class MacTable:

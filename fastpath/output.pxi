@@ -215,6 +215,17 @@ cdef void gro_flush(sw_t *sw) noexcept nogil:
         out_port(sw, out, g)
 
 
+cdef void out_answer(sw_t *sw, frame_t *f, const decision_t *d) noexcept nogil:
+    """Write the reply to a request the switch answers back to the port it came from."""
+    if f.tag:
+        sw.eng.settle(sw.engine, f)
+    f.len = neigh_reply(f.data, d.answer, d.answer_mac)
+    memset(f.vnet, 0, VNET_HLEN)  # a plain frame: no offload state carries over from the request
+    memset(&f.vi, 0, sizeof(vnet_info))
+    sw.pctr[<size_t>d.out * PC_COUNT + (PC_ARP_SUPPRESSED if d.answer == NEIGH_ARP else PC_ND_SUPPRESSED)] += 1
+    out_port(sw, d.out, f)
+
+
 cdef inline void deliver(sw_t *sw, frame_t *f, const ingress_t *src, const decision_t *d) noexcept nogil:
     """Carry out a decision (other than a drop the caller counts)."""
     if d.verdict == V_PORT:
@@ -224,7 +235,9 @@ cdef inline void deliver(sw_t *sw, frame_t *f, const ingress_t *src, const decis
         out_port(sw, d.out, f)
         return
     gro_flush(sw)
-    if d.verdict == V_FLOOD:
+    if d.verdict == V_ANSWER:
+        out_answer(sw, f, d)
+    elif d.verdict == V_FLOOD:
         out_flood(sw, f, src)
     elif d.verdict == V_PEER:
         out_tunnel(sw, f, src.network, <int32_t>d.out)

@@ -1,6 +1,7 @@
 # The switch: the state every unit reads, owned by Datapath. The control
 # plane changes it under `lock`; the loop runs every unit under it.
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memset
 
 from fastpath.mactable cimport OUT_NONE, key_network, mac_entry, mac_table, mt_expired, mt_flush, mt_sweep
 from fastpath.posix_io cimport CLOCK_MONOTONIC, clock_gettime, pthread_mutex_t, timespec, write
@@ -8,11 +9,13 @@ from fastpath.posix_io cimport CLOCK_MONOTONIC, clock_gettime, pthread_mutex_t, 
 cdef struct sw_t:
     pthread_mutex_t lock
     port_t *ports
+    port_policy *policy            # one per port (policy.pxi)
     uint64_t *pctr                 # PC_COUNT per port
     int32_t *net_head              # first port of each network, -1: none
     uint32_t max_ports
     uint32_t max_networks
     mac_table mt
+    neigh_table neigh              # addresses the switch answers ARP and ND for (neigh.pxi)
     uint32_t sweep_budget
     uint64_t stats[LS_COUNT]
     dp_event evring[EV_RING]
@@ -86,6 +89,7 @@ cdef void sw_remove_port(sw_t *sw, uint32_t idx) noexcept nogil:
             break
         link = &sw.ports[link[0]].next_in_net
     sw.ports[idx].next_in_net = -1
+    memset(&sw.policy[idx], 0, sizeof(port_policy))
     mt_flush(&sw.mt, 0, idx, True)
     sw.ports[idx].cap_fd = -1
     sw.ports[idx].cap_dir = 0

@@ -11,13 +11,14 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
-from fastpath.frame cimport DROP_GSO_UNSUPPORTED, DROP_TUNNEL_MTU, ETH_HLEN, VNET_HLEN
+from fastpath.frame cimport DROP_GSO_UNSUPPORTED, DROP_MAC_PINNED, DROP_TUNNEL_MTU, ETH_HLEN, VNET_HLEN
 from fastpath.gso cimport GSO_SEG_ROOM, gso_segment, seg_t
 from fastpath.mactable cimport OUT_PEER
 from fastpath.posix_io cimport (AF_INET, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE, EINTR, MSG_DONTWAIT,
                                 SO_ATTACH_FILTER, SOL_SOCKET, cmsghdr, errno, htons, iovec, mmsghdr, msghdr, recvmmsg,
                                 sendmmsg, sendmsg, setsockopt, sock_filter, sock_fprog, sockaddr_in)
-from fastpath.vxlan cimport (UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORMED, VX_OK, VX_TRUNCATED,
+from fastpath.vxlan cimport (UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORMED, VX_MAC_PINNED, VX_OK,
+                             VX_SPLIT_HORIZON, VX_TRUNCATED,
                              VX_UNKNOWN_PEER, VX_UNKNOWN_VNI, VXLAN_FLAG_I, VXLAN_HLEN, flow_hash, udp_write, vxlan_vni,
                              vxlan_write)
 
@@ -220,9 +221,14 @@ cdef int tun_check(const tunnel_t *t, const uint8_t *hdr, uint32_t length, uint3
 
 cdef inline int tun_verdict(const decision_t *d) noexcept nogil:
     """How the tunnel counts a decision's drop: a frame the port checks refuse is
-    malformed; one whose destination is behind a peer is no error (split horizon)."""
-    if d.verdict != V_DROP or d.reason == DROP_SPLIT_HORIZON:
+    malformed; one whose destination is behind a peer is no error, but is counted
+    (split horizon), so every datagram read is forwarded or counted by reason."""
+    if d.verdict != V_DROP:
         return VX_OK
+    if d.reason == DROP_SPLIT_HORIZON:
+        return VX_SPLIT_HORIZON
+    if d.reason == DROP_MAC_PINNED:
+        return VX_MAC_PINNED  # a peer (or a forger of its address) claims a local port's MAC
     return VX_INNER_MALFORMED
 
 

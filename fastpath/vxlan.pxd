@@ -32,7 +32,9 @@ cdef enum vx_drop:
     VX_UNKNOWN_VNI = 3             # no network has this VNI
     VX_UNKNOWN_PEER = 4            # the sender is not a peer of that VNI
     VX_INNER_MALFORMED = 5         # the inner frame failed the port checks
-    VX_DROPS = 6
+    VX_MAC_PINNED = 6              # the inner source MAC is a local port's own (pinned) MAC
+    VX_SPLIT_HORIZON = 7           # the inner destination is behind a peer: never relayed (RFC 7348 4.2)
+    VX_DROPS = 8
 
 cdef inline uint32_t vxlan_vni(const uint8_t *h) noexcept nogil:
     return (<uint32_t>h[4] << 16) | (<uint32_t>h[5] << 8) | h[6]

@@ -5,7 +5,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from fastpath.frame cimport ETH_HLEN, load_be16
 
 # The `reason` label of vxlan.drops, by vx_drop.
-VX_DROP_NAMES = ("ok", "truncated", "bad_flags", "unknown_vni", "unknown_peer", "inner_malformed")
+VX_DROP_NAMES = ("ok", "truncated", "bad_flags", "unknown_vni", "unknown_peer", "inner_malformed", "mac_pinned",
+                 "split_horizon")
 assert len(VX_DROP_NAMES) == VX_DROPS
 
 

@@ -11,6 +11,8 @@ entry behind a peer names PEER_FLAG | index, as the compiled table does.
 """
 from __future__ import annotations
 
+import ipaddress
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +27,95 @@ class Entry:
     out: int
     last_seen_ms: int
     static: bool = False
+    pinned: bool = False  # a port's own MAC: a frame carrying it from elsewhere is dropped
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A port's policy: with `security`, its frames' sources must be its own."""
+
+    security: bool = False
+    router: bool = False
+    dhcp_server: bool = False
+    macs: frozenset[bytes] = frozenset()
+    ip4: frozenset[bytes] = frozenset()  # empty: any IPv4 source
+    ip6: frozenset[bytes] = frozenset()  # empty: any IPv6 source
+
+    def check(self, frame: bytes) -> str | None:
+        """Why an untagged frame from the port breaks the policy, or None."""
+        if not self.security:
+            return None
+        if frame[6:12] not in self.macs:
+            return "spoofed_mac"
+        ethertype, l3 = int.from_bytes(frame[12:14], "big"), frame[14:]
+        if ethertype == 0x0800:
+            return self._ipv4(l3)
+        if ethertype == 0x0806:
+            return self._arp(l3)
+        if ethertype == 0x86DD:
+            return self._ipv6(l3)
+        return None
+
+    def _ip4_ok(self, a: bytes) -> bool:
+        return not self.ip4 or a in self.ip4
+
+    def _ip6_ok(self, a: bytes) -> bool:
+        return not self.ip6 or a in self.ip6
+
+    def _ipv4(self, l3: bytes) -> str | None:
+        if len(l3) < 20:
+            return "spoofed_ip"
+        ihl = (l3[0] & 0x0F) * 4
+        ports = None
+        first_fragment = int.from_bytes(l3[6:8], "big") & 0x1FFF == 0
+        if l3[9] == 17 and ihl >= 20 and len(l3) >= ihl + 4 and first_fragment:
+            ports = (int.from_bytes(l3[ihl:ihl + 2], "big"), int.from_bytes(l3[ihl + 2:ihl + 4], "big"))
+            if ports == (67, 68) and not self.dhcp_server:
+                return "dhcp_guard"
+        src = l3[12:16]
+        if self._ip4_ok(src) or (src == bytes(4) and ports == (68, 67)):
+            return None
+        return "spoofed_ip"
+
+    def _arp(self, l3: bytes) -> str | None:
+        if len(l3) < 28 or l3[0:6] != b"\x00\x01\x08\x00\x06\x04":
+            return "spoofed_arp"
+        if l3[8:14] not in self.macs or not (self._ip4_ok(l3[14:18]) or l3[14:18] == bytes(4)):
+            return "spoofed_arp"
+        return None
+
+    def _ipv6(self, l3: bytes) -> str | None:
+        if len(l3) < 40:
+            return "spoofed_ip"
+        l3 = l3[:40 + int.from_bytes(l3[4:6], "big")]
+        nh, icmp_type = l3[6], (l3[40] if len(l3) > 40 else None)
+        if nh == 58 and icmp_type in (134, 137) and not self.router:
+            return "ra_guard"
+        if nh == 17 and len(l3) >= 44 and (l3[40:42], l3[42:44]) == (b"\x02\x23", b"\x02\x22") and not self.dhcp_server:
+            return "dhcp_guard"
+        unspec = l3[8:24] == bytes(16)
+        if unspec and not (nh == 0 or (nh == 58 and icmp_type == 135)):
+            return "spoofed_ip"
+        if not unspec and not self._ip6_ok(l3[8:24]):
+            return "spoofed_ip"
+        if nh == 58 and icmp_type in (135, 136):
+            return self._nd(l3[40:], unspec)
+        return None
+
+    def _nd(self, icmp: bytes, from_unspec: bool) -> str | None:
+        if len(icmp) < 24:
+            return "spoofed_nd"
+        if (icmp[0] == 136 or from_unspec) and not self._ip6_ok(icmp[8:24]):
+            return "spoofed_nd"
+        off = 24
+        while off + 2 <= len(icmp):
+            kind, olen = icmp[off], icmp[off + 1] * 8
+            if olen == 0 or off + olen > len(icmp):
+                return "spoofed_nd"
+            if kind in (1, 2) and (olen < 8 or icmp[off + 2:off + 8] not in self.macs):
+                return "spoofed_nd"
+            off += olen
+        return None
 
 
 @dataclass
@@ -32,12 +123,16 @@ class ModelSwitch:
     capacity: int
     aging_ms: int
     ports: dict[int, tuple[int, int]] = field(default_factory=dict)  # port -> (network, mtu)
+    policies: dict[int, Policy] = field(default_factory=dict)
     fdb: dict[tuple[int, bytes], Entry] = field(default_factory=dict)
     drops: dict[tuple[int, str], int] = field(default_factory=dict)
     peers: dict[int, tuple[int, str]] = field(default_factory=dict)  # peer -> (network, remote IPv4)
     vnis: dict[int, int] = field(default_factory=dict)  # network -> VNI
     tunnel_max_frame: int = 1 << 32  # the longest inner frame the underlay carries (VTEP unset: no bound)
     vx_drops: dict[str, int] = field(default_factory=dict)
+    # (network, packed IPv4 or IPv6 address) -> MAC: the addresses the switch answers ARP and ND for
+    neigh: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
+    answered: dict[tuple[int, str], int] = field(default_factory=dict)  # (port, "arp_suppressed"|...) -> count
     learned: int = 0
     moved: int = 0
     refused: int = 0
@@ -45,8 +140,15 @@ class ModelSwitch:
     def add_port(self, port: int, network: int, mtu: int = 1500) -> None:
         self.ports[port] = (network, mtu)
 
+    def set_policy(self, port: int, policy: Policy) -> None:
+        self.policies[port] = policy
+
+    def pin(self, port: int, mac: bytes) -> None:
+        self.fdb[(self.ports[port][0], mac)] = Entry(port, 0, static=True, pinned=True)
+
     def remove_port(self, port: int) -> None:
         del self.ports[port]
+        self.policies.pop(port, None)
         for key in [k for k, e in self.fdb.items() if e.out == port]:
             del self.fdb[key]
 
@@ -57,6 +159,9 @@ class ModelSwitch:
         del self.peers[peer]
         for key in [k for k, e in self.fdb.items() if e.out == PEER_FLAG | peer]:
             del self.fdb[key]
+
+    def set_neighbour(self, network: int, ip: str, mac: bytes) -> None:
+        self.neigh[(network, ipaddress.ip_address(ip).packed)] = mac
 
     def _drop(self, port: int, reason: str) -> dict[int, bytes]:
         self.drops[(port, reason)] = self.drops.get((port, reason), 0) + 1
@@ -72,7 +177,7 @@ class ModelSwitch:
     def forward(self, in_port: int, frame: bytes, now_ms: int = 0) -> dict[Any, bytes]:
         """{output: frame} for one frame received on in_port."""
         network, mtu = self.ports[in_port]
-        reason = self._check(frame, mtu)
+        reason = self._check(frame, mtu) or self.policies.get(in_port, Policy()).check(frame)
         if reason:
             return self._drop(in_port, reason)
         return self._decide(in_port, network, frame, now_ms)
@@ -117,28 +222,69 @@ class ModelSwitch:
         """Learn the source on ingress (a port, or PEER_FLAG | peer), then look the destination up."""
         dst, src = frame[0:6], frame[6:12]
         from_tunnel = bool(ingress & PEER_FLAG)
-        self._learn((network, src), ingress, now_ms)
+        if self._learn((network, src), ingress, now_ms) == "pinned_kept":
+            return self._vx_drop("mac_pinned") if from_tunnel else self._drop(ingress, "mac_pinned")
+        if dst[0] & 1 and not from_tunnel:
+            reply = self._answer(network, frame)
+            if reply is not None:
+                kind = "arp_suppressed" if frame[12:14] == b"\x08\x06" else "nd_suppressed"
+                self.answered[(ingress, kind)] = self.answered.get((ingress, kind), 0) + 1
+                return {ingress: reply}
         e = None if dst[0] & 1 else self._live((network, dst), now_ms)
         if e is None:
             return self._flood(ingress, network, frame)
         if e.out & PEER_FLAG:
-            return {} if from_tunnel else {("peer", e.out & ~PEER_FLAG): frame}
+            return self._vx_drop("split_horizon") if from_tunnel else {("peer", e.out & ~PEER_FLAG): frame}
         if e.out not in self.ports:
             return self._flood(ingress, network, frame)
         if e.out == ingress:
             return self._drop(ingress, "same_port")
         return {e.out: frame}
 
-    def _learn(self, key: tuple[int, bytes], port: int, now_ms: int) -> None:
+    def _answer(self, network: int, frame: bytes) -> bytes | None:
+        """The reply the switch sends itself to an ARP request or a neighbour solicitation
+        from a known sender for a known address, or None (the frame goes on as any other)."""
+        src = frame[6:12]
+        if frame[12:14] == b"\x08\x06" and len(frame) >= 42:
+            htype, ptype, hlen, plen, op = struct.unpack("!HHBBH", frame[14:22])
+            sha, spa, tpa = frame[22:28], frame[28:32], frame[38:42]
+            if (htype, ptype, hlen, plen, op) != (1, 0x0800, 6, 4, 1) or spa == bytes(4) or spa == tpa or sha != src:
+                return None
+            if self.neigh.get((network, spa)) != sha:
+                return None
+            target = self.neigh.get((network, tpa))
+            if target is None or target == src:
+                return None
+            return sha + target + b"\x08\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 2) + target + tpa + sha + spa
+        if frame[12:14] == b"\x86\xdd" and len(frame) >= 14 + 40 + 24:
+            ip6 = frame[14:]
+            plen = int.from_bytes(ip6[4:6], "big")
+            if ip6[0] >> 4 != 6 or ip6[6] != 58 or ip6[7] != 255 or plen < 24 or 14 + 40 + plen > len(frame):
+                return None
+            icmp, ip_src, ip_dst = ip6[40:40 + plen], ip6[8:24], ip6[24:40]
+            target_ip = icmp[8:24]
+            if icmp[0] != 135 or icmp[1] != 0 or target_ip[0] == 0xFF or self.neigh.get((network, ip_src)) != src:
+                return None
+            target = self.neigh.get((network, target_ip))
+            if target is None or target == src or _icmp6_sum(ip_src, ip_dst, icmp) != 0xFFFF:
+                return None
+            na = struct.pack("!BBHB3x", 136, 0, 0, 0x60) + target_ip + b"\x02\x01" + target
+            csum = ~_icmp6_sum(target_ip, ip_src, na) & 0xFFFF
+            na = na[:2] + struct.pack("!H", csum) + na[4:]
+            hdr = struct.pack("!IHBB", 0x60000000, len(na), 58, 255) + target_ip + ip_src
+            return src + target + b"\x86\xdd" + hdr + na
+        return None
+
+    def _learn(self, key: tuple[int, bytes], port: int, now_ms: int) -> str | None:
         e = self._live(key, now_ms)
         if e is None:
             if len(self.fdb) >= self.capacity:
                 self.refused += 1
-                return
+                return None
             self.fdb[key] = Entry(port, now_ms)
             self.learned += 1
         elif e.static:
-            return
+            return "pinned_kept" if e.pinned and e.out != port else None
         else:
             e.last_seen_ms = now_ms
             if e.out != port:
@@ -158,3 +304,14 @@ class ModelSwitch:
             for (net, mac), e in self.fdb.items()
             if e.static or now_ms - e.last_seen_ms < self.aging_ms
         }
+
+
+def _icmp6_sum(src: bytes, dst: bytes, icmp: bytes) -> int:
+    """The folded ones' complement sum of an ICMPv6 message and its pseudo-header (RFC 8200 8.1)."""
+    data = src + dst + struct.pack("!IxxxB", len(icmp), 58) + icmp
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s

@@ -34,3 +34,37 @@ def partial_udp(frame: bytes) -> tuple[bytes, bytes]:
     pseudo = ones_sum(frame[26:34] + struct.pack("!BBH", 0, 17, udp_len))
     vnet = struct.pack("<BBHHHHH", 1, 0, 0, 0, 34, 6, 0)
     return vnet, frame[:40] + struct.pack("!H", pseudo) + frame[42:]
+
+
+def arp(src: bytes, spa: str, tpa: str, op: int = 1, sha: bytes | None = None, dst: bytes = BROADCAST,
+        tha: bytes = bytes(6), pad: int = 0) -> bytes:
+    """An Ethernet/IPv4 ARP frame (RFC 826); a request by default."""
+    import ipaddress
+    body = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + (sha or src) + ipaddress.IPv4Address(spa).packed
+    body += tha + ipaddress.IPv4Address(tpa).packed
+    return eth(dst, src, body + bytes(pad), ethertype=0x0806)
+
+
+def icmp6_checksum(src: bytes, dst: bytes, icmp: bytes) -> int:
+    """The ICMPv6 checksum (RFC 4443 2.3) of icmp, its own field zero, between src and dst."""
+    return ~ones_sum(src + dst + struct.pack("!IxxxB", len(icmp), 58) + icmp) & 0xFFFF
+
+
+def solicited_node(target: bytes) -> tuple[bytes, bytes]:
+    """(solicited-node multicast address, its Ethernet group MAC) of an IPv6 address (RFC 4291 2.7.1)."""
+    group = bytes.fromhex("ff0200000000000000000001ff") + target[13:]
+    return group, b"\x33\x33" + group[12:]
+
+
+def neighbour_solicitation(src: bytes, ip_src: str, target: str, dst: bytes | None = None, hop_limit: int = 255,
+                           bad_checksum: bool = False) -> bytes:
+    """An Ethernet/IPv6 neighbour solicitation (RFC 4861 4.3) with a source link-layer address option,
+    to the target's solicited-node group unless dst is given."""
+    import ipaddress
+    s, t = ipaddress.IPv6Address(ip_src).packed, ipaddress.IPv6Address(target).packed
+    group, group_mac = solicited_node(t)
+    icmp = struct.pack("!BBHI", 135, 0, 0, 0) + t + (b"" if s == bytes(16) else b"\x01\x01" + src)
+    csum = icmp6_checksum(s, group, icmp) ^ (0x1111 if bad_checksum else 0)
+    icmp = icmp[:2] + struct.pack("!H", csum) + icmp[4:]
+    ip6 = struct.pack("!IHBB", 0x60000000, len(icmp), 58, hop_limit) + s + group
+    return eth(dst or group_mac, src, ip6 + icmp, ethertype=0x86DD)

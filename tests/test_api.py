@@ -319,7 +319,7 @@ def test_fdb_static_entries_and_flush(api: Api, netns_factory: NetnsFactory) -> 
     entry = {"network": "blue", "mac": "02:00:00:00:00:09", "port": "c1"}
     assert api.ok("POST", "/v1/fdb", {**entry, "mac": "02:00:00:00:00:09"}, expect=201) == entry
     listed = api.ok("GET", "/v1/fdb?network=blue&port=c1")
-    assert [e for e in listed if e["static"]] == [{**entry, "peer": None, "static": True, "age_s": None}]
+    assert [e for e in listed if e["static"]] == [{**entry, "peer": None, "static": True, "pinned": False, "age_s": None}]
     flushed = api.ok("POST", "/v1/fdb/flush", {})
     assert isinstance(flushed["flushed"], int)
     assert api.ok("POST", "/v1/fdb/flush", {"network": "blue", "port": "c1"}) == {"flushed": 0}

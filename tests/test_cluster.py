@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from scapy.layers.inet6 import ICMPv6ND_NA
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
 
 from tests.harness.daemon import Vswitchd
 from tests.harness.etcd import EtcdCluster, etcd_missing
 from tests.harness.hosts import BRIDGE_IP, Container, Host, HostVswitchd, Lab, lab, toml_table  # noqa: F401
 from tests.harness.wait import wait_until
+from tests.rawframes import arp, neighbour_solicitation
 
 pytestmark = [pytest.mark.root]
 
@@ -110,7 +114,7 @@ def test_fdb_filled_from_etcd_before_any_frame_then_all_to_all(three: list[Host]
     wait_converged(three)
     for h in three:
         # Nothing was learned: no frame has crossed yet, every entry came from etcd.
-        assert [e for e in h.ctl("fdb", "show") if not e["static"]] == [], h.name
+        assert [e for e in h.ctl("fdb", "show") if not (e["static"] or e["pinned"])] == [], h.name
         peers = sorted(p["remote"] for p in h.ctl("peer", "list"))
         assert peers == sorted(o.ip for o in three if o is not h)
         doc = h.ctl("cluster")
@@ -145,7 +149,7 @@ def test_dead_node_withdrawn_within_ttl_and_restart_converges(three: list[Host])
     # Restarted, h3 rebuilds from etcd (not from flooding) and the others take it back.
     h3.daemon.start()
     wait_converged(three)
-    assert [e for e in h3.ctl("fdb", "show") if not e["static"]] == [], "h3 learned before its first frame"
+    assert [e for e in h3.ctl("fdb", "show") if not (e["static"] or e["pinned"])] == [], "h3 learned before its first frame"
     ping_ok(h3.containers["c3"], h1.containers["c1"])
 
 
@@ -310,3 +314,104 @@ def test_a_switch_outside_any_cluster_says_so(vswitchd_factory: Any) -> None:
     assert "cluster" not in d.ctl("show")
     r = d.ctl_run("cluster", json_output=False)
     assert r.returncode == 1 and "--etcd" in r.stderr
+
+
+def is_arp_request(frame: bytes, target: str | None = None) -> bool:
+    """A broadcast ARP request (for target, when given)."""
+    p = Ether(frame)
+    return ARP in p and p[ARP].op == 1 and p.dst == "ff:ff:ff:ff:ff:ff" and target in (None, p[ARP].pdst)
+
+
+def is_neighbour_solicitation(frame: bytes) -> bool:
+    return len(frame) > 54 and frame[12:14] == b"\x86\xdd" and frame[20] == 58 and frame[54] == 135
+
+
+def port_counter(host: Host, port: str, name: str) -> int:
+    return next(p for p in host.ctl("port", "list") if p["name"] == port)["counters"][name]
+
+
+def test_arp_for_known_ips_answered_locally_never_crosses_the_underlay(three: list[Host]) -> None:
+    wait_converged(three)
+    for h in three:  # every node answers for its own port's IP and the two published by the others
+        wait_until(lambda h=h: h.ctl("cluster")["derived"]["neighbours"] == 3, timeout=5,
+                   message=f"{h.name}: neighbours {h.ctl('cluster')['derived']}")
+        h.underlay()  # capture what ul0 receives from now on
+    cs = all_containers(three)
+    for a in cs:
+        for b in cs:
+            if a is not b:
+                ping_ok(a, b, count=1)
+                assert a.neighbor_mac(b.addr) == b.mac, f"{a.name} resolved {b.addr} wrongly"
+    # The echo requests did cross the underlay (the capture is live); no ARP request did.
+    for h in three:
+        h.wait_vxlan(lambda f: Ether(f).haslayer("ICMP"), count=2)
+        crossed = h.received_vxlan(lambda f: f[12:14] == b"\x08\x06")
+        assert crossed == [], f"ARP crossed the underlay to {h.name}: {[p.summary() for p in crossed]}"
+        assert metric(h, "vswitch_cluster_arp_answered_total") >= 2
+        c = next(iter(h.containers.values()))
+        assert port_counter(h, c.name, "arp_suppressed") >= 2
+        assert port_counter(h, c.name, "flooded") == 0, "a frame from the port was flooded"
+    # An address nobody published is still resolved by flooding: its request reaches every other host.
+    h1, h2, h3 = three
+    c1 = h1.containers["c1"]
+    answered = port_counter(h1, "c1", "arp_suppressed")
+    assert c1.ping("10.1.0.99", count=1, deadline=1).returncode != 0
+    for h in (h2, h3):
+        h.wait_vxlan(lambda f: is_arp_request(f, "10.1.0.99"))
+    assert port_counter(h1, "c1", "arp_suppressed") == answered
+    assert port_counter(h1, "c1", "flooded") >= 1
+    # Trace says so, dry.
+    trace = h1.ctl("trace", "--in-port", "c1", "--resolve", h3.containers["c3"].addr)
+    assert trace["action"] == "answer" and trace["answer"] == {"kind": "arp", "mac": h3.containers["c3"].mac}, trace
+    text = h1.daemon.ctl_run("trace", "--in-port", "c1", "--resolve", "10.1.0.99", json_output=False).stdout
+    assert "verdict: flood" in text and "answered locally" not in text, text
+
+
+def test_gratuitous_arp_and_unknown_senders_still_flood(three: list[Host]) -> None:
+    wait_converged(three)
+    h1, h2, h3 = three
+    c1, c2 = h1.containers["c1"], h2.containers["c2"]
+    wait_until(lambda: h1.ctl("cluster")["derived"]["neighbours"] == 3, timeout=5)
+    c1.capture()
+    h2.underlay()
+    mac = bytes.fromhex(c1.mac.replace(":", ""))
+    stranger = bytes.fromhex("02aa00000001")
+    c1.send(arp(mac, c1.addr, c1.addr),                      # gratuitous
+            arp(mac, "0.0.0.0", c2.addr),                    # a probe (RFC 5227)
+            arp(stranger, "10.1.0.77", c2.addr),             # a sender nobody published
+            arp(mac, "10.1.0.78", c2.addr))                  # a known MAC claiming another address
+    h2.wait_vxlan(lambda f: Ether(f).haslayer(ARP), count=4)
+    assert port_counter(h1, "c1", "arp_suppressed") == 0
+
+
+def test_neighbour_solicitation_answered_locally(three: list[Host]) -> None:
+    h1, h2, h3 = three
+    wait_converged(three)
+    v6 = {}
+    for h, name, ip in ((h1, "v6a", "fd00:1::1/64"), (h2, "v6b", "fd00:1::2/64")):
+        c = h.add_container(name, "blue", ip)
+        c.ns.exec("sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0")
+        h.ctl("port", "add", name, "--network", "blue", "--netns", c.ns.name, "--mac", c.mac, "--ip", ip)
+        v6[name] = c
+    a, b = v6["v6a"], v6["v6b"]
+    wait_converged(three)
+    # h1 answers for c1 and v6a (its own), c2, c3 and v6b (published by the others).
+    wait_until(lambda: h1.ctl("cluster")["derived"]["neighbours"] == 5, timeout=5,
+               message=f"h1: {h1.ctl('cluster')['derived']}")
+    a.capture()
+    for h in (h2, h3):
+        h.underlay()
+    ns = neighbour_solicitation(bytes.fromhex(a.mac.replace(":", "")), "fd00:1::1", "fd00:1::2")
+    a.send(ns)
+    got = a._agent().wait_frames(a.ifname, lambda f: ICMPv6ND_NA in Ether(f), timeout=10)
+    na = Ether(got[0])
+    assert (na.src, na.dst, na[ICMPv6ND_NA].tgt, na[ICMPv6ND_NA].S) == (b.mac, a.mac, "fd00:1::2", 1), na.show(dump=True)
+    assert port_counter(h1, "v6a", "nd_suppressed") == 1
+    assert metric(h1, "vswitch_cluster_nd_answered_total") == 1
+    # A solicitation for an address nobody published floods, and crosses to the other hosts.
+    a.send(neighbour_solicitation(bytes.fromhex(a.mac.replace(":", "")), "fd00:1::1", "fd00:1::99"))
+    for h in (h2, h3):
+        h.wait_vxlan(is_neighbour_solicitation)
+        found = h.received_vxlan(is_neighbour_solicitation)
+        assert [bytes(p[VXLAN].payload)[62:78] for p in found] == \
+            [bytes.fromhex("fd000001000000000000000000000099")], f"{h.name} got the answered solicitation too"

@@ -3,6 +3,7 @@ generated frame sequences.
 
 - The loop: for every generated scenario (ports in several networks, a small
   MAC table, static entries, broadcast, multicast, known and unknown unicast,
+  ARP requests and neighbour solicitations the switch answers or floods,
   and malformed frames) each frame is sent through the real loop over
   socketpairs and through tests/model.py; which port receives which frame,
   the drop counters and the FDB afterwards must be identical.
@@ -10,31 +11,145 @@ generated frame sequences.
   frames from local ports and VXLAN datagrams from tunnel peers, known and
   unknown, with static entries behind peers: where each frame goes (ports
   and peers), why it is dropped, and what the FDB holds after.
+
+Both run with port policy: ports with port security on or off, own MACs
+pinned, and IPv4, ARP, IPv6, ND, DHCP and RA frames (some truncated) whose
+addresses are drawn from small pools, so that both the port's own and
+another's come up.
 """
+import ipaddress
 import socket
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from loop_rig import LoopRig
 from fastpath import PEER_FLAG, Datapath
-from model import Entry, ModelSwitch
-from rawframes import BROADCAST, eth, mac
+from model import Entry, ModelSwitch, Policy
+from rawframes import BROADCAST, arp, eth, mac, neighbour_solicitation
 
 MACS = [mac(i) for i in range(1, 9)]
 MCAST = b"\x01\x00\x5e\x00\x00\x09"
 
 dst_st = st.one_of(st.sampled_from(MACS), st.just(BROADCAST), st.just(MCAST))
+OWN = MACS[:2]  # the MACs ports own and policy fields carry: a small pool, so both own and foreign come up often
+IP4S = [bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), bytes(4)]
+IP6S = [bytes.fromhex("fd00" + "00" * 13 + "01"), bytes.fromhex("fd00" + "00" * 13 + "02"), bytes(16)]
+
+
+@st.composite
+def l3_payloads(draw):
+    """(ethertype, payload) of an IPv4, ARP or IPv6 packet whose fields port policy reads."""
+    kind = draw(st.sampled_from(["ipv4", "arp", "ipv6", "ipv6", "other"]))
+    if kind == "ipv4":
+        ports = draw(st.sampled_from([(68, 67), (67, 68), (1234, 80)]))
+        frag = draw(st.sampled_from([0, 0, 0, 185]))
+        proto = draw(st.sampled_from([17, 17, 6]))
+        hdr = (bytes([0x45, 0]) + (28).to_bytes(2, "big") + b"\0\0" + frag.to_bytes(2, "big") + bytes([64, proto])
+               + b"\0\0" + draw(st.sampled_from(IP4S)) + draw(st.sampled_from(IP4S)))
+        payload, ethertype = hdr + ports[0].to_bytes(2, "big") + ports[1].to_bytes(2, "big") + b"\0" * 4, 0x0800
+    elif kind == "arp":
+        good = draw(st.integers(0, 5)) > 0
+        head = b"\x00\x01\x08\x00\x06\x04" if good else b"\x00\x06\x08\x00\x06\x04"
+        payload = (head + b"\x00" + bytes([draw(st.integers(1, 2))]) + draw(st.sampled_from(OWN))
+                   + draw(st.sampled_from(IP4S)) + bytes(6) + draw(st.sampled_from(IP4S)))
+        ethertype = 0x0806
+    elif kind == "ipv6":
+        nh = draw(st.sampled_from([58, 58, 58, 58, 17, 0, 6]))
+        body = b""
+        if nh == 58:
+            icmp_type = draw(st.sampled_from([128, 134, 135, 135, 136, 136, 137, 143]))
+            body = bytes([icmp_type, 0, 0, 0, 0, 0, 0, 0]) + draw(st.sampled_from(IP6S))
+            for kind_, units in draw(st.lists(st.tuples(st.sampled_from([1, 2, 3]), st.sampled_from([0, 1, 1, 2])),
+                                              max_size=2)):
+                body += bytes([kind_, units]) + (draw(st.sampled_from(OWN)) + bytes(8 * units))[:max(0, 8 * units - 2)]
+        elif nh == 17:
+            sport, dport = draw(st.sampled_from([(547, 546), (546, 547), (1234, 53)]))
+            body = sport.to_bytes(2, "big") + dport.to_bytes(2, "big") + bytes(4)
+        payload = (b"\x60\0\0\0" + len(body).to_bytes(2, "big") + bytes([nh, 255]) + draw(st.sampled_from(IP6S))
+                   + draw(st.sampled_from(IP6S)) + body)
+        ethertype = 0x86DD
+    else:
+        return 0x88B5, draw(st.binary(max_size=32))
+    if draw(st.integers(0, 7)) == 0:
+        payload = payload[:draw(st.integers(0, len(payload)))]
+    return ethertype, payload
+
+
+@st.composite
+def policies(draw):
+    """A port's policy, and the MAC pinned to it (or None)."""
+    own = draw(st.lists(st.sampled_from(OWN), min_size=1, max_size=1 if draw(st.integers(0, 4)) else 2, unique=True))
+    policy = Policy(security=draw(st.integers(0, 3)) > 0, router=draw(st.integers(0, 3)) == 0,
+                    dhcp_server=draw(st.integers(0, 3)) == 0, macs=frozenset(own),
+                    ip4=frozenset(draw(st.lists(st.sampled_from(IP4S[:2]), max_size=2))),
+                    ip6=frozenset(draw(st.lists(st.sampled_from(IP6S[:2]), max_size=2))))
+    return policy, own[0] if draw(st.booleans()) else None
+
+
+def apply_policy(dp: Datapath, model: ModelSwitch, port: int, network: int, policy: Policy, pin: bytes | None,
+                 pinned: set) -> None:
+    """Give port its policy in both; pin its MAC unless another port of the network already has it."""
+    dp.set_port_policy(port, policy.security, policy.router, policy.dhcp_server, sorted(policy.macs),
+                       [ipaddress.ip_address(a) for a in sorted(policy.ip4 | policy.ip6)])
+    model.set_policy(port, policy)
+    if pin is not None and (network, pin) not in pinned:
+        pinned.add((network, pin))
+        dp.fdb_pin(network, pin, port)
+        model.pin(port, pin)
+
+
+IPS = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "fd00::2", "fd00::3"]
+IPS4, IPS6 = IPS[:3], IPS[3:]
+
+
+
+def owner(ip: str) -> bytes:
+    """The MAC that usually has ip, in the table and as the sender of its requests."""
+    return MACS[IPS.index(ip) % 3] if ip in IPS else MACS[7]
+
+
+@st.composite
+def neighbours_st(draw):
+    """Addresses the switch answers ARP and ND for: (network, ip, mac), one MAC per (network, ip)."""
+    out = []
+    for net in (1, 2, 3):
+        for ip in IPS:
+            if draw(st.integers(0, 3)):
+                out.append((net, ip, owner(ip) if draw(st.integers(0, 5)) else draw(st.sampled_from(MACS))))
+    return out
+
+
+@st.composite
+def neighbour_requests(draw):
+    """ARP requests and neighbour solicitations, most of them answerable in some network; some
+    gratuitous, probes, replies, unicast, from a sender that is not who it says, or malformed."""
+    if draw(st.booleans()):
+        spa = draw(st.sampled_from(IPS4 + ["0.0.0.0"]))
+        tpa = draw(st.sampled_from([ip for ip in IPS4 if ip != spa] * 3 + [spa]))
+        src = owner(spa) if draw(st.integers(0, 3)) else draw(st.sampled_from(MACS))
+        sha = src if draw(st.integers(0, 5)) else draw(st.sampled_from(MACS))
+        frame = arp(src, spa, tpa, op=draw(st.sampled_from([1, 1, 1, 2])), sha=sha,
+                    dst=draw(st.sampled_from([BROADCAST] * 4 + [MACS[0]])), pad=draw(st.sampled_from([0, 18])))
+        return frame[:draw(st.sampled_from([len(frame)] * 8 + [30]))]
+    ip_src = draw(st.sampled_from(IPS6 + ["::"]))
+    src = owner(ip_src) if draw(st.integers(0, 3)) else draw(st.sampled_from(MACS))
+    target = draw(st.sampled_from([ip for ip in IPS6 if ip != ip_src] * 3 + [ip_src, "ff02::1"]))
+    return neighbour_solicitation(src, ip_src, target, dst=draw(st.sampled_from([None] * 4 + [MACS[0]])),
+                                  hop_limit=draw(st.sampled_from([255] * 5 + [64])),
+                                  bad_checksum=not draw(st.integers(0, 5)))
 
 
 @st.composite
 def frames(draw, n_ports: int):
     port = draw(st.integers(0, n_ports - 1))
-    kind = draw(st.sampled_from(["ok"] * 8 + ["runt", "tagged", "too_big", "src_group"]))
+    kind = draw(st.sampled_from(["ok"] * 6 + ["l3"] * 8 + ["neigh"] * 6 + ["runt", "tagged", "too_big", "src_group"]))
     dst = draw(dst_st)
     src = draw(st.sampled_from(MACS))
     payload = draw(st.binary(min_size=0, max_size=64))
+    if kind == "neigh":
+        return port, draw(neighbour_requests())
     if kind == "runt":
         return port, draw(st.binary(max_size=13))
     if kind == "tagged":
@@ -43,6 +158,9 @@ def frames(draw, n_ports: int):
         return port, eth(dst, src, b"x" * 1501)
     if kind == "src_group":
         return port, eth(dst, draw(st.sampled_from([BROADCAST, MCAST])), payload)
+    if kind == "l3":
+        ethertype, packet = draw(l3_payloads())
+        return port, eth(dst, draw(st.sampled_from(OWN)), packet, ethertype=ethertype)
     return port, eth(dst, src, payload)
 
 
@@ -53,7 +171,18 @@ def scenarios(draw):
     statics = draw(st.lists(st.tuples(st.sampled_from(MACS), st.integers(0, len(networks) - 1)), max_size=2,
                             unique_by=lambda t: t[0]))
     seq = draw(st.lists(frames(len(networks)), min_size=1, max_size=40))
-    return networks, capacity, statics, seq
+    pols = draw(st.lists(policies(), min_size=len(networks), max_size=len(networks)))
+    return networks, capacity, statics, draw(neighbours_st()), seq, pols
+
+
+def set_neighbours(dp: Datapath, model: ModelSwitch, neighbours: list) -> None:
+    for net, ip, m in neighbours:
+        dp.neigh_set(net, ip, m)
+        model.set_neighbour(net, ip, m)
+
+
+def answered(dp: Datapath, ports) -> dict:
+    return {(p, k): n for p in ports for k in ("arp_suppressed", "nd_suppressed") if (n := dp.port_counters(p)[k])}
 
 
 pytestmark = pytest.mark.io_modes
@@ -64,15 +193,22 @@ pytestmark = pytest.mark.io_modes
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(scenario=scenarios())
 def test_compiled_loop_matches_model(io_mode, scenario):
-    networks, capacity, statics, seq = scenario
+    networks, capacity, statics, neighbours, seq, pols = scenario
     model = ModelSwitch(capacity=capacity, aging_ms=300_000)
     rig = LoopRig(mac_table_size=capacity, io_mode=io_mode)
     try:
+        set_neighbours(rig.dp, model, neighbours)
         ports = [rig.add_port(net) for net in networks]
         assert ports == list(range(len(networks)))
+        pinned: set = set()
         for p, net in enumerate(networks):
             model.add_port(p, net)
+        for p, net in enumerate(networks):
+            if len(pinned) < capacity - 2:
+                apply_policy(rig.dp, model, p, net, *pols[p], pinned)
         for m, p in statics[:capacity]:
+            if (networks[p], m) in pinned:
+                continue
             rig.dp.fdb_set_static(networks[p], m, p)
             model.fdb[(networks[p], m)] = Entry(p, 0, static=True)
         for in_port, frame in seq:
@@ -85,6 +221,8 @@ def test_compiled_loop_matches_model(io_mode, scenario):
         for p in ports:
             drops = {r: n for r, n in rig.dp.port_counters(p)["drops"].items() if n}
             assert drops == {r: n for (q, r), n in model.drops.items() if q == p}
+        assert answered(rig.dp, ports) == model.answered
+        event(f"requests answered by the switch: {'some' if model.answered else 'none'}")
         c = rig.dp.fdb_counters()
         assert (c["learned"], c["moved"], c["refused"]) == (model.learned, model.moved, model.refused)
     finally:
@@ -117,7 +255,8 @@ def tunnel_scenarios(draw):
     statics = draw(st.lists(st.tuples(st.sampled_from(MACS), st.integers(0, len(networks) + len(peers) - 1)),
                             max_size=3, unique_by=lambda t: t[0]))
     seq = draw(st.lists(ingress_frames(len(networks)), min_size=1, max_size=40))
-    return networks, capacity, peers, statics, seq
+    pols = draw(st.lists(policies(), min_size=len(networks), max_size=len(networks)))
+    return networks, capacity, peers, statics, draw(neighbours_st()), seq, pols
 
 
 def outputs(d: dict) -> dict:
@@ -131,9 +270,10 @@ def outputs(d: dict) -> dict:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(scenario=tunnel_scenarios())
 def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, scenario):
-    networks, capacity, peers, statics, seq = scenario
+    networks, capacity, peers, statics, neighbours, seq, pols = scenario
     model = ModelSwitch(capacity=capacity, aging_ms=300_000)
     dp = Datapath(max_ports=16, mac_table_size=capacity, io_mode=io_mode)
+    set_neighbours(dp, model, neighbours)
     pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in networks]
     # The VTEP's sockets: the loop does not run, so plain UDP ones will do (nothing is sent).
     vtep = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
@@ -144,6 +284,10 @@ def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, sce
         for p, net in enumerate(networks):
             assert dp.add_port(pairs[p][1].fileno(), net) == p
             model.add_port(p, net)
+        pinned: set = set()
+        for p, net in enumerate(networks):
+            if len(pinned) < capacity - 2:
+                apply_policy(dp, model, p, net, *pols[p], pinned)
         for net in (1, 2, 3):
             dp.set_network_vni(net, VNI_BASE + net)
             model.vnis[net] = VNI_BASE + net
@@ -151,12 +295,14 @@ def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, sce
             idx = dp.add_peer(net, remote)
             model.add_peer(idx, net, remote)
         peer_indices = sorted(model.peers)
-        for m, where in statics[:capacity]:
+        for m, where in statics[:capacity - len(pinned)]:
             if where < len(networks):
                 net, out = networks[where], where
             else:
                 peer = peer_indices[where - len(networks)]
                 net, out = model.peers[peer][0], PEER_FLAG | peer
+            if (net, m) in pinned:
+                continue
             dp.fdb_set_static(net, m, out)
             model.fdb[(net, m)] = Entry(out, 0, static=True)
         port_drops: dict[tuple[int, str], int] = {}
@@ -177,7 +323,7 @@ def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, sce
                 _, remote, vni, frame = step
                 expected = model.forward_tunnel(remote, vni, frame)
                 d = dp.decide(frame, from_addr=remote, vni=vni, dry_run=False)
-                if d["verdict"] == "drop" and d["reason"] != "split_horizon":
+                if d["verdict"] == "drop":
                     vx_drops[d["reason"]] = vx_drops.get(d["reason"], 0) + 1
             assert outputs(d) == {k: True for k in expected}, f"{step}: {d}"
             assert (dry["verdict"], dry["reason"], dry["learn"], outputs(dry)) == (

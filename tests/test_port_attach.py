@@ -249,7 +249,7 @@ def test_vswitchctl_port_verbs_for_runtimes(api: Api, host: Netns, netns_factory
     assert port["ips"] == ["10.88.0.2/24", "10.89.0.2/24"] and port["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.88.0.1"}]
     assert [p["name"] for p in d.ctl("port", "list", "--label", "app=web")] == ["c1"]
     table = d.ctl_run("port", "list", json_output=False).stdout.splitlines()
-    assert table[0].split() == ["NAME", "NETWORK", "NETNS", "IFNAME", "MAC", "IP", "MTU", "STATE", "LABELS"]
+    assert table[0].split() == ["NAME", "NETWORK", "NETNS", "IFNAME", "MAC", "IP", "MTU", "STATE", "SECURITY", "LABELS"]
     assert "(host)" in table[1] and "role=gateway" in table[1] and "app=web" in table[2]
     changed = d.ctl("port", "set", "c1", "--ip", "10.88.0.3/24", "--mtu", "1400")
     assert (changed["ips"], changed["mtu"]) == (["10.88.0.3/24"], 1400)

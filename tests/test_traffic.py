@@ -22,6 +22,9 @@ pytestmark = [pytest.mark.root, pytest.mark.io_modes]
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 UNKNOWN_MAC = "02:00:00:00:0f:0f"
+# A station behind a port (these ports have port security off, as a nested bridge's would): its MAC
+# is learned, moves and is flushed; a port's own MAC is pinned to it (test_policy.py).
+STATION = "02:00:00:00:0a:0a"
 # port -> network; p1..p3 share "blue", p4 is alone in "red".
 TOPOLOGY = {"p1": "blue", "p2": "blue", "p3": "blue", "p4": "red"}
 
@@ -52,7 +55,7 @@ class Lan:
 def port_config(name: str, network: str, ns: Netns) -> str:
     return (
         f'[[port]]\nname = "{name}"\nnetns = "{ns.name}"\nnetwork = "{network}"\n'
-        f'ifname = "{IFNAME}"\nmac = "{port_mac(name)}"\n'
+        f'ifname = "{IFNAME}"\nmac = "{port_mac(name)}"\nport_security = false\n'
     )
 
 
@@ -164,7 +167,8 @@ def test_bad_frames_are_dropped_and_counted(lan: Lan) -> None:
         assert [f for f in host.agent.frames(IFNAME) if f in bad.values()] == []
     c = lan.counters()["p1"]
     assert c["drops"] == {"runt": 0, "too_big": 1, "src_multicast": 1, "vlan_tagged": 1, "same_port": 1, "tunnel_mtu": 0, "bad_vnet_hdr": 0,
-                          "gso_unsupported": 0}
+                          "gso_unsupported": 0, "spoofed_mac": 0, "spoofed_ip": 0, "spoofed_arp": 0, "spoofed_nd": 0,
+                          "ra_guard": 0, "dhcp_guard": 0, "mac_pinned": 0}
     assert (c["rx_packets"], c["flooded"], c["tx_packets"]) == (6, 2, 0)
     assert ("blue", "01:00:5e:00:00:01") not in lan.fdb()
 
@@ -172,7 +176,9 @@ def test_bad_frames_are_dropped_and_counted(lan: Lan) -> None:
 def test_static_entry_steers_frames_and_flush_forgets_only_learned(lan: Lan) -> None:
     h1, h2, h3 = lan["p1"], lan["p2"], lan["p3"]
     lan.daemon.ctl("fdb", "add", UNKNOWN_MAC, "--network", "blue", "--port", "p3")
-    lan.fence(h2)
+    taught = new_token("station")
+    h2.send(h2.frame(BROADCAST, taught, src=STATION))
+    assert h1.wait(taught) != []
     assert lan.fdb()[("blue", UNKNOWN_MAC)]["static"] is True
     steered = new_token("static")
 
@@ -183,23 +189,25 @@ def test_static_entry_steers_frames_and_flush_forgets_only_learned(lan: Lan) -> 
     assert h2.seen(steered) == []
 
     lan.daemon.ctl("fdb", "flush", "--network", "blue")
-    assert set(lan.fdb()) == {("blue", UNKNOWN_MAC)}
+    assert {k for k, e in lan.fdb().items() if not e["pinned"]} == {("blue", UNKNOWN_MAC)}
     flooded = new_token("flushed")
-    h1.send(h1.frame(h2.mac, flooded))
+    h1.send(h1.frame(STATION, flooded))
     assert len(h2.wait(flooded)) == 1
-    assert len(h3.wait(flooded)) == 1, "with h2's entry flushed the frame floods again"
+    assert len(h3.wait(flooded)) == 1, "with the station's entry flushed the frame floods again"
 
 
 def test_a_moved_station_is_followed(lan: Lan) -> None:
     h1, h2, h3 = lan["p1"], lan["p2"], lan["p3"]
-    lan.fence(h2)
-    assert lan.fdb()[("blue", h2.mac)]["port"] == "p2"
-    # h2's MAC now shows up behind p3 (a container moved, or a VM migrated).
-    h3.send(h3.frame(BROADCAST, new_token("moved"), src=h2.mac))
-    wait_until(lambda: lan.fdb()[("blue", h2.mac)]["port"] == "p3", message="the FDB never followed the move")
+    taught = new_token("station")
+    h2.send(h2.frame(BROADCAST, taught, src=STATION))
+    assert h1.wait(taught) != []
+    assert lan.fdb()[("blue", STATION)]["port"] == "p2"
+    # The station now shows up behind p3 (a VM migrated between nested bridges).
+    h3.send(h3.frame(BROADCAST, new_token("moved"), src=STATION))
+    wait_until(lambda: lan.fdb()[("blue", STATION)]["port"] == "p3", message="the FDB never followed the move")
     token = new_token("after-move")
 
-    h1.send(h1.frame(h2.mac, token))
+    h1.send(h1.frame(STATION, token))
     lan.fence(h1)
 
     assert len(h3.seen(token)) == 1

@@ -27,7 +27,7 @@ NETWORKS = {"blue": 100, "red": 200}
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 FOREIGN_MAC = "02:00:00:00:ee:01"  # a station behind no VTEP of the test
 DEFAULT_OVERLAY_MTU = 1450  # underlay 1500 less 50 bytes of encapsulation
-DROP_REASONS = ("truncated", "bad_flags", "unknown_vni", "unknown_peer", "inner_malformed")
+DROP_REASONS = ("truncated", "bad_flags", "unknown_vni", "unknown_peer", "inner_malformed", "mac_pinned", "split_horizon")
 
 
 def fence_all(senders: list[Container], receivers: list[Container]) -> None:

@@ -144,6 +144,14 @@ ping_() {
 }
 echo
 for pair in "a1 10.30.0.2" "b1 10.30.0.3" "c1 10.30.0.1"; do ping_ $pair; done
+echo
+echo "== host 1: ARP for cluster IPs answered by the local switch (never flooded to the underlay)"
+ctl 1 trace --in-port a1 --resolve 10.30.0.3
+ctl 1 --json stats | "$PY" -c '
+import json, sys
+ports = json.load(sys.stdin)["ports"]
+for name, c in ports.items():
+    print("port " + name + ": arp_suppressed " + str(c["arp_suppressed"]) + ", flooded " + str(c["flooded"]))'
 
 leader=$(etcdctl_ --endpoints="$endpoints" endpoint status -w json | "$PY" -c '
 import json, sys

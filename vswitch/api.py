@@ -256,10 +256,11 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _trace(req: Request) -> tuple[int, Any]:
     body = _object(req)
-    check_keys("trace", body, {"in_port", "from_peer", "network", "dst", "src", "vlan"}, {"dst"})
+    check_keys("trace", body, {"in_port", "from_peer", "network", "dst", "src", "vlan", "resolve"}, set())
     in_port = None if body.get("in_port") is None else check_name("in_port", body["in_port"])
-    return 200, req.switch.trace(in_port, body["dst"], body.get("src"), body.get("vlan"), from_peer=body.get("from_peer"),
-                                 network=body.get("network"))
+    return 200, req.switch.trace(in_port, body.get("dst"), body.get("src"), body.get("vlan"),
+                                 from_peer=body.get("from_peer"), network=body.get("network"),
+                                 resolve=body.get("resolve"))
 
 
 def _capture(req: Request) -> tuple[int, Any]:

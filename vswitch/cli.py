@@ -69,7 +69,9 @@ def render_ports(ports: list[dict[str, Any]], indent: str = "") -> str:
 
     rows = [[p["name"], p.get("network"), netns(p), p.get("ifname"), p.get("mac"), p.get("ips") or p.get("ip"), p.get("mtu"),
              p.get("state")] for p in ports]
-    headers = ["NAME", "NETWORK", "NETNS", "IFNAME", "MAC", "IP", "MTU", "STATE"]
+    for row, p in zip(rows, ports):
+        row.append("on" if (p.get("policy") or {}).get("port_security") else "off")
+    headers = ["NAME", "NETWORK", "NETNS", "IFNAME", "MAC", "IP", "MTU", "STATE", "SECURITY"]
     # Labels get a column only when a port has some: most ports made by hand have none.
     if any(p.get("labels") for p in ports):
         headers.append("LABELS")
@@ -84,6 +86,12 @@ def render_port(port: dict[str, Any]) -> str:
     lines = [(k, port.get(k)) for k in ("name", "network", "netns", "ifname", "mac", "mtu", "state", "host", "masquerade")]
     lines += [("ips", port.get("ips") or port.get("ip")), ("routes", ", ".join(routes) or None)]
     lines += [(f"label {k}", v) for k, v in sorted((port.get("labels") or {}).items())]
+    pol = port.get("policy") or {}
+    if pol:
+        lines += [("port_security", "on" if pol.get("port_security") else "off"), ("allowed", pol.get("allowed") or None),
+                  ("router", pol.get("router")), ("dhcp_server", pol.get("dhcp_server"))]
+    drops = {r: n for r, n in ((port.get("counters") or {}).get("drops") or {}).items() if n}
+    lines += [(f"drops {r}", n) for r, n in sorted(drops.items())]
     return table(("FIELD", "VALUE"), lines)
 
 
@@ -98,9 +106,9 @@ def render_fdb(entries: list[dict[str, Any]]) -> str:
         return f"port {e['port']}" if e.get("port") else f"peer {e.get('peer')}"
 
     def age(e: dict[str, Any]) -> str:
-        return "-" if e.get("static") or e.get("age_s") is None else f"{e['age_s']:.0f}s"
+        return "-" if e.get("static") or e.get("pinned") or e.get("age_s") is None else f"{e['age_s']:.0f}s"
 
-    rows = [(e["network"], e["mac"], where(e), "static" if e.get("static") else "learned", age(e)) for e in entries]
+    rows = [(e["network"], e["mac"], where(e), "static" if e.get("static") else "pinned" if e.get("pinned") else "learned", age(e)) for e in entries]
     return table(("NETWORK", "MAC", "TO", "TYPE", "AGE"), rows)
 
 
@@ -156,7 +164,8 @@ def cluster_line(doc: dict[str, Any]) -> str:
         f"etcd UNREACHABLE for {etcd['unreachable_for_s']} s, forwarding on the last known state")
     derived = doc.get("derived") or {}
     return (f"cluster: node {doc['node']}, {state}, {len(doc['nodes'])} nodes, "
-            f"{derived.get('peers', 0)} peers and {derived.get('remote_macs', 0)} remote MACs from etcd")
+            f"{derived.get('peers', 0)} peers, {derived.get('remote_macs', 0)} remote MACs and "
+            f"{derived.get('neighbours', 0)} ARP/ND-answered addresses from etcd")
 
 
 def render_cluster(doc: dict[str, Any]) -> str:
@@ -197,6 +206,8 @@ def render_show(doc: dict[str, Any]) -> str:
 
 def render_trace(doc: dict[str, Any]) -> str:
     out = doc["outputs"]
+    if doc["action"] == "answer":
+        return "\n".join([*doc["steps"], f"verdict: answered locally ({doc['resolve']} is {doc['answer']['mac']})"])
     if doc["action"] == "drop":
         verdict = f"drop ({doc['reason']})"
     else:
@@ -399,9 +410,28 @@ def _label(value: str) -> tuple[str, str]:
     return key, text
 
 
+def _on_off(value: str) -> bool:
+    if value not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not on or off")
+    return value == "on"
+
+
+POLICY_ARGS = (
+    Arg("--port-security", "on|off", "anti-spoofing: frames must come from the port's MAC and addresses "
+        "(default on, off for a host port)", required=False, type=_on_off),
+    Arg("--allow", "ADDR", "a MAC or IP address the port may also send from; repeat for more", required=False,
+        action="append"),
+    Arg("--router", "on|off", "may send IPv6 router advertisements (RA guard off)", required=False, type=_on_off),
+    Arg("--dhcp-server", "on|off", "may send DHCP server replies (DHCP guard off)", required=False, type=_on_off),
+)
+POLICY_BODY = ("port_security", "allow", "router", "dhcp_server")
+
+
 def _port_body(ns: argparse.Namespace, *keys: str) -> dict[str, Any]:
     """The port fields given on the command line: one --ip is 'ip', several are 'ips'."""
     body = _body(ns, *keys)
+    if body.get("allow") is not None:
+        body["allowed"] = body.pop("allow")
     ips = getattr(ns, "ip", None)
     if ips is not None:
         del body["ip"]
@@ -414,7 +444,8 @@ def _port_body(ns: argparse.Namespace, *keys: str) -> dict[str, Any]:
 
 
 def _port_add(c: Client, ns: argparse.Namespace) -> Any:
-    body = _port_body(ns, "name", "network", "netns", "ifname", "mac", "ip", "mtu", "route", "label", "host", "masquerade")
+    body = _port_body(ns, "name", "network", "netns", "ifname", "mac", "ip", "mtu", "route", "label", "host", "masquerade",
+                      *POLICY_BODY)
     return c.request("POST", "/v1/ports", body)
 
 
@@ -483,18 +514,20 @@ COMMANDS: tuple[Command, ...] = (
                 action="append"),
             Arg("--masquerade", "", "host port: masquerade its IPv4 subnets' traffic out of vswitchd's namespace",
                 required=False, action="store_true"),
+            *POLICY_ARGS,
         ),
     ),
     Command(
         ("port", "set"),
-        "change a port's addresses, routes or MTU in place (given ones replace the old)",
-        lambda c, ns: c.request("PATCH", f"/v1/ports/{_seg(ns.name)}", _port_body(ns, "ip", "route", "mtu")),
+        "change a port's addresses, routes, MTU or policy in place (given ones replace the old)",
+        lambda c, ns: c.request("PATCH", f"/v1/ports/{_seg(ns.name)}", _port_body(ns, "ip", "route", "mtu", *POLICY_BODY)),
         render_port,
         args=(
             Arg("name", "NAME", "port name"),
             Arg("--ip", "CIDR", "the port's addresses; repeat for more", required=False, action="append"),
             Arg("--route", "DST[,GW]", "the port's routes; repeat for more", required=False, type=_route, action="append"),
             Arg("--mtu", "N", "interface MTU", required=False, type=int),
+            *POLICY_ARGS,
         ),
     ),
     Command(
@@ -569,13 +602,16 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         ("trace",),
         "what the switch would do now with a frame from port P (or VXLAN peer REMOTE) to MAC, step by step",
-        lambda c, ns: c.request("POST", "/v1/trace", _body(ns, "in_port", "from_peer", "network", "dst", "src", "vlan")),
+        lambda c, ns: c.request("POST", "/v1/trace",
+                                _body(ns, "in_port", "from_peer", "network", "dst", "src", "vlan", "resolve")),
         render_trace,
         args=(
             Arg("--in-port", "P", "port the frame enters by", required=False),
             Arg("--from-peer", "REMOTE", "VXLAN peer the frame arrives from, with its network's VNI", required=False),
             Arg("--network", "NET", "the peer's network, if it is a peer of several", required=False),
-            Arg("--dst", "MAC", "destination MAC"),
+            Arg("--dst", "MAC", "destination MAC (implied by --resolve)", required=False),
+            Arg("--resolve", "IP", "trace the port's ARP request (IPv4) or neighbour solicitation (IPv6) for IP",
+                required=False),
             Arg("--src", "MAC", "source MAC (default: the port's own; required with --from-peer)", required=False),
             Arg("--vlan", "N", "802.1Q tag the frame carries", required=False, type=int),
         ),

@@ -240,6 +240,7 @@ class ClusterAgent:
                 usable = {n for n, vni in local.items() if vni is not None and n not in self._conflicts}
             peers: set[PeerSpec] = set()
             macs: dict[tuple[str, str], str] = {}
+            addresses: list[tuple[int, str, str, str]] = []  # (revision, network, ip, mac)
 
             def vtep_of(node: str) -> str | None:
                 vtep = view.nodes.get(node, {}).get("vtep")
@@ -252,16 +253,31 @@ class ClusterAgent:
                 live = [(rev, node) for rev, node, _ in records if node in view.nodes]
                 if network not in usable or not live:
                     continue
-                _, node = max(live)  # the newest record: where the MAC was seen last
+                rev, node = max(live)  # the newest record: where the MAC was seen last
+                record = next(r for rv, n, r in records if (rv, n) == (rev, node))
+                ips = record.get("ips")
+                if node != self.node and isinstance(ips, list):
+                    addresses += [(rev, network, ip, mac) for ip in ips if isinstance(ip, str)]
                 vtep = vtep_of(node)
                 if vtep is not None:
                     peers.add(PeerSpec(network, vtep))
                     macs[(network, mac)] = vtep
             changes = self.switch.cluster_reconcile(peers, macs)
+            changes.update(self.switch.cluster_neighbours(self._neighbours(addresses, usable)))
             if any(changes.values()):
                 log.debug("cluster: %s", changes)
                 with self._lock:
                     self.counters["derived_changes"] += sum(changes.values())
+
+    def _neighbours(self, remote: list[tuple[int, str, str, str]], networks: set[str]) -> dict[tuple[str, str], str]:
+        """(network, ip) -> mac that the switch answers ARP and ND for: every address the other
+        nodes publish (an address claimed twice goes to the newest record) and, above them, the
+        local ports' own."""
+        out = {(network, ip): mac for _, network, ip, mac in sorted(remote)}
+        for port in self.switch.list_ports():
+            if port["network"] in networks and port.get("ip"):
+                out[(port["network"], port["ip"].split("/")[0])] = port["mac"]
+        return out
 
     # ---- publishing ------------------------------------------------------------------
 
@@ -454,6 +470,15 @@ class ClusterAgent:
         yield GaugeMetricFamily("vswitch_cluster_remote_macs", "Remote MACs installed as static FDB entries from etcd.",
                                 value=derived["remote_macs"])
         yield GaugeMetricFamily("vswitch_cluster_peers", "Tunnel peers derived from etcd.", value=derived["peers"])
+        yield GaugeMetricFamily("vswitch_cluster_neighbours",
+                                "IPv4/IPv6 addresses the switch answers ARP and ND for itself.",
+                                value=derived["neighbours"])
+        answered = self.switch.neighbours_answered()
+        yield CounterMetricFamily("vswitch_cluster_arp_answered", "ARP requests answered by the local switch (suppressed).",
+                                  value=answered["arp_suppressed"])
+        yield CounterMetricFamily("vswitch_cluster_nd_answered",
+                                  "Neighbour solicitations answered by the local switch (suppressed).",
+                                  value=answered["nd_suppressed"])
         yield GaugeMetricFamily("vswitch_cluster_etcd_up", "1 while etcd answers this node.", value=1 if up else 0)
         yield CounterMetricFamily("vswitch_cluster_watch_events", "Events received from the etcd watch.",
                                   value=counters["watch_events"])

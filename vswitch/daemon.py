@@ -247,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             switch.apply(seed, strict=True)
         # TAPs of changes a crash cut short, before the state held their ports.
-        named = [*(p.netns for p in (saved or seed).ports), *earlier_namespaces]
+        named = [*(p.netns for p in (saved or seed).ports if p.netns is not None), *earlier_namespaces]
         remove_orphans(mark, switch.port_interfaces(), candidate_netns(named))
         journal.reset()
         if cluster_settings is not None:

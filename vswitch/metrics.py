@@ -26,6 +26,10 @@ PORT_COUNTERS = (
     ("tx_bytes", "vswitch_port_tx_bytes_total", "Bytes written to the port."),
     ("flooded", "vswitch_port_flooded_total", "Frames from the port flooded to its network."),
     ("tx_errors", "vswitch_port_tx_errors_total", "Writes to the port that failed; the frame was dropped."),
+    ("arp_suppressed", "vswitch_port_arp_suppressed_total",
+     "ARP requests from the port the switch answered itself (not flooded)."),
+    ("nd_suppressed", "vswitch_port_nd_suppressed_total",
+     "Neighbour solicitations from the port the switch answered itself (not flooded)."),
     ("capture_dropped", "vswitch_port_capture_dropped_total",
      "Frame copies a capture of the port dropped because its reader fell behind (forwarding went on)."),
 )

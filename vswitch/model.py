@@ -258,7 +258,70 @@ def _parse_routes(where: str, value: Any) -> tuple[RouteSpec, ...]:
     return tuple(RouteSpec.parse(item, where=f"{where}[{i}]") for i, item in enumerate(items))
 
 
-PORT_KEYS = {"name", "network", "netns", "ifname", "mac", "ip", "ips", "mtu", "routes", "labels", "host", "masquerade"}
+MAX_ALLOWED_MACS = 7  # the datapath keeps 8 MACs a port: its own and these
+MAX_ALLOWED = 16  # extra source addresses a port may use beside its own (the datapath's room, less its own)
+POLICY_KEYS = {"port_security", "allowed", "router", "dhcp_server"}
+PORT_KEYS = {"name", "network", "netns", "ifname", "mac", "ip", "ips", "mtu", "routes", "labels", "host", "masquerade",
+             *POLICY_KEYS}
+
+
+def _check_allowed(where: str, value: Any) -> tuple[str, ...]:
+    """Extra sources a port may send from: MACs and IP addresses (no prefix), as allowed address pairs."""
+    out = []
+    for i, item in enumerate(check_list(where, value, MAX_ALLOWED)):
+        if isinstance(item, str) and MAC_RE.fullmatch(item):
+            out.append(check_mac(f"{where}[{i}]", item))
+        else:
+            try:
+                out.append(str(ipaddress.ip_address(item)) if isinstance(item, str) else None)
+            except ValueError:
+                out.append(None)
+            if out[-1] is None:
+                raise _fail(f"{where}[{i}]", item, "is neither a MAC nor an IP address")
+    if sum(1 for a in out if MAC_RE.fullmatch(a)) > MAX_ALLOWED_MACS:
+        raise InvalidArgument(f"{where}: at most {MAX_ALLOWED_MACS} MACs beside the port's own")
+    return tuple(dict.fromkeys(out))
+
+
+@dataclass(frozen=True)
+class PortPolicy:
+    """What a port's frames must keep to (fastpath/policy.pxi): with port
+    security on, they come from the port's MAC and addresses or from `allowed`;
+    router / dhcp_server let it send router advertisements / DHCP replies."""
+
+    port_security: bool = True
+    allowed: tuple[str, ...] = ()
+    router: bool = False
+    dhcp_server: bool = False
+
+    @classmethod
+    def parse(cls, data: dict[str, Any], where: str, *, host: bool, base: PortPolicy | None = None) -> PortPolicy:
+        """The policy keys of `data` over `base` (default: a port's defaults; port
+        security is on for container ports, off for host ports)."""
+        if base is None:
+            base = cls(port_security=not host)
+        return cls(
+            port_security=check_bool(f"{where}.port_security", data.get("port_security", base.port_security)),
+            allowed=base.allowed if data.get("allowed") is None else _check_allowed(f"{where}.allowed", data["allowed"]),
+            router=check_bool(f"{where}.router", data.get("router", base.router)),
+            dhcp_server=check_bool(f"{where}.dhcp_server", data.get("dhcp_server", base.dhcp_server)),
+        )
+
+    def to_dict(self, host: bool) -> dict[str, Any]:
+        """The keys not at their defaults."""
+        out: dict[str, Any] = {}
+        if self.port_security != (not host):
+            out["port_security"] = self.port_security
+        if self.allowed:
+            out["allowed"] = list(self.allowed)
+        for key in ("router", "dhcp_server"):
+            if getattr(self, key):
+                out[key] = True
+        return out
+
+    def view(self) -> dict[str, Any]:
+        return {"port_security": self.port_security, "allowed": list(self.allowed), "router": self.router,
+                "dhcp_server": self.dhcp_server}
 
 
 @dataclass(frozen=True)
@@ -281,8 +344,11 @@ class PortSpec:
     labels: tuple[tuple[str, str], ...] = ()
     host: bool = False
     masquerade: bool = False
+    policy: PortPolicy | None = None  # None: the defaults for this kind of port
 
     def __post_init__(self) -> None:
+        if self.policy is None:
+            object.__setattr__(self, "policy", PortPolicy(port_security=not self.host))
         # One source of truth for the addresses, whichever of the two was given.
         if not self.ips and self.ip is not None:
             object.__setattr__(self, "ips", (self.ip,))
@@ -320,6 +386,7 @@ class PortSpec:
             labels=() if data.get("labels") is None else check_labels(f"{where}.labels", data["labels"]),
             host=host,
             masquerade=masquerade,
+            policy=PortPolicy.parse(data, where, host=host),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -344,6 +411,7 @@ class PortSpec:
             out["host"] = True
         if self.masquerade:
             out["masquerade"] = True
+        out.update(self.policy.to_dict(self.host))  # type: ignore[union-attr]
         return out
 
     @property
@@ -358,18 +426,28 @@ class PortUpdate:
     ips: tuple[str, ...] | None = None
     routes: tuple[RouteSpec, ...] | None = None
     mtu: int | None = None
+    policy: dict[str, Any] | None = None  # the policy keys given, checked against the port's own by policy_over()
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str = "port") -> PortUpdate:
-        check_keys(where, data, {"ip", "ips", "routes", "mtu"}, set())
+        check_keys(where, data, {"ip", "ips", "routes", "mtu", *POLICY_KEYS}, set())
         if not data:
-            raise InvalidArgument(f"{where}: nothing to change (give ip, ips, routes or mtu)")
+            raise InvalidArgument(f"{where}: nothing to change (give ip, ips, routes, mtu or a policy key)")
         given_ips = "ip" in data or "ips" in data
+        policy = {k: v for k, v in data.items() if k in POLICY_KEYS}
+        PortPolicy.parse(policy, where, host=False)  # checked now: a bad value changes nothing
         return cls(
             ips=_parse_ips(where, data) if given_ips else None,
             routes=_parse_routes(f"{where}.routes", data["routes"]) if "routes" in data else None,
             mtu=None if data.get("mtu") is None else check_int(f"{where}.mtu", data["mtu"], MTU_MIN, MTU_MAX),
+            policy=policy or None,
         )
+
+    def policy_over(self, spec: PortSpec, where: str = "port") -> PortPolicy:
+        """The port's policy with this update's keys applied."""
+        if not self.policy:
+            return spec.policy  # type: ignore[return-value]
+        return PortPolicy.parse(self.policy, where, host=spec.host, base=spec.policy)
 
 
 def attachment_port_name(container_id: str, ifname: str) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import SECTIONS, check_peers
 from .errors import InvalidArgument, VswitchError
-from .model import DesiredState, PortSpec, PortUpdate, SwitchSettings
+from .model import POLICY_KEYS, DesiredState, PortSpec, PortUpdate, SwitchSettings
 from .switch import Switch
 
 log = logging.getLogger("vswitch.reconcile")
@@ -35,7 +35,7 @@ IDENTITY: dict[str, tuple[str, ...]] = {
 }
 # Port fields a live port can change without being re-created (its TAP deleted and
 # made again). None yet: every port change re-creates the port.
-PORT_FIELDS_IN_PLACE = frozenset({"ip", "ips", "routes", "mtu"})
+PORT_FIELDS_IN_PLACE = frozenset({"ip", "ips", "routes", "mtu", *POLICY_KEYS})
 
 
 def changed_fields(old: Any, new: Any) -> list[str]:
@@ -55,7 +55,7 @@ def port_change(old: PortSpec, new: PortSpec) -> str:
 
 def update_port_in_place(switch: Switch, old: PortSpec, new: PortSpec) -> None:
     """Carry out an "update" that port_change() allowed, as PATCH /v1/ports/NAME does."""
-    switch.set_port(new.name, PortUpdate(ips=new.ips, routes=new.routes, mtu=new.mtu))
+    switch.set_port(new.name, PortUpdate(ips=new.ips, routes=new.routes, mtu=new.mtu, policy=new.policy.view()))  # type: ignore[union-attr]
 
 
 def _key(kind: str, spec: Any) -> tuple[Any, ...]:

@@ -15,6 +15,7 @@ the datapath's tables and reads its counters.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import logging
 import os
 import select
@@ -33,7 +34,9 @@ from .errors import ConfigError, Conflict, InvalidArgument, NotFound
 from .masquerade import Masquerade, subnets_of
 from .model import (MAX_PEERS, DesiredState, NetworkSpec, PeerSpec, PortSpec, PortUpdate, StaticFdbSpec, SwitchSettings,
                     check_ip, check_mac, check_name, peer_problem)
+from .neighframes import arp_request, neighbour_solicitation
 from .netns import netns_identity, netns_path, resolve_netns
+from .portpolicy import datapath_sources
 from .tap import TSO_OFFLOADS, TapPort, open_tap, reconfigure_tap
 
 log = logging.getLogger("vswitch.switch")
@@ -52,6 +55,17 @@ HOST_NETNS = "/proc/self/ns/net"
 def _where(out: dict[str, Any]) -> str:
     """'port c1' or 'peer 192.0.2.2' for an output as _describe_out gives it."""
     return f"port {out['port']}" if "port" in out else f"peer {out['peer']}"
+
+
+# What trace says of a frame the port policy refused (fastpath/policy.pxi).
+POLICY_DROPS = {
+    "spoofed_mac": "the source MAC is not the port's",
+    "spoofed_ip": "the IP source is not the port's",
+    "spoofed_arp": "the ARP sender is not the port's",
+    "spoofed_nd": "a neighbor discovery target or link-layer option is not the port's",
+    "ra_guard": "router advertisements are not the port's to send",
+    "dhcp_guard": "DHCP server replies are not the port's to send",
+}
 
 
 @dataclass
@@ -90,6 +104,8 @@ class Switch:
         # What a cluster agent derived from etcd: live, never persisted (a restart rebuilds it from etcd).
         self._derived_peers: set[PeerSpec] = set()
         self._derived_macs: dict[tuple[str, str], str] = {}  # (network, mac) -> remote VTEP
+        # (network, ip) -> (network id, mac): the addresses the datapath answers ARP and ND for
+        self._neighbours: dict[tuple[str, str], tuple[int, str]] = {}
         # Asked before a network with a VNI is added through the API, e.g. to claim it cluster-wide.
         self.network_guard: Callable[[NetworkSpec], None] | None = None
         self.cluster: Any = None  # the ClusterAgent when this switch is a cluster node (API, metrics)
@@ -413,6 +429,11 @@ class Switch:
             raise Conflict(f"port {spec.name!r} cannot be attached: {e}") from e
         port = _Port(spec, tap, index, mtu, path, netns_identity(path))
         self._ports[spec.name] = port
+        try:
+            self._apply_policy(port, net, pin=True)
+        except Exception:
+            self._drop_port(port, destroy=tap.created)
+            raise
         if spec.masquerade:
             try:
                 self._sync_masquerade()
@@ -423,6 +444,23 @@ class Switch:
             "port %s %s: %s in %s, network %s, mtu %d",
             spec.name, "created" if tap.created else "re-attached", spec.ifname, where, spec.network, mtu,
         )
+
+    def _apply_policy(self, port: _Port, net: _Network, *, pin: bool) -> None:
+        """Give the datapath the port's policy and, with pin, pin its own MAC to
+        it: known at once (never flooded to others), never moved by a frame from
+        elsewhere."""
+        pol = port.spec.policy
+        assert pol is not None
+        macs, ips = datapath_sources(port.spec, port.tap.mac)
+        try:
+            self._dp.set_port_policy(port.index, pol.port_security, pol.router, pol.dhcp_server, macs, ips)
+        except ValueError as e:
+            raise InvalidArgument(f"port {port.spec.name!r}: {e}") from e
+        if pin:
+            try:
+                self._dp.fdb_pin(net.id, port.tap.mac, port.index)
+            except OverflowError as e:  # learned like any MAC, then
+                log.warning("port %s: its MAC could not be pinned: %s", port.spec.name, e)
 
     def _sync_masquerade(self) -> None:
         self._masquerade.sync({p.spec.name: subnets_of(p.spec.ips) for p in self._ports.values() if p.spec.masquerade})
@@ -437,7 +475,8 @@ class Switch:
             ips = old.ips if update.ips is None else update.ips
             routes = old.routes if update.routes is None else update.routes
             new = dataclasses.replace(old, ip=None, ips=ips, routes=routes,
-                                      mtu=old.mtu if update.mtu is None else update.mtu)
+                                      mtu=old.mtu if update.mtu is None else update.mtu,
+                                      policy=update.policy_over(old))
             if new.masquerade and not subnets_of(new.ips):
                 raise InvalidArgument(f"port {name!r} masquerades: it needs an IPv4 address")
             mtu_changes = update.mtu is not None and update.mtu != port.mtu
@@ -450,6 +489,8 @@ class Switch:
             port.spec = new
             if mtu_changes:
                 self._reattach(port, update.mtu)  # type: ignore[arg-type]
+            else:
+                self._apply_policy(port, self._networks[new.network], pin=False)
             if new.masquerade:
                 self._sync_masquerade()
             log.info("port %s changed: ips %s, %d routes, mtu %d", name, list(new.ips) or "none", len(new.routes), port.mtu)
@@ -462,6 +503,7 @@ class Switch:
         self._dp.remove_port(port.index)
         port.index = self._dp.add_port(port.tap.fd, net.id, mtu, self.settings.offloads)
         port.mtu = mtu
+        self._apply_policy(port, net, pin=True)
         for entry in self._static.values():
             if entry.port == port.spec.name:
                 self._dp.fdb_set_static(net.id, entry.mac, port.index)
@@ -533,6 +575,7 @@ class Switch:
             "labels": s.label_map,
             "host": s.host,
             "masquerade": s.masquerade,
+            "policy": s.policy.view(),  # type: ignore[union-attr]
         }
 
     def _watch_ports(self) -> None:
@@ -634,16 +677,20 @@ class Switch:
             names = {n.id: n.spec.name for n in self._networks.values()}
             ports = {p.index: p.spec.name for p in self._ports.values()}
             peers = {PEER_FLAG | i: p.remote for p, i in self._peers.items()}
+            # A port's own MAC, pinned to it when it was made: static in the table, but not the operator's.
+            pins = {(self._networks[p.spec.network].id, p.tap.mac.lower(), p.index) for p in self._ports.values()}
         entries = []
         for nid, mac, o, static, age in self._dp.fdb_entries(net_id, out):
             if nid not in names:
                 continue
+            pinned = static and (nid, mac, o) in pins
             entries.append({
                 "network": names[nid],
                 "mac": mac,
                 "port": ports.get(o),
                 "peer": peers.get(o),
-                "static": static,
+                "static": static and not pinned,
+                "pinned": pinned,
                 "age_s": None if static else round(age, 3),
             })
         entries.sort(key=lambda e: (e["network"], e["mac"]))
@@ -755,9 +802,39 @@ class Switch:
                 log.info("cluster: peer %s removed from network %s", spec.remote, spec.network)
         return counts
 
+    def cluster_neighbours(self, wanted: dict[tuple[str, str], str]) -> dict[str, int]:
+        """Make the addresses the datapath answers ARP requests and neighbour solicitations for
+        exactly `wanted` ((network, ip) -> mac). Unchanged entries are not touched. Returns counts."""
+        counts = {"neighbours_set": 0, "neighbours_removed": 0}
+        with self._lock:
+            want = {(net, ip): (self._networks[net].id, mac) for (net, ip), mac in wanted.items()
+                    if net in self._networks}
+            for key in [k for k, v in self._neighbours.items() if want.get(k) != v]:
+                self._dp.neigh_delete(self._neighbours.pop(key)[0], key[1])
+                if key not in want:
+                    counts["neighbours_removed"] += 1
+            for key, (nid, mac) in want.items():
+                if key in self._neighbours:
+                    continue
+                try:
+                    self._dp.neigh_set(nid, key[1], mac)
+                except (OverflowError, ValueError) as e:
+                    log.warning("cluster: neighbour %s in network %s not installed: %s", key[1], key[0], e)
+                    continue
+                self._neighbours[key] = (nid, mac)
+                counts["neighbours_set"] += 1
+        return counts
+
+    def neighbours_answered(self) -> dict[str, int]:
+        """ARP requests and neighbour solicitations the datapath answered itself, over every port."""
+        with self._lock:
+            counters = [self._dp.port_counters(p.index) for p in self._ports.values()]
+        return {k: sum(c[k] for c in counters) for k in ("arp_suppressed", "nd_suppressed")}
+
     def cluster_counts(self) -> dict[str, int]:
         with self._lock:
-            return {"peers": len(self._derived_peers), "remote_macs": len(self._derived_macs)}
+            return {"peers": len(self._derived_peers), "remote_macs": len(self._derived_macs),
+                    "neighbours": len(self._neighbours)}
 
     # ---- capture -----------------------------------------------------------------------
 
@@ -793,14 +870,26 @@ class Switch:
 
     # ---- trace -------------------------------------------------------------------------
 
-    def trace(self, in_port: str | None, dst: str, src: str | None = None, vlan: int | None = None,
-              from_peer: str | None = None, network: str | None = None) -> dict[str, Any]:
+    def trace(self, in_port: str | None, dst: str | None, src: str | None = None, vlan: int | None = None,
+              from_peer: str | None = None, network: str | None = None, resolve: str | None = None) -> dict[str, Any]:
         """What the switch would do right now with a frame for dst entering by in_port, or
-        arriving from the VXLAN peer from_peer with its network's VNI, and why.
+        arriving from the VXLAN peer from_peer with its network's VNI, and why. With resolve
+        (an IP), the frame is the port's ARP request (IPv4) or neighbour solicitation (IPv6)
+        for it, sent from the port's own address of that family, and dst is implied.
 
         The datapath's own forwarding decision answers, asked without side effects:
         nothing is learned or aged by asking. The frame's size is not considered.
         """
+        target = None
+        if resolve is not None:
+            target = ipaddress.ip_address(check_ip("resolve", resolve))
+            if in_port is None or vlan is not None:
+                raise InvalidArgument("resolve: asked from a port (in_port), untagged")
+            if dst is not None:
+                raise InvalidArgument("dst: implied by resolve (broadcast, or the solicited-node group)")
+            dst = "ff:ff:ff:ff:ff:ff" if target.version == 4 else "33:33:ff:" + target.packed[13:].hex(":")
+        elif dst is None:
+            raise InvalidArgument("trace: missing required key 'dst' (or give resolve)")
         dst = check_mac("dst", dst, unicast=False)
         src_mac = None if src is None else check_mac("src", src, unicast=False)
         if vlan is not None and (isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 4095):
@@ -821,7 +910,15 @@ class Switch:
                 net, from_peer = self._networks[peer.network], peer.remote
                 ingress, asked = f"peer {peer.remote}", {"from_addr": peer.remote, "vni": net.spec.vni}
             tag = b"" if vlan is None else b"\x81\x00" + vlan.to_bytes(2, "big")
-            frame = bytes.fromhex(dst.replace(":", "") + src_mac.replace(":", "")) + tag + b"\x08\x00"
+            # An L2 question: the IEEE local experimental ethertype, which port policy reads no further than its
+            # source MAC (an empty IPv4 packet would be refused as unverifiable).
+            frame = bytes.fromhex(dst.replace(":", "") + src_mac.replace(":", "")) + tag + b"\x88\xb5"
+            if target is not None:
+                own = ipaddress.ip_interface(port.spec.ip).ip if port.spec.ip else None
+                sender = own if own is not None and own.version == target.version else None
+                mac_bytes = bytes.fromhex(src_mac.replace(":", ""))
+                frame = (arp_request(mac_bytes, sender, target) if target.version == 4
+                         else neighbour_solicitation(mac_bytes, sender, target))
             d = self._dp.decide(frame, **asked)
             names = {"ports": {p.index: name for name, p in self._ports.items()},
                      "peers": {i: spec.remote for spec, i in self._peers.items()}}
@@ -842,10 +939,26 @@ class Switch:
                 steps.append(f"802.1Q tag {vlan} on an access port")
             elif d["reason"] == "inner_malformed":
                 steps.append("the inner frame fails the port checks" + (f" (802.1Q tag {vlan})" if vlan is not None else ""))
+            elif d["reason"] in POLICY_DROPS:
+                steps.append(f"port policy of {ingress}: {POLICY_DROPS[d['reason']]}")
             steps.append(f"drop: {d['reason']}")
             return result
         result["learn"] = self._trace_learn(d["learn"], ingress, learned)
         steps.append(f"learn: {result['learn']['result']}")
+        if d["learn"] == "pinned_kept":
+            steps.append(f"drop: {d['reason']}")
+            return result
+        if target is not None:
+            what = "ARP request" if target.version == 4 else "neighbour solicitation"
+            result["resolve"] = str(target)
+            steps.append(f"{what} for {target}" + ("" if sender else " with no sender address (an announcement)"))
+        if d["verdict"] == "answer":
+            result["action"] = "answer"
+            result["answer"] = d["answer"]
+            steps.append(f"{target} is {d['answer']['mac']} in the neighbour table: answered locally "
+                         f"({'ARP reply' if d['answer']['kind'] == 'arp' else 'neighbour advertisement'} "
+                         f"back out of port {in_port}), not flooded")
+            return result
         if d["lookup"] is None:
             steps.append("destination is broadcast/multicast: flood")
         elif not d["lookup"]["hit"]:
@@ -892,6 +1005,8 @@ class Switch:
             return {"result": "refresh", **current}
         if learn == "static_kept":
             return {"result": f"static entry kept on {_where(current)}", **current}
+        if learn == "pinned_kept":
+            return {"result": f"pinned to {_where(current)}: kept, the frame is dropped", **current}
         return {"result": f"move from {_where(current)} to {ingress}", **current}
 
     def _describe_out(self, out: int) -> dict[str, Any]:

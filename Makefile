@@ -18,11 +18,11 @@ PYTEST := $(VENV_PY) -m pytest -q -ra -p no:cacheprovider
 # switches, Prometheus, systemd-analyze, iperf3, and for the CNI plugin a real
 # runtime (podman, crun, conmon), the reference plugins (host-local, portmap,
 # bridge), busybox for the container image and iptables for portmap;
-# etcd (server and etcdctl) for the cluster tests.
+# etcd (server and etcdctl) for the cluster tests; clang for the fuzzing build.
 DEB_BUILD_PACKAGES := gcc python3-dev python3-venv liburing-dev iproute2 nftables
 DEB_TEST_PACKAGES := iputils-ping ethtool tcpdump tshark prometheus openvswitch-switch systemd iperf3 \
 	podman crun conmon containernetworking-plugins busybox iptables util-linux \
-	etcd-server etcd-client
+	etcd-server etcd-client clang-14
 
 # Where `make install-cni` puts the plugin (an executable named vswitch).
 CNI_BIN_DIR ?= /opt/cni/bin
@@ -42,7 +42,7 @@ MODE_FILE := $(BUILD)/ext-mode
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export PIP_NO_INPUT := 1
 
-.PHONY: deps test-deps build debug test demo demo-vxlan clean distclean wheel install uninstall demo-podman install-cni demo-cluster
+.PHONY: deps test-deps build debug fuzz-build fuzz fuzz-coverage test demo demo-vxlan clean distclean wheel install uninstall demo-podman install-cni demo-cluster
 
 deps:
 	@$(call apt_install,$(DEB_BUILD_PACKAGES))
@@ -110,6 +110,52 @@ debug: $(EDITABLE_STAMP)
 	rm -f $(EXT_STAMP)
 	cd / && LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0 \
 		$(abspath $(VENV_PY)) -c 'import fastpath.datapath, vswitch'
+
+# Fuzzing (tests/fuzz/, atheris). `make fuzz-build` recompiles fastpath with
+# clang: -O1 -g, bounds checks, ASan+UBSan (any report aborts) and libFuzzer's
+# coverage instrumentation, so the fuzzer is guided by the C branches; it
+# loads with atheris's ASan+libFuzzer runtime preloaded. `make fuzz` runs each
+# target in turn for FUZZ_RUNS inputs or FUZZ_SECONDS, whichever comes first,
+# from the seeds in tests/fuzz/corpus/ (new inputs and logs in build/fuzz/);
+# FUZZ_TARGETS picks targets, FUZZ_OUT appends the table to a file.
+# `make build` goes back to the release build.
+FUZZ_CC ?= clang-14
+FUZZ_RUNS ?= 1000000
+FUZZ_SECONDS ?= 900
+FUZZ_TARGETS ?=
+FUZZ_OUT ?=
+ATHERIS_DIR = $(shell $(VENV_PY) -c 'import atheris; print(atheris.path())' 2>/dev/null)
+FUZZ_ENV = LD_PRELOAD=$(ATHERIS_DIR)/asan_with_fuzzer.so PYTHONMALLOC=malloc \
+	ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+
+FUZZ_STAMP := $(BUILD)/ext-fuzz.stamp
+
+$(FUZZ_STAMP): $(EDITABLE_STAMP) $(EXT_SOURCES) setup.py
+	mkdir -p $(BUILD)
+	CC=$(FUZZ_CC) LDSHARED="$(FUZZ_CC) -shared" VSWITCH_FUZZ=1 $(VENV_PY) setup.py -q build_ext --inplace --force
+	echo fuzz > $(MODE_FILE)
+	rm -f $(EXT_STAMP)
+	touch $@
+
+fuzz-build: deps test-deps
+	@if [ "$$(cat $(MODE_FILE) 2>/dev/null)" != fuzz ]; then rm -f $(FUZZ_STAMP); fi
+	@$(MAKE) --no-print-directory $(FUZZ_STAMP)
+	cd / && $(FUZZ_ENV) $(abspath $(VENV_PY)) -c 'import fastpath.datapath, vswitch'
+
+fuzz: fuzz-build
+	$(FUZZ_ENV) $(VENV_PY) tests/fuzz/run_all.py --runs $(FUZZ_RUNS) --seconds $(FUZZ_SECONDS) \
+		--work $(BUILD)/fuzz $(if $(FUZZ_OUT),--out $(FUZZ_OUT)) $(FUZZ_TARGETS)
+
+# Source-based coverage (llvm-cov) of what the seeds and the last `make fuzz`
+# corpora reach in the functions each target is for: a clang build without
+# sanitizers; the table goes to build/fuzz/coverage.md.
+fuzz-coverage: deps test-deps $(EDITABLE_STAMP)
+	mkdir -p $(BUILD)/fuzz
+	CC=$(FUZZ_CC) LDSHARED="$(FUZZ_CC) -shared" VSWITCH_COVERAGE=1 $(VENV_PY) setup.py -q build_ext --inplace --force
+	echo coverage > $(MODE_FILE)
+	rm -f $(EXT_STAMP) $(FUZZ_STAMP)
+	$(VENV_PY) tests/fuzz/coverage.py --corpus tests/fuzz/corpus --corpus $(BUILD)/fuzz/corpus \
+		--out $(BUILD)/fuzz/coverage.md
 
 test: deps test-deps build
 	$(PYTEST) tests

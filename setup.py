@@ -2,6 +2,11 @@
 
 Set VSWITCH_DEBUG=1 for a debug build: bounds checks on, asserts on, -O0 -g
 and AddressSanitizer/UBSan, so the parser can be exercised under sanitizers.
+Set VSWITCH_FUZZ=1 (with CC=clang) for the fuzzing build: the same checks,
+plus libFuzzer's coverage instrumentation (-fsanitize=fuzzer-no-link), so a
+coverage-guided fuzzer sees the branches taken inside the extensions.
+Set VSWITCH_COVERAGE=1 (with CC=clang) for source-based coverage
+(llvm-cov) of what the fuzz corpora reach; no sanitizers.
 """
 import os
 import sys
@@ -18,7 +23,9 @@ except ImportError:  # fail loud: there is no pure-Python fallback
 if Cython.__version__ != CYTHON_VERSION:
     sys.exit(f"vswitch pins Cython=={CYTHON_VERSION}, found {Cython.__version__}")
 
-DEBUG = os.environ.get("VSWITCH_DEBUG") == "1"
+FUZZ = os.environ.get("VSWITCH_FUZZ") == "1"
+COVERAGE = os.environ.get("VSWITCH_COVERAGE") == "1"
+DEBUG = os.environ.get("VSWITCH_DEBUG") == "1" or FUZZ or COVERAGE
 
 # Cython-generated code trips -Wsign-compare in its own loops; the rest of -Wall stays on.
 compile_args = ["-Wall", "-Wno-unused-function", "-Wno-unreachable-code", "-Wno-sign-compare"]
@@ -31,7 +38,16 @@ directives = {
     "cdivision": True,
     "embedsignature": True,
 }
-if DEBUG:
+if FUZZ:
+    # -O1: "to get a reasonable performance", as the AddressSanitizer docs advise.
+    sanitizers = "-fsanitize=fuzzer-no-link,address,undefined"
+    compile_args += ["-fno-sanitize-recover=undefined"]
+    compile_args += ["-O1", "-g", sanitizers, "-fno-omit-frame-pointer", "-Wno-unknown-warning-option"]
+    link_args += [sanitizers]
+elif COVERAGE:
+    compile_args += ["-O0", "-g", "-fprofile-instr-generate", "-fcoverage-mapping"]
+    link_args += ["-fprofile-instr-generate"]
+elif DEBUG:
     compile_args += ["-O0", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
     link_args += ["-fsanitize=address,undefined"]
 else:

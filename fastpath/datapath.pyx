@@ -23,7 +23,7 @@ from fastpath.mactable cimport (MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_
 from fastpath.posix_io cimport (EFD_CLOEXEC, EFD_NONBLOCK, close, errno, eventfd, pthread_mutex_destroy,
                                 pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock, read,
                                 write)
-from fastpath.vxlan cimport VX_DROPS, VXLAN_HLEN, VXLAN_IP_OVERHEAD
+from fastpath.vxlan cimport VX_DROPS, VX_OK, VX_TRUNCATED, VXLAN_HLEN, VXLAN_IP_OVERHEAD
 
 import ipaddress
 import os
@@ -673,6 +673,120 @@ cdef class Datapath:
             return out
         finally:
             free(copy)
+
+    # ---- frames handed in (tests and fuzzing; never the loop's path) ------------------
+
+    def forward(self, uint32_t in_port, list frames) -> None:
+        """Run `frames` through the loop's local ingress (forward_batch: the
+        virtio-net header check, the decision, output, GRO and GSO) as one batch
+        read from port in_port, in the calling thread. Each is bytes as read
+        from the port: led by its virtio-net header on a vnet port. Each sits
+        in a buffer of its own, exactly as long as it needs, so the sanitizers
+        see any read past a frame. Only while run() is not running."""
+        cdef sw_t *sw = self.sw
+        cdef uint32_t n = len(frames), i, lead
+        cdef frame_t *batch
+        cdef uint8_t **mem
+        cdef bytes b
+        cdef Py_ssize_t blen
+        cdef int64_t now
+        self._check_index(in_port)
+        if self.running:
+            raise RuntimeError("frames are handed in only while the loop is not running")
+        if sw.ports[in_port].state != PORT_UP:
+            raise LookupError(f"port index {in_port} is not up")
+        if n > BATCH:
+            raise ValueError(f"at most {BATCH} frames make a batch")
+        lead = VNET_HLEN if sw.ports[in_port].vnet else 0
+        for b in frames:
+            if len(b) > FRAME_ROOM + lead:
+                raise ValueError(f"a frame longer than {FRAME_ROOM + lead} bytes cannot be read from a port")
+        batch = <frame_t *>calloc(max(n, 1), sizeof(frame_t))
+        mem = <uint8_t **>calloc(max(n, 1), sizeof(uint8_t *))
+        try:
+            if batch == NULL or mem == NULL:
+                raise MemoryError()
+            for i in range(n):
+                b = frames[i]
+                blen = len(b)
+                # A read shorter than its header still leaves one in the engine's buffer.
+                mem[i] = <uint8_t *>calloc(HEADROOM + max(<uint32_t>blen, lead), 1)
+                if mem[i] == NULL:
+                    raise MemoryError()
+                memcpy(mem[i] + HEADROOM, <const uint8_t *>b, blen)
+                frame_read(&batch[i], mem[i] + HEADROOM, blen, lead, in_port)
+            with nogil:
+                pthread_mutex_lock(&sw.lock)
+                now = now_ms()
+                forward_batch(sw, batch, n, now)
+                sw.stats[LS_FRAMES] += n
+                pthread_mutex_unlock(&sw.lock)
+        finally:
+            if mem != NULL:
+                for i in range(n):
+                    free(mem[i])
+            free(mem)
+            free(batch)
+
+    def receive(self, from_addr, list datagrams) -> list:
+        """Run VXLAN datagrams (the VXLAN header first, as the tunnel socket
+        reads them) from IPv4 address from_addr through the tunnel's receive
+        path (tun_decap: header, VNI and peer checks, the decision, output
+        and GRO), in the calling thread; returns each one's vx_drop name
+        ("ok": decided). Buffers as for forward(). Only while run() is not running."""
+        cdef sw_t *sw = self.sw
+        cdef uint32_t n = len(datagrams), i, addr
+        cdef frame_t *batch
+        cdef uint8_t **mem
+        cdef uint32_t *lens
+        cdef int *reasons
+        cdef bytes b
+        cdef int64_t now
+        if self.running:
+            raise RuntimeError("datagrams are handed in only while the loop is not running")
+        if n > BATCH:
+            raise ValueError(f"at most {BATCH} datagrams make a batch")
+        for b in datagrams:
+            if len(b) > FRAME_ROOM + VXLAN_HLEN:
+                raise ValueError(f"a datagram longer than {FRAME_ROOM + VXLAN_HLEN} bytes cannot be read")
+        addr = int.from_bytes(ipaddress.IPv4Address(from_addr).packed, "little")
+        batch = <frame_t *>calloc(max(n, 1), sizeof(frame_t))
+        mem = <uint8_t **>calloc(max(n, 1), sizeof(uint8_t *))
+        lens = <uint32_t *>calloc(max(n, 1), sizeof(uint32_t))
+        reasons = <int *>calloc(max(n, 1), sizeof(int))
+        try:
+            if batch == NULL or mem == NULL or lens == NULL or reasons == NULL:
+                raise MemoryError()
+            for i in range(n):
+                b = datagrams[i]
+                lens[i] = len(b)
+                mem[i] = <uint8_t *>calloc(HEADROOM + lens[i], 1)
+                if mem[i] == NULL:
+                    raise MemoryError()
+                memcpy(mem[i] + HEADROOM, <const uint8_t *>b, lens[i])
+                batch[i].data = mem[i] + HEADROOM + VXLAN_HLEN
+                batch[i].in_port = NO_PORT
+            with nogil:
+                pthread_mutex_lock(&sw.lock)
+                now = now_ms()
+                for i in range(n):
+                    # As tun_rx: an empty datagram is a truncated one.
+                    reasons[i] = VX_TRUNCATED if lens[i] == 0 else tun_decap(
+                        sw, &batch[i], mem[i] + HEADROOM, lens[i], addr, now)
+                    if reasons[i] != VX_OK:
+                        sw.tun.drops[reasons[i]] += 1
+                gro_flush(sw)
+                sw.stats[LS_FRAMES] += n
+                pthread_mutex_unlock(&sw.lock)
+            return [VX_DROP_NAMES[reasons[i]] for i in range(n)]
+        finally:
+            if mem != NULL:
+                for i in range(n):
+                    free(mem[i])
+            free(mem)
+            free(batch)
+            free(lens)
+            free(reasons)
 
     # ---- the decision, asked ---------------------------------------------------------
 

@@ -202,6 +202,8 @@ def coalesce(list frames, bint udp=True, uint32_t cap=65536 + 256) -> list:
     out = []
     for item in frames:
         vb, fb = item if isinstance(item, tuple) else (bytes(VNET_HLEN), item)
+        if len(vb) != VNET_HLEN:
+            raise ValueError(f"vnet: expected {VNET_HLEN} bytes, got {len(vb)}")  # gro_candidate reads all of it
         hdr = gro_candidate(fb, len(fb), vb, udp)
         if hdr == 0:
             _flush(&g, buf, held, out)

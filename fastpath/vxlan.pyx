@@ -41,4 +41,9 @@ cdef uint32_t flow_hash(const uint8_t *frame, uint32_t length) noexcept nogil:
 
 def source_port(bytes frame, uint16_t lo, uint16_t hi) -> int:
     """The outer UDP source port the datapath picks for this inner frame."""
+    # flow_hash reads a whole Ethernet header; the loop hashes only frames that parse.
+    if len(frame) < ETH_HLEN:
+        raise ValueError(f"a frame of {len(frame)} bytes has no Ethernet header")
+    if lo > hi:
+        raise ValueError(f"the source port range {lo}-{hi} is empty")
     return lo + flow_hash(frame, <uint32_t>len(frame)) % (hi - lo + 1)

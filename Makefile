@@ -245,6 +245,13 @@ endif
 bench-ab: build $(BENCH_REQ_STAMP)
 	$(VENV_PY) bench/ab.py --a $(A) --b $(B) $(AB_ARGS)
 
+# Instructions per frame of the poll loop under callgrind (bench/instr.py, as root): a
+# figure the machine's load does not move. INSTR_ARGS='--checkout DIR --checkout DIR'.
+.PHONY: bench-instr
+bench-instr: build
+	command -v valgrind >/dev/null || apt-get install -y valgrind
+	$(VENV_PY) bench/instr.py $(INSTR_ARGS)
+
 # Soak (bench/soak.py, as root): SOAK_MINUTES of mixed traffic, API, MAC and
 # capture churn at a moderate rate; RSS, fds, threads and FDB size sampled
 # every 10 s; writes bench/results/soak-<date>/. SOAK_ARGS passes more options.

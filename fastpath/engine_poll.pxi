@@ -6,8 +6,8 @@ from libc.stdlib cimport calloc, free, malloc
 
 from fastpath.frame cimport VNET_HLEN
 from fastpath.posix_io cimport (EAGAIN, EINTR, ENOMEM, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP,
-                                EPOLLIN, close, epoll_create1, epoll_ctl, epoll_event, epoll_wait, errno,
-                                pthread_mutex_lock, pthread_mutex_unlock, read, sched_yield, write)
+                                EPOLLIN, SYS_read, SYS_write, close, epoll_create1, epoll_ctl, epoll_event, epoll_wait,
+                                errno, pthread_mutex_lock, pthread_mutex_unlock, read, sched_yield, syscall)
 
 cdef enum:
     MAX_EVENTS = 64
@@ -23,13 +23,21 @@ cdef struct poll_engine:
     frame_t frames[BATCH]
 
 
+# A frame is read and written with the system call itself: libc's read() and
+# write() are thread cancellation points and wrap each call in two more
+# function calls for it (a tenth of a frame's instructions, bench/instr.py);
+# the loop thread is never cancelled. Its fds are non-blocking: a signal
+# cannot interrupt a read or write that does not wait (no EINTR).
+cdef inline ssize_t frame_read_fd(int fd, uint8_t *buf, size_t n) noexcept nogil:
+    return syscall(SYS_read, fd, buf, n)
+
+
 cdef write_result poll_write(void *eng, uint32_t idx, frame_t *f, const uint8_t *start,
                              uint32_t length) noexcept nogil:
     cdef poll_engine *e = <poll_engine *>eng
-    cdef ssize_t n = write(e.sw.ports[idx].fd, start, length)
-    if n < 0 and errno == EINTR:
-        n = write(e.sw.ports[idx].fd, start, length)
-    return WR_DONE if n == <ssize_t>length else WR_FAILED
+    if syscall(SYS_write, e.sw.ports[idx].fd, start, <size_t>length) == length:
+        return WR_DONE
+    return WR_FAILED
 
 
 cdef void poll_settle(void *eng, frame_t *f) noexcept nogil:
@@ -74,7 +82,7 @@ cdef void poll_rx_port(poll_engine *e, uint32_t idx, uint32_t events, int64_t no
     cdef uint32_t lead = VNET_HLEN if p.vnet else 0
     while nread < BATCH:
         f = &e.frames[nread]
-        n = read(p.fd, f.data - lead, FRAME_ROOM + lead)
+        n = frame_read_fd(p.fd, f.data - lead, FRAME_ROOM + lead)
         if n < 0:
             if errno == EAGAIN:  # EWOULDBLOCK is the same value on Linux
                 break

@@ -51,6 +51,12 @@ cdef extern from "<unistd.h>" nogil:
     ssize_t read(int fd, void *buf, size_t count)
     ssize_t write(int fd, const void *buf, size_t count)
     int close(int fd)
+    long syscall(long number, ...)
+
+cdef extern from "<sys/syscall.h>" nogil:
+    enum:
+        SYS_read
+        SYS_write
 
 cdef extern from "<errno.h>" nogil:
     int errno

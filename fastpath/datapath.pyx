@@ -15,15 +15,14 @@ engine is reached through the function pointers of engine_ops.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memset
 
-from fastpath.frame cimport DROP_MAC_PINNED, DROP_REASONS
-from fastpath.mactable cimport (MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry, mac_key, mac_table, mt_delete,
-                                mt_expired, mt_flush, mt_free, mt_init, mt_peek, mt_pin, mt_set_static)
+from fastpath.frame cimport DROP_REASONS
+from fastpath.mactable cimport (MT_STATIC, OUT_NONE, OUT_PEER, mac_entry, mac_key, mt_delete, mt_expired, mt_flush,
+                                mt_free, mt_init, mt_peek, mt_pin, mt_set_static)
 from fastpath.posix_io cimport (EFD_CLOEXEC, EFD_NONBLOCK, close, errno, eventfd, pthread_mutex_destroy,
-                                pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock, read,
-                                write)
-from fastpath.vxlan cimport VX_DROPS, VX_OK, VX_TRUNCATED, VXLAN_HLEN, VXLAN_IP_OVERHEAD
+                                pthread_mutex_init, pthread_mutex_lock, pthread_mutex_unlock, read, write)
+from fastpath.vxlan cimport VX_DROPS, VXLAN_IP_OVERHEAD
 
 import ipaddress
 import os
@@ -47,6 +46,8 @@ include "forward.pxi"
 include "engine_poll.pxi"
 include "engine_uring_ring.pxi"
 include "engine_uring.pxi"
+include "control.pxi"
+include "handin.pxi"
 
 
 IO_MODES = ("poll", "uring")
@@ -294,24 +295,7 @@ cdef class Datapath:
         cdef port_policy pol
         cdef bint free_slot
         self._check_index(idx)
-        memset(&pol, 0, sizeof(port_policy))
-        pol.flags = (POL_SECURITY if security else 0) | (POL_ROUTER if router else 0) | (
-            POL_DHCP_SERVER if dhcp_server else 0)
-        macs = [parse_mac(m) for m in macs]
-        addrs = [ipaddress.ip_address(a) for a in ips]
-        v4 = list(dict.fromkeys(a.packed for a in addrs if a.version == 4))
-        v6 = list(dict.fromkeys(a.packed for a in addrs if a.version == 6))
-        if security and not macs:
-            raise ValueError("port security needs at least one MAC")
-        if len(macs) > POL_MACS or len(v4) > POL_IP4 or len(v6) > POL_IP6:
-            raise ValueError(f"at most {POL_MACS} MACs, {POL_IP4} IPv4 and {POL_IP6} IPv6 addresses per port")
-        for i, m in enumerate(macs):
-            pol.macs[i] = int.from_bytes(m, "big")
-        for i, a in enumerate(v4):
-            memcpy(pol.ip4[i], <const char *>a, 4)
-        for i, a in enumerate(v6):
-            memcpy(pol.ip6[i], <const char *>a, 16)
-        pol.nmacs, pol.nip4, pol.nip6 = len(macs), len(v4), len(v6)
+        policy_from(&pol, security, router, dhcp_server, macs, ips)
         with nogil:
             pthread_mutex_lock(&sw.lock)
             free_slot = sw.ports[idx].state == PORT_FREE
@@ -480,28 +464,8 @@ cdef class Datapath:
         """(events after sequence number `since`, next since, events lost to
         overwriting). Each event is (kind, network, mac or None, a, b) with
         kind one of EVENT_KINDS."""
-        cdef sw_t *sw = self.sw
-        cdef uint64_t head, start, i
-        cdef dp_event ev
-        cdef dp_event *copy = <dp_event *>malloc(EV_RING * sizeof(dp_event))
-        if copy == NULL:
-            raise MemoryError()
-        out = []
-        try:
-            with nogil:  # copied under the lock, turned into Python objects after it
-                pthread_mutex_lock(&sw.lock)
-                head = sw.ev_head
-                start = max(since, head - EV_RING) if head > EV_RING else since
-                for i in range(start, head):
-                    copy[i - start] = sw.evring[i & (EV_RING - 1)]
-                pthread_mutex_unlock(&sw.lock)
-            for i in range(head - start):
-                ev = copy[i]
-                out.append((EVENT_KINDS[ev.kind], key_network(ev.key),
-                            format_mac(ev.key) if ev.key else None, ev.a, ev.b))
-        finally:
-            free(copy)
-        return out, head, start - since
+        return copy_events(self.sw, since)
+
     # ---- FDB -------------------------------------------------------------------------
 
     @property
@@ -520,36 +484,8 @@ cdef class Datapath:
 
     def fdb_entries(self, uint16_t network=0, out=None) -> list:
         """[(network, mac, out, static, age_s)] of live entries, filtered by
-        network (0: all) and output. Read in chunks so that a large table
-        never holds the loop up for long."""
-        cdef uint32_t want = OUT_NONE if out is None else out
-        cdef uint64_t i = 0, end
-        cdef uint32_t n, j
-        # Copied chunk by chunk under the lock, turned into Python objects after it.
-        cdef fdb_row *copy = <fdb_row *>malloc(FDB_CHUNK * sizeof(fdb_row))
-        cdef fdb_row *r
-        if copy == NULL:
-            raise MemoryError()
-        result = []
-        seen = set()  # an entry moved back by a deletion between chunks may be met twice
-        try:
-            while i <= self.sw.mt.mask:
-                end = min(i + FDB_CHUNK, self.sw.mt.mask + 1)
-                with nogil:
-                    pthread_mutex_lock(&self.sw.lock)
-                    n = sw_copy_fdb(self.sw, i, end, network, want, copy)
-                    pthread_mutex_unlock(&self.sw.lock)
-                i = end
-                for j in range(n):
-                    r = &copy[j]
-                    if r.key in seen:
-                        continue
-                    seen.add(r.key)
-                    result.append((key_network(r.key), format_mac(r.key), r.out, bool(r.flags & MT_STATIC),
-                                   r.age_ms / 1000.0))
-        finally:
-            free(copy)
-        return result
+        network (0: all) and output."""
+        return copy_fdb(self.sw, network, OUT_NONE if out is None else out)
 
     def fdb_lookup(self, uint16_t network, mac):
         """(out, static, age_s) of a live entry, or None. Does not refresh or age it."""
@@ -609,21 +545,10 @@ cdef class Datapath:
     def neigh_table_size(self) -> int:
         return self.sw.neigh.capacity
 
-    def _neigh_key(self, uint16_t network, ip) -> tuple:
-        if network < 1 or network > self.sw.max_networks:
-            raise ValueError(f"network id {network} is out of range [1, {self.sw.max_networks}]")
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            raise ValueError(f"{ip!r} is not an IPv4 or IPv6 address") from None
-        if addr.is_multicast or addr.is_unspecified:
-            raise ValueError(f"{ip} is not a unicast address")
-        return addr.version, addr.packed.ljust(16, b"\0")
-
     def neigh_set(self, uint16_t network, ip, mac) -> None:
         """Answer ARP requests (IPv4) or neighbour solicitations (IPv6) for ip
         in network with mac, from now on. OverflowError when the table is full."""
-        family, packed = self._neigh_key(network, ip)
+        family, packed = neigh_key(self.sw, network, ip)
         cdef bytes m = parse_mac(mac)
         cdef bytes a = packed
         cdef const uint8_t *mp = m
@@ -640,7 +565,7 @@ cdef class Datapath:
             raise OverflowError(f"the neighbour table is full ({self.sw.neigh.capacity} entries)")
 
     def neigh_delete(self, uint16_t network, ip) -> bool:
-        family, packed = self._neigh_key(network, ip)
+        family, packed = neigh_key(self.sw, network, ip)
         cdef bytes a = packed
         cdef const uint8_t *ap = a
         cdef uint8_t fam = family
@@ -653,26 +578,7 @@ cdef class Datapath:
 
     def neigh_entries(self) -> list:
         """[(network, ip, mac)] of every address the switch answers for."""
-        cdef neigh_table *t = &self.sw.neigh
-        cdef uint32_t n = 0, i
-        cdef neigh_entry *copy = <neigh_entry *>malloc((t.capacity + 1) * sizeof(neigh_entry))
-        if copy == NULL:
-            raise MemoryError()
-        try:
-            with nogil:  # copied under the lock, turned into Python objects after it
-                pthread_mutex_lock(&self.sw.lock)
-                for i in range(t.mask + 1):
-                    if t.slots[i].network:
-                        copy[n] = t.slots[i]
-                        n += 1
-                pthread_mutex_unlock(&self.sw.lock)
-            out = []
-            for i in range(n):
-                raw = bytes(copy[i].addr[:4 if copy[i].family == 4 else 16])
-                out.append((copy[i].network, str(ipaddress.ip_address(raw)), format_mac(mac_key(0, copy[i].mac))))
-            return out
-        finally:
-            free(copy)
+        return copy_neigh(self.sw)
 
     # ---- frames handed in (tests and fuzzing; never the loop's path) ------------------
 
@@ -680,113 +586,25 @@ cdef class Datapath:
         """Run `frames` through the loop's local ingress (forward_batch: the
         virtio-net header check, the decision, output, GRO and GSO) as one batch
         read from port in_port, in the calling thread. Each is bytes as read
-        from the port: led by its virtio-net header on a vnet port. Each sits
-        in a buffer of its own, exactly as long as it needs, so the sanitizers
-        see any read past a frame. Only while run() is not running."""
-        cdef sw_t *sw = self.sw
-        cdef uint32_t n = len(frames), i, lead
-        cdef frame_t *batch
-        cdef uint8_t **mem
-        cdef bytes b
-        cdef Py_ssize_t blen
-        cdef int64_t now
+        from the port: led by its virtio-net header on a vnet port. Only while
+        run() is not running."""
         self._check_index(in_port)
         if self.running:
             raise RuntimeError("frames are handed in only while the loop is not running")
-        if sw.ports[in_port].state != PORT_UP:
+        if self.sw.ports[in_port].state != PORT_UP:
             raise LookupError(f"port index {in_port} is not up")
-        if n > BATCH:
-            raise ValueError(f"at most {BATCH} frames make a batch")
-        lead = VNET_HLEN if sw.ports[in_port].vnet else 0
-        for b in frames:
-            if len(b) > FRAME_ROOM + lead:
-                raise ValueError(f"a frame longer than {FRAME_ROOM + lead} bytes cannot be read from a port")
-        batch = <frame_t *>calloc(max(n, 1), sizeof(frame_t))
-        mem = <uint8_t **>calloc(max(n, 1), sizeof(uint8_t *))
-        try:
-            if batch == NULL or mem == NULL:
-                raise MemoryError()
-            for i in range(n):
-                b = frames[i]
-                blen = len(b)
-                # A read shorter than its header still leaves one in the engine's buffer.
-                mem[i] = <uint8_t *>calloc(HEADROOM + max(<uint32_t>blen, lead), 1)
-                if mem[i] == NULL:
-                    raise MemoryError()
-                memcpy(mem[i] + HEADROOM, <const uint8_t *>b, blen)
-                frame_read(&batch[i], mem[i] + HEADROOM, blen, lead, in_port)
-            with nogil:
-                pthread_mutex_lock(&sw.lock)
-                now = now_ms()
-                forward_batch(sw, batch, n, now)
-                sw.stats[LS_FRAMES] += n
-                pthread_mutex_unlock(&sw.lock)
-        finally:
-            if mem != NULL:
-                for i in range(n):
-                    free(mem[i])
-            free(mem)
-            free(batch)
+        handin_frames(self.sw, in_port, frames)
 
     def receive(self, from_addr, list datagrams) -> list:
         """Run VXLAN datagrams (the VXLAN header first, as the tunnel socket
         reads them) from IPv4 address from_addr through the tunnel's receive
         path (tun_decap: header, VNI and peer checks, the decision, output
         and GRO), in the calling thread; returns each one's vx_drop name
-        ("ok": decided). Buffers as for forward(). Only while run() is not running."""
-        cdef sw_t *sw = self.sw
-        cdef uint32_t n = len(datagrams), i, addr
-        cdef frame_t *batch
-        cdef uint8_t **mem
-        cdef uint32_t *lens
-        cdef int *reasons
-        cdef bytes b
-        cdef int64_t now
+        ("ok": decided). Only while run() is not running."""
         if self.running:
             raise RuntimeError("datagrams are handed in only while the loop is not running")
-        if n > BATCH:
-            raise ValueError(f"at most {BATCH} datagrams make a batch")
-        for b in datagrams:
-            if len(b) > FRAME_ROOM + VXLAN_HLEN:
-                raise ValueError(f"a datagram longer than {FRAME_ROOM + VXLAN_HLEN} bytes cannot be read")
         addr = int.from_bytes(ipaddress.IPv4Address(from_addr).packed, "little")
-        batch = <frame_t *>calloc(max(n, 1), sizeof(frame_t))
-        mem = <uint8_t **>calloc(max(n, 1), sizeof(uint8_t *))
-        lens = <uint32_t *>calloc(max(n, 1), sizeof(uint32_t))
-        reasons = <int *>calloc(max(n, 1), sizeof(int))
-        try:
-            if batch == NULL or mem == NULL or lens == NULL or reasons == NULL:
-                raise MemoryError()
-            for i in range(n):
-                b = datagrams[i]
-                lens[i] = len(b)
-                mem[i] = <uint8_t *>calloc(HEADROOM + lens[i], 1)
-                if mem[i] == NULL:
-                    raise MemoryError()
-                memcpy(mem[i] + HEADROOM, <const uint8_t *>b, lens[i])
-                batch[i].data = mem[i] + HEADROOM + VXLAN_HLEN
-                batch[i].in_port = NO_PORT
-            with nogil:
-                pthread_mutex_lock(&sw.lock)
-                now = now_ms()
-                for i in range(n):
-                    # As tun_rx: an empty datagram is a truncated one.
-                    reasons[i] = VX_TRUNCATED if lens[i] == 0 else tun_decap(
-                        sw, &batch[i], mem[i] + HEADROOM, lens[i], addr, now)
-                    if reasons[i] != VX_OK:
-                        sw.tun.drops[reasons[i]] += 1
-                gro_flush(sw)
-                sw.stats[LS_FRAMES] += n
-                pthread_mutex_unlock(&sw.lock)
-            return [VX_DROP_NAMES[reasons[i]] for i in range(n)]
-        finally:
-            if mem != NULL:
-                for i in range(n):
-                    free(mem[i])
-            free(mem)
-            free(batch)
-            free(lens)
-            free(reasons)
+        return [VX_DROP_NAMES[r] for r in handin_datagrams(self.sw, addr, datagrams)]
 
     # ---- the decision, asked ---------------------------------------------------------
 
@@ -803,75 +621,11 @@ cdef class Datapath:
         ports and peers being the indices that get a copy. An "answer"
         (an ARP request or neighbour solicitation the switch replies to
         itself, out of in_port) also has "answer": {"kind": "arp"|"nd", "mac"}."""
-        cdef sw_t *sw = self.sw
-        cdef bytes datagram = frame
-        cdef uint32_t idx = 0, addr = 0, i, nports = 0, npeers = 0
-        cdef int state = 0        # a vx_drop for a datagram, PORT_* + 0x100 for a port not up
-        cdef ingress_t src
-        cdef decision_t d
-        cdef int64_t now
         if (in_port is None) == (from_addr is None):
             raise ValueError("give in_port or from_addr, not both")
         if in_port is not None:
-            idx = in_port
-            self._check_index(idx)
-        else:
-            addr = int.from_bytes(ipaddress.IPv4Address(from_addr).packed, "little")
-            datagram = b"\x08\0\0\0" + vni.to_bytes(3, "big") + b"\0" + frame
-        cdef const uint8_t *data = datagram
-        cdef uint32_t length = len(datagram)
-        cdef uint32_t *ports = <uint32_t *>malloc(sw.max_ports * sizeof(uint32_t))
-        cdef uint32_t *peers = <uint32_t *>malloc(sw.tun.max_peers * sizeof(uint32_t))
-        try:
-            if ports == NULL or peers == NULL:
-                raise MemoryError()
-            with nogil:
-                pthread_mutex_lock(&sw.lock)
-                now = now_ms()
-                if from_addr is not None:
-                    state = tun_check(&sw.tun, data, length, addr, &src)
-                    data += VXLAN_HLEN
-                    length -= VXLAN_HLEN
-                elif sw.ports[idx].state != PORT_UP:
-                    state = 0x100 + sw.ports[idx].state
-                else:
-                    src.out = idx
-                    src.network = sw.ports[idx].network
-                    src.mtu = sw.ports[idx].mtu
-                if state == 0:
-                    decide(sw, data, length, &src, now, dry_run, &d)
-                if state == 0 and d.verdict == V_FLOOD:
-                    flood_set(sw, &src, ports, &nports, peers, &npeers)
-                pthread_mutex_unlock(&sw.lock)
-            if state == 0x100 + PORT_FREE:
-                raise LookupError(f"port index {idx} is not in use")
-            out = {"verdict": "drop", "reason": None, "network": None, "learn": None, "was": None, "lookup": None,
-                   "ports": [ports[i] for i in range(nports)], "peers": [peers[i] for i in range(npeers)]}
-            if state:
-                out["reason"] = "port_down" if state > 0xFF else VX_DROP_NAMES[state]
-                return out
-            out["network"] = src.network
-            out["verdict"] = VERDICTS[d.verdict]
-            if d.verdict == V_DROP:
-                out["reason"] = ("split_horizon" if d.reason == DROP_SPLIT_HORIZON
-                                 else "mac_pinned" if d.reason == DROP_MAC_PINNED
-                                 else "inner_malformed" if from_addr is not None else DROP_NAMES[d.reason])
-            elif d.verdict == V_PORT:
-                out["ports"] = [d.out]
-            elif d.verdict == V_ANSWER:
-                out["ports"] = [d.out]
-                out["answer"] = {"kind": "arp" if d.answer == NEIGH_ARP else "nd",
-                                 "mac": format_mac(mac_key(0, d.answer_mac))}
-            elif d.verdict == V_PEER:
-                out["peers"] = [d.out]
-            if d.learned != LEARN_NONE:
-                out["learn"] = LEARN_RESULTS[d.learned]
-                out["was"] = None if d.was == OUT_NONE else d.was
-                if not data[0] & 1:
-                    out["lookup"] = {"hit": False} if not d.hit else {
-                        "hit": True, "out": d.hit_out, "static": bool(d.hit_static),
-                        "age_s": (now - d.hit_seen_ms) / 1000.0}
-            return out
-        finally:
-            free(ports)
-            free(peers)
+            self._check_index(in_port)
+            return decision_asked(self.sw, frame, False, in_port, 0, dry_run)
+        addr = int.from_bytes(ipaddress.IPv4Address(from_addr).packed, "little")
+        return decision_asked(self.sw, b"\x08\0\0\0" + vni.to_bytes(3, "big") + b"\0" + frame, True, 0, addr,
+                              dry_run)

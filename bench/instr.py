@@ -1,17 +1,21 @@
 """Instructions per frame of the forwarding loop, counted by callgrind: a
 measure the machine's load does not move, for A/B of fastpath changes.
 
-    bench/instr.py [--checkout DIR ...] [--frames N] [--scenario unicast|flood]
+    bench/instr.py [--checkout DIR ...] [--frames N] [--scenario unicast|flood|decap]
 
 For each checkout (a built tree with its own .venv; default: this one) it
 runs a Datapath with two socketpair ports in one network under
-`valgrind --tool=callgrind`, twice: once sending N frames of 64 bytes from
-one port to the other's known MAC (all queued before the loop starts), once sending 2N. The loop thread's instruction count
-difference divided by N is the user-space cost of a frame (syscalls are the
-kernel's, which callgrind does not see); the fixed costs (start, stop,
-wakeups with nothing to do) cancel out. The poll engine only: valgrind
-does not follow io_uring (a ring's loop hangs under it). As root (a network namespace of its
-own lets its socket queues hold every frame).
+`valgrind --tool=callgrind`, twice: once with N frames of 64 bytes, once
+with 2N, all queued before the loop starts, so that it reads full batches
+and wakes as often in every run. The frames go from one port to the
+other's known MAC (unicast), to the broadcast address (flood), or to the
+known MAC from a VXLAN peer on loopback (decap). The loop thread's
+instruction count difference divided by N is the user-space cost of a
+frame (system calls are the kernel's, which callgrind does not see); fixed
+costs (start, stop, idle wakeups) cancel out. The poll engine only:
+valgrind does not follow io_uring (a ring's loop hangs under it). As root:
+each run has a network namespace of its own, whose socket queues may hold
+every frame.
 """
 from __future__ import annotations
 
@@ -47,8 +51,27 @@ ip_udp = (bytes.fromhex("4500002e00004000401100000a0000010a000002") + bytes.from
 dst = b"\xff" * 6 if scenario == "flood" else mac_b
 frame = dst + mac_a + b"\x08\x00" + ip_udp
 b_host.send(mac_a + mac_b + b"\x08\x00" + ip_udp)  # the loop learns B's MAC first
-for _ in range(frames):
-    a_host.send(frame)
+if scenario == "decap":
+    # The frames come from a VXLAN peer on loopback, each datagram on its own
+    # (no UDP GRO: the same datagrams per read in every run).
+    os.system("ip link set lo up")
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 30)
+    rx.bind(("127.0.0.1", 4789))
+    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    tx.bind(("127.0.0.1", 0))
+    dp.set_vtep(rx.fileno(), tx.fileno(), 4789, 49152, 65535, 1500)
+    dp.set_network_vni(1, 42)
+    dp.add_peer(1, "127.0.0.1")
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 1 << 30)
+    peer.bind(("127.0.0.1", 0))
+    datagram = b"\x08\0\0\0" + (42).to_bytes(3, "big") + b"\0" + frame
+    for _ in range(frames):
+        peer.sendto(datagram, ("127.0.0.1", 4789))
+else:
+    for _ in range(frames):
+        a_host.send(frame)
 t = threading.Thread(target=dp.run)
 t.start()
 a_host.settimeout(60)
@@ -96,7 +119,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkout", type=Path, action="append", help="a built checkout (repeatable)")
     ap.add_argument("--frames", type=int, default=20000)
-    ap.add_argument("--scenario", choices=("unicast", "flood"), default="unicast")
+    ap.add_argument("--scenario", choices=("unicast", "flood", "decap"), default="unicast")
     args = ap.parse_args()
     checkouts = args.checkout or [HERE.parent]
     print(f"| checkout | commit | poll, {args.scenario}: instructions per frame |")

@@ -563,8 +563,10 @@ def run_mode(io_mode: str, args: argparse.Namespace, corpus_path: Path) -> dict[
 
 def forwarded(sink: dict[str, Any]) -> int:
     """Frames the switch forwarded from the fuzzed port: all go to the sink, its network's only
-    other port (flooded, or unicast to the sink's own MAC, which is pinned from the start)."""
-    return sink["tx_packets"] + sink["tx_errors"]
+    other port (flooded, or unicast to the sink's own MAC, which is pinned from the start), where
+    each is written, fails to be, or is dropped on the way out (a super-frame whose segments the
+    sink's MTU would not take: mtu_exceeded)."""
+    return sink["tx_packets"] + sink["tx_errors"] + sink["drops"]["mtu_exceeded"]
 
 
 def reconcile_tap(sender: dict[str, Any], d: dict[str, Any], k: dict[str, Any]) -> dict[str, Any]:
@@ -619,11 +621,11 @@ def reconcile_vxlan(sender: dict[str, Any], d: dict[str, Any], udp: dict[str, in
         check(checks, f"reason_{reason}", sender["predicted"].get(reason, 0), got,
               f"datagrams whose outer headers make them {'taken from a peer' if reason == 'peer' else reason} "
               f"(by the documented rules) = the switch's count")
-    forwarded = vxs["tx_packets"] + vxs["tx_errors"]
+    forwarded = vxs["tx_packets"] + vxs["tx_errors"] + vxs["drops"]["mtu_exceeded"]
     discarded = drops["inner_malformed"] + drops["mac_pinned"] + drops["split_horizon"]
     check(checks, "decided", peer_rx, discarded + forwarded,
           "taken from a peer = inner_malformed + mac_pinned + split_horizon + written to the network's port (or a "
-          "write error)")
+          "write error, or a drop on the way out: mtu_exceeded)")
     return {"sender": sender, "drops": {r: n for r, n in drops.items() if n}, "peer_rx_packets": peer_rx,
             "udp": {k2: v for k2, v in udp.items() if v}, "vxs_tx_packets": vxs["tx_packets"],
             "underlay_rx_dropped": k["ul0"]["rx"]["dropped"], "empty_sent": empty,

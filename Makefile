@@ -232,6 +232,16 @@ $(BENCH_REQ_STAMP): bench/requirements.txt | $(VENV_CFG)
 bench: test-deps build $(BENCH_REQ_STAMP)
 	$(VENV_PY) bench/run.py
 
+# `vswitchctl show` under 500 busy, 100 slow and 1,000 idle API clients
+# (bench/api_latency.py --clients, as root; ~1 minute): writes api_clients.json
+# and .md to BENCH_API_OUT; fails when the median show is over a second.
+BENCH_API_OUT ?= bench/results/$(shell date -u +%Y-%m-%d)
+BENCH_API_NOTE ?=
+
+.PHONY: bench-api
+bench-api: build
+	$(VENV_PY) bench/api_latency.py --clients --out $(BENCH_API_OUT) --note "$(BENCH_API_NOTE)"
+
 # Two builds of vswitch side by side, B against A, in alternating runs
 # (bench/ab.py, as root; ~4 minutes): A and B are checkouts, each built with
 # `make build` in it. AB_ARGS passes more options, e.g. AB_ARGS='--only same_host,vxlan'.

@@ -111,10 +111,12 @@ debug: $(EDITABLE_STAMP)
 	cd / && LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0 \
 		$(abspath $(VENV_PY)) -c 'import fastpath.datapath, vswitch'
 
-# Fuzzing (tests/fuzz/, atheris). `make fuzz-build` recompiles fastpath with
-# clang: -O1 -g, bounds checks, ASan+UBSan (any report aborts) and libFuzzer's
+# Fuzzing (tests/fuzz/, atheris). `make fuzz-build` recompiles fastpath as
+# `make debug` does (bounds checks, ASan+UBSan: setup.py names the sanitizers
+# once for both) but with clang, whose ASan runtime atheris brings, at -O1 as
+# libFuzzer advises, with any UBSan report aborting, and with libFuzzer's
 # coverage instrumentation, so the fuzzer is guided by the C branches; it
-# loads with atheris's ASan+libFuzzer runtime preloaded. `make fuzz` runs each
+# loads with atheris's ASan+libFuzzer runtime preloaded (see README, Fuzzing). `make fuzz` runs each
 # target in turn for FUZZ_RUNS inputs or FUZZ_SECONDS, whichever comes first,
 # from the seeds in tests/fuzz/corpus/ (new inputs and logs in build/fuzz/);
 # FUZZ_TARGETS picks targets, FUZZ_OUT appends the table to a file.

@@ -26,19 +26,20 @@ import argparse
 import datetime
 import json
 import os
-import select
 import statistics
-import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from lab import ROOT, VENV_PY, BenchError, Lab, interrupt_on_signals, stop_process, wait_for
+from lab import ROOT, BenchError, Lab, interrupt_on_signals, wait_for
 from topologies import Topo, reachable, vswitch_same_host
 from traffic import Runner, percentile, start_server
 
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # for the load generator the tests use too
+from tests.harness.api_load import LoadProcess  # noqa: E402
 from vswitch.cli import _show
 from vswitch.client import Client
 
@@ -135,47 +136,14 @@ THROUGHPUT_WINDOW_S = 5.0
 SHOW_BOUND_S = 1.0
 
 
-class Loader:
-    """tests/harness/api_load.py in a process of its own: counts on demand, one JSON line each."""
-
-    def __init__(self, lab: Lab, sock: Path, busy: int, slow: int, idle: int) -> None:
-        self.proc = subprocess.Popen(
-            [str(VENV_PY), "-m", "tests.harness.api_load", str(sock), str(busy), str(slow), str(idle), BUSY_ROUTE],
-            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            start_new_session=True)
-        lab.cleanup.push(f"api_load (pid {self.proc.pid})", self.close)
-
-    def line(self, timeout: float = 60.0) -> str:
-        assert self.proc.stdout is not None
-        if not select.select([self.proc.stdout], [], [], timeout)[0]:
-            raise BenchError(f"the load generator said nothing for {timeout:g} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise BenchError(f"the load generator ended: {self.proc.stderr.read() if self.proc.stderr else ''}")
-        return line.strip()
-
-    def counts(self) -> dict[str, int]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        return json.loads(self.line())
-
-    def close(self) -> None:
-        if self.proc.stdin is not None and not self.proc.stdin.closed:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            stop_process(self.proc)
-
-
 def show_under_clients(lab: Lab, topo: Topo, samples: int = SHOW_SAMPLES) -> dict[str, Any]:
     sock = topo.api_socket
     assert sock is not None and topo.switch_pids, "the topology has no vswitchd"
     pid = topo.switch_pids[0]
     threads = lambda: len(os.listdir(f"/proc/{pid}/task"))  # noqa: E731
     threads_before = threads()
-    loader = Loader(lab, sock, BUSY_CLIENTS, SLOW_CLIENTS, IDLE_CLIENTS)
+    loader = LoadProcess(sock, BUSY_CLIENTS, SLOW_CLIENTS, IDLE_CLIENTS, BUSY_ROUTE)
+    lab.cleanup.push(f"api_load (pid {loader.proc.pid})", loader.close)
     if loader.line() != "connected":
         raise BenchError("the load generator did not connect")
     wait_for("every busy client answered ten times", lambda: loader.counts()["answers"] >= 10 * BUSY_CLIENTS,

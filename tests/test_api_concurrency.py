@@ -6,7 +6,6 @@ them, while an operator's `show` must still answer within a second.
 """
 from __future__ import annotations
 
-import json
 import os
 import select
 import socket
@@ -20,7 +19,8 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.harness.daemon import REPO_ROOT, Vswitchd
+from tests.harness.api_load import LoadProcess
+from tests.harness.daemon import Vswitchd
 from tests.harness.netns import NetnsFactory
 from vswitch.cli import _show
 from vswitch.client import Client
@@ -281,40 +281,6 @@ def _threads(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
-class Loader:
-    """tests/harness/api_load.py in a process of its own."""
-
-    def __init__(self, socket_path: Path, route: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.harness.api_load", str(socket_path), str(BUSY_CLIENTS), str(SLOW_CLIENTS),
-             str(IDLE_CLIENTS), route],
-            cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def line(self, timeout: float = 60) -> str:
-        assert self.proc.stdout is not None
-        if not select.select([self.proc.stdout], [], [], timeout)[0]:
-            raise AssertionError(f"the load generator said nothing for {timeout} s")
-        line = self.proc.stdout.readline()
-        if not line:
-            raise AssertionError(f"the load generator ended: {self.proc.stderr.read() if self.proc.stderr else ''}")
-        return line.strip()
-
-    def counts(self) -> dict[str, int]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        return json.loads(self.line())
-
-    def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
 @pytest.mark.root
 def test_show_answers_within_a_second_under_500_clients_with_slow_and_idle_ones(
         vswitchd_factory: Callable[..., Vswitchd], netns_factory: NetnsFactory) -> None:
@@ -324,7 +290,7 @@ def test_show_answers_within_a_second_under_500_clients_with_slow_and_idle_ones(
     d = vswitchd_factory(config)
     assert d.pid is not None
     threads_before = _threads(d.pid)
-    loader = Loader(d.socket_path, "/v1/ports")
+    loader = LoadProcess(d.socket_path, BUSY_CLIENTS, SLOW_CLIENTS, IDLE_CLIENTS, "/v1/ports")
     try:
         assert loader.line() == "connected"
         # Hammering for real before the operator asks: every busy client has had answers.

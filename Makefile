@@ -111,10 +111,12 @@ debug: $(EDITABLE_STAMP)
 	cd / && LD_PRELOAD=$(ASAN_RUNTIME) ASAN_OPTIONS=detect_leaks=0 \
 		$(abspath $(VENV_PY)) -c 'import fastpath.datapath, vswitch'
 
-# Fuzzing (tests/fuzz/, atheris). `make fuzz-build` recompiles fastpath with
-# clang: -O1 -g, bounds checks, ASan+UBSan (any report aborts) and libFuzzer's
+# Fuzzing (tests/fuzz/, atheris). `make fuzz-build` recompiles fastpath as
+# `make debug` does (bounds checks, ASan+UBSan: setup.py names the sanitizers
+# once for both) but with clang, whose ASan runtime atheris brings, at -O1 as
+# libFuzzer advises, with any UBSan report aborting, and with libFuzzer's
 # coverage instrumentation, so the fuzzer is guided by the C branches; it
-# loads with atheris's ASan+libFuzzer runtime preloaded. `make fuzz` runs each
+# loads with atheris's ASan+libFuzzer runtime preloaded (see README, Fuzzing). `make fuzz` runs each
 # target in turn for FUZZ_RUNS inputs or FUZZ_SECONDS, whichever comes first,
 # from the seeds in tests/fuzz/corpus/ (new inputs and logs in build/fuzz/);
 # FUZZ_TARGETS picks targets, FUZZ_OUT appends the table to a file.
@@ -231,6 +233,16 @@ $(BENCH_REQ_STAMP): bench/requirements.txt | $(VENV_CFG)
 .PHONY: bench
 bench: test-deps build $(BENCH_REQ_STAMP)
 	$(VENV_PY) bench/run.py
+
+# `vswitchctl show` under 500 busy, 100 slow and 1,000 idle API clients
+# (bench/api_latency.py --clients, as root; ~1 minute): writes api_clients.json
+# and .md to BENCH_API_OUT; fails when the median show is over a second.
+BENCH_API_OUT ?= bench/results/$(shell date -u +%Y-%m-%d)
+BENCH_API_NOTE ?=
+
+.PHONY: bench-api
+bench-api: build
+	$(VENV_PY) bench/api_latency.py --clients --out $(BENCH_API_OUT) --note "$(BENCH_API_NOTE)"
 
 # Two builds of vswitch side by side, B against A, in alternating runs
 # (bench/ab.py, as root; ~4 minutes): A and B are checkouts, each built with

@@ -38,9 +38,18 @@ directives = {
     "cdivision": True,
     "embedsignature": True,
 }
+# The sanitizers of the debug build, which the fuzzing build also has: one list,
+# so that fuzzing runs on the checks `make debug` names.
+SANITIZERS = "address,undefined"
 if FUZZ:
-    # -O1: "to get a reasonable performance", as the AddressSanitizer docs advise.
-    sanitizers = "-fsanitize=fuzzer-no-link,address,undefined"
+    # The debug build's directives and sanitizers, compiled by clang (atheris's
+    # runtime is clang's ASan with libFuzzer; gcc's instrumentation cannot
+    # load beside it) with libFuzzer's coverage, so the fuzzer sees the C
+    # branches. -O1, not -O0, as libFuzzer and AddressSanitizer advise "to get
+    # a reasonable performance" (a load whose value goes unused may go, and
+    # its check with it). Any UBSan report aborts,
+    # so the fuzzer keeps the input that caused it.
+    sanitizers = f"-fsanitize=fuzzer-no-link,{SANITIZERS}"
     compile_args += ["-fno-sanitize-recover=undefined"]
     compile_args += ["-O1", "-g", sanitizers, "-fno-omit-frame-pointer", "-Wno-unknown-warning-option"]
     link_args += [sanitizers]
@@ -48,8 +57,8 @@ elif COVERAGE:
     compile_args += ["-O0", "-g", "-fprofile-instr-generate", "-fcoverage-mapping"]
     link_args += ["-fprofile-instr-generate"]
 elif DEBUG:
-    compile_args += ["-O0", "-g", "-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
-    link_args += ["-fsanitize=address,undefined"]
+    compile_args += ["-O0", "-g", f"-fsanitize={SANITIZERS}", "-fno-omit-frame-pointer"]
+    link_args += [f"-fsanitize={SANITIZERS}"]
 else:
     compile_args += ["-O2"]
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -40,7 +39,7 @@ import ab_report
 import topologies
 from checkout import THIS, Checkout
 from lab import ROOT, BenchError, Lab, interrupt_on_signals
-from machine import install_packages, loadavg, machine_info, tool_version
+from machine import abandoned, finished, install_packages, machine_info, run_ended, tool_version, write_results
 from traffic import PING_ADAPTIVE_COUNT, measure_fresh
 
 from fastpath import uring_unavailable
@@ -159,20 +158,12 @@ def main() -> int:
             res[name] = section(name, checkouts, modes, args.rounds, args.seconds)
             res[name]["figures"] = ab_report.compare(res[name]["modes"], args.threshold)
         res["verdict"] = ab_report.verdict([f for name in only for f in res[name]["figures"]], args.threshold)
-        res["machine"]["loadavg_end"] = loadavg()
-        res["duration_s"] = time.monotonic() - started
+        run_ended(res, started)
         md = ab_report.markdown(res, only)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "results.md").write_text(md)
-        (out_dir / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-    except KeyboardInterrupt:
-        log("bench-ab: interrupted; everything it created has been removed")
-        return 130
-    except BenchError as e:
-        log(f"bench-ab: {e}")
-        return 1
-    log("\n" + md)
-    log(f"bench-ab: done in {res['duration_s'] / 60:.1f} min; results in {out_dir}")
+        write_results(out_dir, res, md)
+    except (KeyboardInterrupt, BenchError) as e:
+        return abandoned("bench-ab", e, log)
+    finished("bench-ab", res, md, out_dir, log)
     return {"pass": 0, "fail": 3}.get(res["verdict"]["status"], 1)
 
 

@@ -262,11 +262,7 @@ def tap_sender(args: argparse.Namespace) -> dict[str, Any]:
     def kernel_done() -> int:
         return read_counter(stat + "tx_packets")
     done0 = kernel_done()
-    taken: dict[str, int] = {}
-    predicted: dict[str, int] = {}
-    refused: dict[str, dict[str, int]] = {}
-    ok = 0
-    stalls = 0
+    tally = Tally()
     t0 = time.monotonic()
     for i in range(args.count):
         if rnd.random() < 0.13:
@@ -276,29 +272,52 @@ def tap_sender(args: argparse.Namespace) -> dict[str, Any]:
         else:
             kind, data = mutate(rnd, corpus, mtu)
             sock = plain
-        try:
-            sock.send(data)
-        except OSError as e:
-            name = errno_name(e.errno)
-            refused.setdefault(kind, {}).setdefault(name, 0)
-            refused[kind][name] += 1
-            continue
-        ok += 1
-        taken[kind] = taken.get(kind, 0) + 1
-        if sock is plain:  # the kernel hands a plain frame over as it is
-            verdict = eth_verdict(data)
-            predicted[verdict] = predicted.get(verdict, 0) + 1
-        if ok % 64 == 0:
+        # The kernel hands a plain frame over as it is: its verdict is predicted.
+        if tally.send(kind, lambda: sock.send(data), eth_verdict(data) if sock is plain else None):
             # Stay within the TAP's queue, so the kernel drops nothing of ours for lack of room.
-            deadline = time.monotonic() + 2.0
-            while ok - (kernel_done() - done0) > WINDOW:
-                if time.monotonic() > deadline:
-                    stalls += 1
-                    break
-                time.sleep(0.0002)
+            tally.pace(64, lambda: tally.ok - (kernel_done() - done0), WINDOW)
     elapsed = time.monotonic() - t0
-    return {"attempted": args.count, "taken": ok, "taken_by_kind": taken, "refused_by_kind": refused,
-            "predicted_plain": predicted, "send_seconds": round(elapsed, 2), "window_stalls": stalls, "kernel_mtu": mtu}
+    return {"attempted": args.count, "taken": tally.ok, "taken_by_kind": tally.taken, "refused_by_kind": tally.refused,
+            "predicted_plain": tally.predicted, "send_seconds": round(elapsed, 2), "window_stalls": tally.stalls,
+            "kernel_mtu": mtu}
+
+
+class Tally:
+    """A sender's count: what its kernel took and refused (by kind and errno), the verdicts
+    predicted for what it took, and how often the window stalled."""
+
+    def __init__(self) -> None:
+        self.taken: dict[str, int] = {}
+        self.predicted: dict[str, int] = {}
+        self.refused: dict[str, dict[str, int]] = {}
+        self.ok = 0
+        self.stalls = 0
+
+    def send(self, kind: str, send: Callable[[], object], verdict: str | None) -> bool:
+        """Send one; whether the kernel took it."""
+        try:
+            send()
+        except OSError as e:
+            by_errno = self.refused.setdefault(kind, {})
+            name = errno_name(e.errno)
+            by_errno[name] = by_errno.get(name, 0) + 1
+            return False
+        self.ok += 1
+        self.taken[kind] = self.taken.get(kind, 0) + 1
+        if verdict is not None:
+            self.predicted[verdict] = self.predicted.get(verdict, 0) + 1
+        return True
+
+    def pace(self, every: int, in_flight: Callable[[], int], window: int) -> None:
+        """Every `every` sends taken, wait (2 s at most: a stall) until no more than `window` are in flight."""
+        if self.ok % every:
+            return
+        deadline = time.monotonic() + 2.0
+        while in_flight() > window:
+            if time.monotonic() > deadline:
+                self.stalls += 1
+                return
+            time.sleep(0.0002)
 
 
 def errno_name(err: int | None) -> str:
@@ -366,44 +385,26 @@ def vxlan_sender(args: argparse.Namespace) -> dict[str, Any]:
     def arrived() -> int:  # read by the daemon, or dropped by the receiving kernel (counted)
         s = udp_snmp(args.daemon_pid)
         return sum(s[k] - snmp0[k] for k in ("InDatagrams", "InErrors", "NoPorts"))
-    taken: dict[str, int] = {}
-    predicted: dict[str, int] = {}
-    refused: dict[str, dict[str, int]] = {}
-    ok = stalls = 0
+    tally = Tally()
     t0 = time.monotonic()
     for i in range(args.count):
         kind, data = vxlan_payload(rnd, corpus)
         sock = stranger if kind == "unknown_peer" else peer
-        try:
-            sock.sendto(data, dst)
-        except OSError as e:
-            name = errno_name(e.errno)
-            refused.setdefault(kind, {}).setdefault(name, 0)
-            refused[kind][name] += 1
-            continue
-        ok += 1
-        taken[kind] = taken.get(kind, 0) + 1
-        verdict = outer_verdict(data, sock is peer)
-        predicted[verdict] = predicted.get(verdict, 0) + 1
-        if ok % 32 == 0:
-            deadline = time.monotonic() + 2.0
-            while ok - arrived() > WINDOW // 2:
-                if time.monotonic() > deadline:
-                    stalls += 1
-                    break
-                time.sleep(0.0002)
+        if tally.send(kind, lambda: sock.sendto(data, dst), outer_verdict(data, sock is peer)):
+            tally.pace(32, lambda: tally.ok - arrived(), WINDOW // 2)
     send_seconds = round(time.monotonic() - t0, 2)
     # A fence: once the switch has counted this one (an unknown VNI), it has handled every
     # datagram before it, as it reads and handles one socket's datagrams in order.
     deadline = time.monotonic() + 30.0
-    while arrived() < ok and time.monotonic() < deadline:
+    while arrived() < tally.ok and time.monotonic() < deadline:
         time.sleep(0.001)
     peer.sendto(header_only(FENCE_VNI) + bytes(14), dst)
-    ok += 1
-    taken["fence"] = 1
-    predicted["unknown_vni"] = predicted.get("unknown_vni", 0) + 1
-    return {"attempted": args.count + 1, "taken": ok, "taken_by_kind": taken, "refused_by_kind": refused,
-            "predicted": predicted, "send_seconds": send_seconds, "window_stalls": stalls}
+    tally.ok += 1
+    tally.taken["fence"] = 1
+    tally.predicted["unknown_vni"] = tally.predicted.get("unknown_vni", 0) + 1
+    return {"attempted": args.count + 1, "taken": tally.ok, "taken_by_kind": tally.taken,
+            "refused_by_kind": tally.refused, "predicted": tally.predicted, "send_seconds": send_seconds,
+            "window_stalls": tally.stalls}
 
 
 def header_only(vni: int) -> bytes:
@@ -563,8 +564,10 @@ def run_mode(io_mode: str, args: argparse.Namespace, corpus_path: Path) -> dict[
 
 def forwarded(sink: dict[str, Any]) -> int:
     """Frames the switch forwarded from the fuzzed port: all go to the sink, its network's only
-    other port (flooded, or unicast to the sink's own MAC, which is pinned from the start)."""
-    return sink["tx_packets"] + sink["tx_errors"]
+    other port (flooded, or unicast to the sink's own MAC, which is pinned from the start), where
+    each is written, fails to be, or is dropped on the way out (a super-frame whose segments the
+    sink's MTU would not take: mtu_exceeded)."""
+    return sink["tx_packets"] + sink["tx_errors"] + sink["drops"]["mtu_exceeded"]
 
 
 def reconcile_tap(sender: dict[str, Any], d: dict[str, Any], k: dict[str, Any]) -> dict[str, Any]:
@@ -619,11 +622,11 @@ def reconcile_vxlan(sender: dict[str, Any], d: dict[str, Any], udp: dict[str, in
         check(checks, f"reason_{reason}", sender["predicted"].get(reason, 0), got,
               f"datagrams whose outer headers make them {'taken from a peer' if reason == 'peer' else reason} "
               f"(by the documented rules) = the switch's count")
-    forwarded = vxs["tx_packets"] + vxs["tx_errors"]
+    forwarded = vxs["tx_packets"] + vxs["tx_errors"] + vxs["drops"]["mtu_exceeded"]
     discarded = drops["inner_malformed"] + drops["mac_pinned"] + drops["split_horizon"]
     check(checks, "decided", peer_rx, discarded + forwarded,
           "taken from a peer = inner_malformed + mac_pinned + split_horizon + written to the network's port (or a "
-          "write error)")
+          "write error, or a drop on the way out: mtu_exceeded)")
     return {"sender": sender, "drops": {r: n for r, n in drops.items() if n}, "peer_rx_packets": peer_rx,
             "udp": {k2: v for k2, v in udp.items() if v}, "vxs_tx_packets": vxs["tx_packets"],
             "underlay_rx_dropped": k["ul0"]["rx"]["dropped"], "empty_sent": empty,

@@ -1,9 +1,11 @@
 """The machine a benchmark runs on: the Debian packages it needs, and its description for the results."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,6 +33,32 @@ def install_packages(packages: Sequence[str], log: Callable[[str], None] = print
 
 def loadavg() -> str:
     return " ".join(open("/proc/loadavg").read().split()[:3])
+
+
+def run_ended(res: dict[str, Any], started: float) -> None:
+    """Note the load at the end and how long the run took (started: time.monotonic())."""
+    res["machine"]["loadavg_end"] = loadavg()
+    res["duration_s"] = time.monotonic() - started
+
+
+def write_results(out_dir: Path, res: dict[str, Any], md: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.md").write_text(md)
+    (out_dir / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+
+
+def abandoned(name: str, e: BaseException, log: Callable[[str], None]) -> int:
+    """The exit status of a run that ended early (interrupted, or a BenchError), said in the log."""
+    if isinstance(e, KeyboardInterrupt):
+        log(f"{name}: interrupted; everything it created has been removed")
+        return 130
+    log(f"{name}: {e}")
+    return 1
+
+
+def finished(name: str, res: dict[str, Any], md: str, out_dir: Path, log: Callable[[str], None]) -> None:
+    log("\n" + md)
+    log(f"{name}: done in {res['duration_s'] / 60:.1f} min; results in {out_dir}")
 
 
 def machine_info() -> dict[str, Any]:

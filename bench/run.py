@@ -35,7 +35,7 @@ import topologies
 from api_latency import measure as api_measure, report as api_report
 from checkout import THIS
 from lab import ROOT, VENV_PY, BenchError, interrupt_on_signals
-from machine import install_packages, loadavg, machine_info, tool_version
+from machine import abandoned, finished, install_packages, machine_info, run_ended, tool_version, write_results
 from scale import measure as scale_measure
 from traffic import (PING_ADAPTIVE_COUNT, PING_INTERVAL_COUNT, SATURATED_LOSS_PCT, Runner, measure_fresh,
                      median_of)
@@ -212,21 +212,14 @@ def main() -> int:
                 res["micro"] = {"error": str(e)}
         res["goals"] = report.goals(res)
         res["findings"] = findings(res)
-        res["machine"]["loadavg_end"] = loadavg()
-        res["duration_s"] = time.monotonic() - started
+        run_ended(res, started)
         out_dir.mkdir(parents=True, exist_ok=True)
         res["plots"] = report.plots(res, out_dir)
         md = report.markdown(res)
-        (out_dir / "results.md").write_text(md)
-        (out_dir / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-    except KeyboardInterrupt:
-        log("bench: interrupted; everything it created has been removed")
-        return 130
-    except BenchError as e:
-        log(f"bench: {e}")
-        return 1
-    log("\n" + md)
-    log(f"bench: done in {res['duration_s'] / 60:.1f} min; results in {out_dir}")
+        write_results(out_dir, res, md)
+    except (KeyboardInterrupt, BenchError) as e:
+        return abandoned("bench", e, log)
+    finished("bench", res, md, out_dir, log)
     return 0
 
 

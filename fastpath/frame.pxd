@@ -31,7 +31,9 @@ cdef enum drop_reason:
     DROP_RA_GUARD = 13             # an IPv6 router advertisement or redirect from a port not marked router
     DROP_DHCP_GUARD = 14           # a DHCP(v6) server reply from a port not marked dhcp_server
     DROP_MAC_PINNED = 15           # source MAC is another port's own (pinned) MAC
-    DROP_REASONS = 16
+    # Output (output.pxi), counted on the port the frame was bound for
+    DROP_MTU_EXCEEDED = 16         # its L3 length (a super-frame's: each segment's) is over that port's MTU
+    DROP_REASONS = 17
 
 # The virtio-net header that leads each frame on a TAP opened with
 # IFF_VNET_HDR (virtio spec 5.1.6, struct virtio_net_hdr; 12 bytes with

@@ -1,6 +1,7 @@
 # Output: fitting a frame to where it goes, written once for every engine.
 #
-#   out_port     a local port: the virtio-net header back in front for a port
+#   out_port     a local port: a frame over the port's MTU is dropped
+#                (out_fits); the virtio-net header back in front for a port
 #                with offloads, else the frame made whole (a partial checksum
 #                completed; a super-frame such a port cannot take is dropped);
 #                the engine writes it; out_sent/out_failed account for it
@@ -15,10 +16,15 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from fastpath.frame cimport (DROP_GSO_UNSUPPORTED, DROP_TUNNEL_MTU, ETH_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE,
-                             VNET_HLEN, complete_csum, parse_vnet)
+from fastpath.frame cimport (DROP_GSO_UNSUPPORTED, DROP_MTU_EXCEEDED, DROP_TUNNEL_MTU, ETH_ALEN, ETH_HLEN, ETH_P_8021AD,
+                             ETH_P_8021Q, VLAN_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_GSO_TCPV4, VNET_GSO_TCPV6,
+                             VNET_HLEN, complete_csum, load_be16, parse_vnet)
 from fastpath.gro cimport gro_append, gro_candidate, gro_finish, gro_pair, gro_state
 from fastpath.posix_io cimport CLOCK_REALTIME, clock_gettime, iovec, timespec, writev
+
+cdef enum:
+    OUT_TCP_MIN_HLEN = 20
+    OUT_UDP_HLEN = 8
 
 cdef struct output_t:
     gro_state gro
@@ -98,6 +104,34 @@ cdef inline void out_failed(sw_t *sw, uint32_t idx) noexcept nogil:
     sw.pctr[<size_t>idx * PC_COUNT + PC_TX_ERRORS] += 1
 
 
+cdef inline bint out_fits(const port_t *q, const frame_t *f) noexcept nogil:
+    """Whether port q's MTU takes the frame. As the kernel's bridge drops a
+    frame longer than its output device takes (is_skb_forwardable), and as
+    ingress counts (frame.parse_eth): the MTU bounds the L3 packet, an
+    802.1Q tag is L2. A TSO super-frame fits when each of its segments will:
+    L3 and L4 headers plus gso_size. Its L4 header starts at csum_start
+    (parse_vnet holds a super-frame to a partial checksum past the Ethernet
+    header); the header length the sender wrote may cover payload, so the
+    TCP data offset is read instead. The tunnel's bound (out_tunnel) is the
+    same rule over the whole inner frame: a port of the default overlay
+    MTU (underlay less 50) and the tunnel refuse the same untagged frames."""
+    cdef uint32_t l2 = ETH_HLEN, l4, thl
+    cdef uint16_t tpid
+    if f.len >= ETH_HLEN + VLAN_HLEN:
+        tpid = load_be16(f.data + 2 * ETH_ALEN)
+        if tpid == ETH_P_8021Q or tpid == ETH_P_8021AD:
+            l2 = ETH_HLEN + VLAN_HLEN
+    if f.vi.gso_type == VNET_GSO_NONE:
+        return f.len <= q.mtu + l2
+    l4 = f.vi.csum_start
+    thl = OUT_UDP_HLEN
+    if f.vi.gso_type == VNET_GSO_TCPV4 or f.vi.gso_type == VNET_GSO_TCPV6:
+        thl = OUT_TCP_MIN_HLEN
+        if l4 + 12 < f.len:
+            thl = max(thl, <uint32_t>(f.data[l4 + 12] >> 4) * 4)
+    return l4 + thl + f.vi.gso_size <= q.mtu + l2
+
+
 cdef bint out_plain(sw_t *sw, frame_t *f) noexcept nogil:
     """Make the frame whole for an output without offloads: complete a
     partial checksum in place. False for a TSO super-frame, which such an
@@ -119,6 +153,9 @@ cdef void out_port(sw_t *sw, uint32_t idx, frame_t *f) noexcept nogil:
     cdef const uint8_t *start = f.data
     cdef uint32_t length = f.len
     cdef write_result r
+    if not out_fits(q, f):
+        sw.pctr[<size_t>idx * PC_COUNT + PC_DROPS + DROP_MTU_EXCEEDED] += 1
+        return
     if q.vnet:
         # The header goes back in front of the frame (tunnel headers may
         # have been written over that headroom since it was read).
@@ -175,8 +212,8 @@ cdef bint gro_take(sw_t *sw, frame_t *f, uint32_t out) noexcept nogil:
     cdef output_t *o = &sw.out
     cdef uint32_t hdr = gro_candidate(f.data, f.len, f.vnet, o.gro_udp)
     cdef frame_t *h = &o.gro_held
-    if hdr == 0:
-        return False
+    if hdr == 0 or not out_fits(&sw.ports[out], f):
+        return False  # one that does not fit is dropped and counted alone, by out_port
     if o.gro.len and gro_append(&o.gro, f.data, f.len, hdr, out):
         sw.stats[LS_GRO_COALESCED] += 1
         return True

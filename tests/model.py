@@ -180,7 +180,32 @@ class ModelSwitch:
         reason = self._check(frame, mtu) or self.policies.get(in_port, Policy()).check(frame)
         if reason:
             return self._drop(in_port, reason)
-        return self._decide(in_port, network, frame, now_ms)
+        return self._output(in_port, self._decide(in_port, network, frame, now_ms))
+
+    def _output(self, ingress: int, decided: dict[Any, bytes]) -> dict[Any, bytes]:
+        """What of a decision leaves: a copy for a port whose MTU its L3 packet exceeds is
+        dropped and counted on that port (mtu_exceeded); a frame too long for the underlay
+        goes to no peer, counted once on its ingress port (tunnel_mtu)."""
+        out: dict[Any, bytes] = {}
+        refused_by_underlay = False
+        for where, frame in decided.items():
+            if isinstance(where, tuple):
+                if len(frame) > self.tunnel_max_frame:
+                    refused_by_underlay = True
+                    continue
+            elif not self._fits(frame, self.ports[where][1]):
+                self._drop(where, "mtu_exceeded")
+                continue
+            out[where] = frame
+        if refused_by_underlay:
+            self._drop(ingress, "tunnel_mtu")
+        return out
+
+    @staticmethod
+    def _fits(frame: bytes, mtu: int) -> bool:
+        """Whether an output of `mtu` takes the frame: the MTU bounds the L3 packet; a tag is L2."""
+        tagged = len(frame) >= ETH_HLEN + 4 and int.from_bytes(frame[12:14], "big") in VLAN_TPIDS
+        return len(frame) <= mtu + ETH_HLEN + (4 if tagged else 0)
 
     def forward_tunnel(self, remote: str, vni: int, frame: bytes, now_ms: int = 0) -> dict[Any, bytes]:
         """{output: frame} for the inner frame of one VXLAN datagram for vni from remote
@@ -196,7 +221,7 @@ class ModelSwitch:
             return self._vx_drop("unknown_peer")
         if self._check(frame, self.tunnel_max_frame - ETH_HLEN):
             return self._vx_drop("inner_malformed")
-        return self._decide(PEER_FLAG | peer, network, frame, now_ms)
+        return self._output(PEER_FLAG | peer, self._decide(PEER_FLAG | peer, network, frame, now_ms))
 
     def _vx_drop(self, reason: str) -> dict[Any, bytes]:
         self.vx_drops[reason] = self.vx_drops.get(reason, 0) + 1

@@ -62,6 +62,19 @@ class Rig:
         proc = self.host.exec("nft", "list", "table", "ip", "vswitch", check=False)
         return proc.returncode == 0
 
+    def outside(self) -> Netns:
+        """A namespace beyond the host, on a veth from it: the host is 192.0.2.1, it 192.0.2.2,
+        with no route back to the containers' subnet."""
+        outside = self.netns_factory()
+        veth_host, veth_out = f"vo{uuid.uuid4().hex[:8]}", f"vi{uuid.uuid4().hex[:8]}"
+        subprocess.run(["ip", "-n", self.host.name, "link", "add", veth_host, "type", "veth", "peer", "name", veth_out,
+                        "netns", outside.name], check=True)
+        self.host.exec("ip", "addr", "add", "192.0.2.1/24", "dev", veth_host)
+        self.host.exec("ip", "link", "set", veth_host, "up")
+        outside.exec("ip", "addr", "add", "192.0.2.2/24", "dev", veth_out)
+        outside.exec("ip", "link", "set", veth_out, "up")
+        return outside
+
     def assert_clean(self, name: str = "blue") -> None:
         """Nothing of the plugin's is left: no port, network, lease or masquerade table."""
         assert self.ports() == []
@@ -233,14 +246,7 @@ def test_gc_removes_attachments_not_valid(rig: Rig) -> None:
 def test_masquerade_reaches_beyond_the_host(rig: Rig) -> None:
     """ipMasq: a container reaches an address the host reaches, which has no route back to the
     container's subnet; it sees the host's address as the source."""
-    outside = rig.netns_factory()
-    veth_host, veth_out = f"vo{uuid.uuid4().hex[:8]}", f"vi{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "-n", rig.host.name, "link", "add", veth_host, "type", "veth", "peer", "name", veth_out,
-                    "netns", outside.name], check=True)
-    rig.host.exec("ip", "addr", "add", "192.0.2.1/24", "dev", veth_host)
-    rig.host.exec("ip", "link", "set", veth_host, "up")
-    outside.exec("ip", "addr", "add", "192.0.2.2/24", "dev", veth_out)
-    outside.exec("ip", "link", "set", veth_out, "up")
+    rig.outside()
     att = rig.container()
     conf = rig.conf(gateway=True, ipMasq=True)
     add_ok(rig, conf, att)
@@ -264,14 +270,7 @@ def _free_tcp_port() -> int:
 def test_portmap_chained(rig: Rig) -> None:
     """A conflist of vswitch then portmap, run as a runtime runs one: each plugin gets the
     previous one's result; a published port on the host reaches the container."""
-    outside = rig.netns_factory()
-    veth_host, veth_out = f"vo{uuid.uuid4().hex[:8]}", f"vi{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "-n", rig.host.name, "link", "add", veth_host, "type", "veth", "peer", "name", veth_out,
-                    "netns", outside.name], check=True)
-    rig.host.exec("ip", "addr", "add", "192.0.2.1/24", "dev", veth_host)
-    rig.host.exec("ip", "link", "set", veth_host, "up")
-    outside.exec("ip", "addr", "add", "192.0.2.2/24", "dev", veth_out)
-    outside.exec("ip", "link", "set", veth_out, "up")
+    outside = rig.outside()
     host_port = _free_tcp_port()
     conflist = {"cniVersion": "1.0.0", "name": "blue", "plugins": [
         {"type": "vswitch", "socket": str(rig.daemon.socket_path), "gateway": True, "ipMasq": True,

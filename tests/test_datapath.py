@@ -109,9 +109,29 @@ def test_per_port_mtu(rig):
     f = eth(BROADCAST, mac(1), b"x" * 1000)
     rig.send(small, f)
     assert rig.recv_all(big) == []
-    rig.send(big, eth(BROADCAST, mac(2), b"x" * 1000))
     assert rig.dp.port_counters(small)["drops"]["too_big"] == 1
-    assert rig.recv_all(small) == [eth(BROADCAST, mac(2), b"x" * 1000)]
+    fits = eth(BROADCAST, mac(2), b"x" * 576)
+    rig.send(big, fits)
+    assert rig.recv_all(small) == [fits]
+
+
+def test_a_frame_over_the_output_port_mtu_is_dropped_and_counted_there(rig):
+    big, small, other_big = rig.add_port(1, mtu=9000), rig.add_port(1, mtu=1500), rig.add_port(1, mtu=9000)
+    jumbo = eth(BROADCAST, mac(1), b"j" * 4000)
+    rig.send(big, jumbo)
+    # A flood still reaches the ports the frame fits.
+    assert rig.drain() == {big: [], small: [], other_big: [jumbo]}
+    # Unicast to a MAC learned on the small port, at the MTU and one byte past it.
+    rig.send(small, eth(BROADCAST, mac(2), b"learn"))
+    rig.drain()
+    at_mtu, past_mtu = eth(mac(2), mac(1), b"a" * 1500), eth(mac(2), mac(1), b"b" * 1501)
+    rig.send(big, at_mtu)
+    rig.send(big, past_mtu)
+    assert rig.drain() == {big: [], small: [at_mtu], other_big: []}
+    # Counted on the port the frame was bound for, not on the one it came from.
+    assert {r: n for r, n in rig.dp.port_counters(small)["drops"].items() if n} == {"mtu_exceeded": 2}
+    assert not any(rig.dp.port_counters(big)["drops"].values())
+    assert (rig.dp.port_counters(small)["tx_packets"], rig.dp.port_counters(other_big)["tx_packets"]) == (1, 2)
 
 
 def test_jumbo_and_64k_frames_pass_intact(rig):

@@ -1,7 +1,8 @@
 """The compiled forwarding decision and loop against the Python model, on
 generated frame sequences.
 
-- The loop: for every generated scenario (ports in several networks, a small
+- The loop: for every generated scenario (ports in several networks and of
+  several MTUs, frames either side of them, a small
   MAC table, static entries, broadcast, multicast, known and unknown unicast,
   ARP requests and neighbour solicitations the switch answers or floods,
   and malformed frames) each frame is sent through the real loop over
@@ -141,10 +142,16 @@ def neighbour_requests(draw):
                                   bad_checksum=not draw(st.integers(0, 5)))
 
 
+PORT_MTUS = [1500, 9000, 9000, 576]
+SIZES = [500, 576, 577, 1500, 1501, 4000, 9000, 9001]  # L3 lengths either side of PORT_MTUS
+
+
 @st.composite
-def frames(draw, n_ports: int):
+def frames(draw, n_ports: int, sized: bool = False):
+    """(port, frame); with `sized`, also frames of lengths either side of the ports' MTUs."""
     port = draw(st.integers(0, n_ports - 1))
-    kind = draw(st.sampled_from(["ok"] * 6 + ["l3"] * 8 + ["neigh"] * 6 + ["runt", "tagged", "too_big", "src_group"]))
+    kind = draw(st.sampled_from(["ok"] * 6 + ["l3"] * 8 + ["neigh"] * 6 + ["runt", "tagged", "too_big", "src_group"]
+                                + ["sized"] * (10 if sized else 0)))
     dst = draw(dst_st)
     src = draw(st.sampled_from(MACS))
     payload = draw(st.binary(min_size=0, max_size=64))
@@ -156,6 +163,8 @@ def frames(draw, n_ports: int):
         return port, eth(dst, src, payload, vlan=draw(st.integers(0, 4095)))
     if kind == "too_big":
         return port, eth(dst, src, b"x" * 1501)
+    if kind == "sized":
+        return port, eth(dst, draw(st.sampled_from(OWN)), b"x" * draw(st.sampled_from(SIZES)))
     if kind == "src_group":
         return port, eth(dst, draw(st.sampled_from([BROADCAST, MCAST])), payload)
     if kind == "l3":
@@ -170,9 +179,10 @@ def scenarios(draw):
     capacity = draw(st.integers(2, 10))
     statics = draw(st.lists(st.tuples(st.sampled_from(MACS), st.integers(0, len(networks) - 1)), max_size=2,
                             unique_by=lambda t: t[0]))
-    seq = draw(st.lists(frames(len(networks)), min_size=1, max_size=40))
+    seq = draw(st.lists(frames(len(networks), sized=True), min_size=1, max_size=40))
     pols = draw(st.lists(policies(), min_size=len(networks), max_size=len(networks)))
-    return networks, capacity, statics, draw(neighbours_st()), seq, pols
+    mtus = draw(st.lists(st.sampled_from(PORT_MTUS), min_size=len(networks), max_size=len(networks)))
+    return networks, mtus, capacity, statics, draw(neighbours_st()), seq, pols
 
 
 def set_neighbours(dp: Datapath, model: ModelSwitch, neighbours: list) -> None:
@@ -193,16 +203,16 @@ pytestmark = pytest.mark.io_modes
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(scenario=scenarios())
 def test_compiled_loop_matches_model(io_mode, scenario):
-    networks, capacity, statics, neighbours, seq, pols = scenario
+    networks, mtus, capacity, statics, neighbours, seq, pols = scenario
     model = ModelSwitch(capacity=capacity, aging_ms=300_000)
     rig = LoopRig(mac_table_size=capacity, io_mode=io_mode)
     try:
         set_neighbours(rig.dp, model, neighbours)
-        ports = [rig.add_port(net) for net in networks]
+        ports = [rig.add_port(net, mtu=mtu) for net, mtu in zip(networks, mtus)]
         assert ports == list(range(len(networks)))
         pinned: set = set()
         for p, net in enumerate(networks):
-            model.add_port(p, net)
+            model.add_port(p, net, mtus[p])
         for p, net in enumerate(networks):
             if len(pinned) < capacity - 2:
                 apply_policy(rig.dp, model, p, net, *pols[p], pinned)
@@ -223,6 +233,7 @@ def test_compiled_loop_matches_model(io_mode, scenario):
             assert drops == {r: n for (q, r), n in model.drops.items() if q == p}
         assert answered(rig.dp, ports) == model.answered
         event(f"requests answered by the switch: {'some' if model.answered else 'none'}")
+        event(f"copies refused by an output's MTU: {'some' if any(r == 'mtu_exceeded' for _, r in model.drops) else 'none'}")
         c = rig.dp.fdb_counters()
         assert (c["learned"], c["moved"], c["refused"]) == (model.learned, model.moved, model.refused)
     finally:

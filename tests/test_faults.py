@@ -2,8 +2,6 @@
 under traffic, the underlay route gone under VXLAN traffic. The switch keeps forwarding."""
 from __future__ import annotations
 
-import errno
-import os
 import subprocess
 import threading
 from pathlib import Path
@@ -11,6 +9,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
+from tests.harness import tmpfs
 from tests.harness.agent import Agent
 from tests.harness.daemon import Vswitchd
 from tests.harness.frames import new_token
@@ -60,18 +59,7 @@ def tmpfs_mounts() -> Iterator[list[Path]]:
     mounts: list[Path] = []
     yield mounts
     for mnt in reversed(mounts):
-        subprocess.run(["umount", "-l", str(mnt)], check=False, timeout=30)
-
-
-def _fill(path: Path) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 512)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+        tmpfs.unmount(mnt, check=False)
 
 
 def test_a_full_or_read_only_state_dir_refuses_changes_and_forwarding_goes_on(
@@ -79,8 +67,7 @@ def test_a_full_or_read_only_state_dir_refuses_changes_and_forwarding_goes_on(
         agent_factory: Callable[[Netns], Agent], tmpfs_mounts: list[Path]) -> None:
     def mount_tiny_tmpfs(d: Vswitchd) -> None:
         d.state_dir.mkdir(mode=0o700)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(d.state_dir)],
-                       check=True, timeout=30)
+        tmpfs.mount_tiny(d.state_dir)
         tmpfs_mounts.append(d.state_dir)
 
     d, hosts = _lan(vswitchd_factory, netns_factory, agent_factory, ["p1", "p2"], before_start=mount_tiny_tmpfs)
@@ -103,16 +90,13 @@ def test_a_full_or_read_only_state_dir_refuses_changes_and_forwarding_goes_on(
         _forwards(p2, p1)
         assert (d.state_dir / "state.json").read_bytes() == saved
 
-    _fill(d.state_dir / "filler")
+    tmpfs.fill(d.state_dir / "filler")
     refused("No space left on device")
     (d.state_dir / "filler").unlink()
     assert d.api("POST", "/v1/networks", {"name": "red"})[0] == 201
     assert d.api("DELETE", "/v1/networks/red")[0] == 204
-    subprocess.run(["mount", "-o", "remount,ro", str(d.state_dir)], check=True, timeout=30)
-    try:
+    with tmpfs.read_only(d.state_dir):
         refused("Read-only file system")
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(d.state_dir)], check=True, timeout=30)
     assert d.api("POST", "/v1/networks", {"name": "red"})[0] == 201
     assert d.running()
 

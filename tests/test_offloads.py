@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from tests.harness.hosts import lab  # noqa: F401  (fixture)
+from tests.harness.tcp import tcp_transfer
 
 from loop_rig import LoopRig
 from rawframes import BROADCAST, eth, mac, ones_sum, partial_udp
@@ -161,40 +162,6 @@ def test_a_udp_burst_reaches_a_plain_port_one_datagram_at_a_time(rig):
 
 # ---- through real TAPs -------------------------------------------------------
 
-SERVER = textwrap.dedent("""
-    import hashlib, socket, sys
-    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind((sys.argv[1], 5001)); s.listen(1); print("ready", flush=True)
-    c, _ = s.accept(); h = hashlib.sha256(); n = 0
-    while chunk := c.recv(1 << 20):
-        h.update(chunk); n += len(chunk)
-    print(n, h.hexdigest(), flush=True)
-""")
-
-CLIENT = textwrap.dedent("""
-    import hashlib, os, socket, sys
-    data = os.urandom(int(sys.argv[2])); print(hashlib.sha256(data).hexdigest(), flush=True)
-    c = socket.create_connection((sys.argv[1], 5001), timeout=30); c.sendall(data); c.close()
-""")
-
-
-def tcp_transfer(client_ns: str, server_ns: str, server_ip: str, nbytes: int) -> None:
-    """Send nbytes of random data over TCP and check both ends saw the same sha256."""
-    server = subprocess.Popen(["ip", "netns", "exec", server_ns, sys.executable, "-c", SERVER, server_ip],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout.readline().strip() == "ready"
-        client = subprocess.run(["ip", "netns", "exec", client_ns, sys.executable, "-c", CLIENT, server_ip, str(nbytes)],
-                                capture_output=True, text=True, timeout=120)
-        assert client.returncode == 0, client.stderr
-        n, digest = server.stdout.readline().split()
-        server.wait(timeout=30)
-    finally:
-        server.kill()
-        server.wait()
-    assert (int(n), digest) == (nbytes, client.stdout.strip())
-
-
 @pytest.mark.root
 @pytest.mark.parametrize("offloads", [True, False])
 def test_large_tcp_transfer_is_intact(netns_factory, vswitchd_factory, offloads):
@@ -280,6 +247,33 @@ def tcp_superframe(payload_len: int, gso_size: int) -> bytes:
     tcp = struct.pack("!HHIIBBHHH", 1000, 2000, 1, 1, 5 << 4, 0x10, 65535, partial, 0)
     frame = eth(BROADCAST, mac(1), ethertype=0x0800) + ip + tcp + bytes(payload_len)
     return vnet(VNET_F_NEEDS_CSUM, GSO_TCPV4, hdr_len=54, gso_size=gso_size, csum_start=34, csum_offset=16) + frame
+
+
+def test_a_superframe_fits_an_output_port_when_its_segments_do(rig):
+    src = rig.add_port(1, mtu=9000, vnet_hdr=True)
+    small, big = rig.add_port(1, mtu=1500, vnet_hdr=True), rig.add_port(1, mtu=9000, vnet_hdr=True)
+    # Segments of IPv4 20 + TCP 20 + gso_size bytes.
+    at_mtu, past_mtu, jumbo = (tcp_superframe(20000, gso_size=n) for n in (1460, 1461, 8960))
+    for f in (at_mtu, past_mtu, jumbo):
+        rig.send(src, f)
+    assert rig.drain() == {src: [], small: [at_mtu], big: [at_mtu, past_mtu, jumbo]}
+    assert {r: n for r, n in rig.dp.port_counters(small)["drops"].items() if n} == {"mtu_exceeded": 2}
+
+
+def test_frames_over_the_output_mtu_are_not_coalesced_but_dropped_one_by_one(io_mode):
+    rig = LoopRig(io_mode=io_mode, gro_udp=True)
+    try:
+        small = rig.add_port(1, mtu=1400, vnet_hdr=True)
+        rig.dp.fdb_set_static(1, "02:00:00:00:00:02", small)
+        fits, over = udp_burst(20, size=1372), udp_burst(20, size=1373)  # IP 20 + UDP 8 + payload
+        rig.add_port(1, mtu=9000, vnet_hdr=True, waiting=tuple(offloaded(g) for g in fits + over))
+        rig.wait_frames(40)
+        got = rig.recv_all(small)
+        from fastpath.gso import segment
+        assert [s for f in got for s in segment(f[12:], f[:12])] == fits
+        assert rig.dp.port_counters(small)["drops"]["mtu_exceeded"] == 20
+    finally:
+        rig.close()
 
 
 @pytest.mark.root

@@ -8,6 +8,7 @@ from typing import Iterator
 
 import pytest
 
+from tests.harness import tmpfs
 from vswitch.errors import ConfigError, StateNotSaved
 from vswitch.model import DesiredState, NetworkSpec, PeerSpec, PortSpec, StaticFdbSpec
 from vswitch.state import STATE_VERSION, StateStore
@@ -205,52 +206,32 @@ def test_check_writable_leaves_nothing_behind(tmp_path: Path) -> None:
 def tiny_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 512 KiB tmpfs, unmounted at teardown."""
     import os
-    import subprocess
 
     if os.geteuid() != 0:
         pytest.skip("needs root: mounts a tmpfs")
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k,mode=0700", "tmpfs", str(mnt)], check=True, timeout=30)
+    tmpfs.mount_tiny(mnt)
     try:
         yield mnt
     finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True, timeout=30)
-
-
-def _fill(path: Path) -> None:
-    import errno
-    import os
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while True:
-            os.write(fd, b"\0" * 512)
-    except OSError as e:
-        assert e.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
+        tmpfs.unmount(mnt)
 
 
 @pytest.mark.root
 def test_a_full_or_read_only_state_dir_refuses_changes_up_front(tiny_tmpfs: Path) -> None:
-    import subprocess
-
     store = StateStore(tiny_tmpfs)
     store.save(STATE)
     saved = (tiny_tmpfs / "state.json").read_bytes()
-    _fill(tiny_tmpfs / "filler")
+    tmpfs.fill(tiny_tmpfs / "filler")
     with pytest.raises(StateNotSaved, match=r"change refused: .*No space left on device; nothing was changed"):
         store.check_writable()
     assert (tiny_tmpfs / "state.json").read_bytes() == saved
     assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["filler", "state.json"]
     (tiny_tmpfs / "filler").unlink()
     store.check_writable()
-    subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True, timeout=30)
-    try:
+    with tmpfs.read_only(tiny_tmpfs):
         with pytest.raises(StateNotSaved, match="Read-only file system; nothing was changed"):
             store.check_writable()
         assert store.load() == STATE
-    finally:
-        subprocess.run(["mount", "-o", "remount,rw", str(tiny_tmpfs)], check=True, timeout=30)
     store.check_writable()

@@ -22,6 +22,7 @@ from scapy.layers.l2 import ARP, Ether
 from tests.harness.agent import Agent
 from tests.harness.frames import has_token, marked_frame, new_token
 from tests.harness.netns import Netns
+from tests.harness.tcp import tcp_transfer
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.io_modes]
@@ -122,13 +123,14 @@ Topology = dict[str, tuple[str, str | None]]  # port -> (network, ip)
 def make_site(
     netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns], Agent], vswitchd_factory: Any
 ) -> Callable[..., Site]:
-    """`make_site(topology, switch="", sniff=())`: a started daemon with one namespace per port.
+    """`make_site(topology, switch="", sniff=(), mtus={})`: a started daemon with one namespace per port.
 
     `switch` is the body of the [switch] table; ports listed in `sniff` get an
-    agent that captures from the start.
+    agent that captures from the start; `mtus` gives ports an MTU of their own.
     """
 
-    def make(topology: Topology, switch: str = "", sniff: Iterable[str] = (), port_security: bool = True) -> Site:
+    def make(topology: Topology, switch: str = "", sniff: Iterable[str] = (), port_security: bool = True,
+             mtus: dict[str, int] | None = None) -> Site:
         namespaces = {port: netns_factory() for port in topology}
         config = f"[switch]\n{switch}\n" if switch else ""
         config += "".join(f'[[network]]\nname = "{net}"\n' for net in sorted({n for n, _ in topology.values()}))
@@ -139,6 +141,8 @@ def make_site(
             )
             if ip is not None:
                 config += f'ip = "{ip}"\n'
+            if mtus and port in mtus:
+                config += f"mtu = {mtus[port]}\n"
         site = Site(vswitchd_factory(config))
         for port, (net, ip) in topology.items():
             ns = namespaces[port]
@@ -188,6 +192,36 @@ def test_containers_ping_each_other_but_not_across_networks(make_site: Callable[
     assert c3.frames() == [], "a frame crossed from blue into red"
     assert site.counters("c3")["tx_packets"] == 0
     assert not any(net == "red" and mac != c3.mac for net, mac in site.fdb())
+
+
+def test_a_frame_over_the_output_port_mtu_is_dropped_there_and_tcp_still_flows(make_site: Callable[..., Site]) -> None:
+    site = make_site(
+        {"c1": ("blue", "10.21.0.1/24"), "c2": ("blue", "10.21.0.2/24"), "c3": ("blue", "10.21.0.3/24")},
+        sniff=("c1", "c2", "c3"),
+        mtus={"c1": 9000, "c2": 1500, "c3": 9000},
+    )
+    c1, c2, c3 = site["c1"], site["c2"], site["c3"]
+    assert [c.link()["mtu"] for c in (c1, c2, c3)] == [9000, 1500, 9000]
+    site.fence(c2)  # the switch learns c2's MAC: what follows is unicast to it
+    frames = {name: c1.frame(c2.mac, new_token(name), size=14 + n) for name, n in (("jumbo", 4000), ("fits", 1400))}
+    flooded = c1.frame(BROADCAST, new_token("jumbo-flood"), size=14 + 4000)
+
+    c1.send(frames["jumbo"], frames["fits"], flooded)
+    site.fence(c1)
+
+    assert c2.frames().count(frames["fits"]) == 1
+    assert [f for f in c2.frames() if f in (frames["jumbo"], flooded)] == []
+    assert c3.frames().count(flooded) == 1, "the flood did not reach the port it fits"
+    wait_until(lambda: site.counters("c2")["drops"]["mtu_exceeded"] == 2,
+               message=f"c2 did not count the two frames over its MTU: {site.counters('c2')['drops']}")
+    assert not any(site.counters("c1")["drops"].values())
+    # TCP both ways: each end's MSS (MTU less 40) bounds what the other sends, TSO
+    # super-frames included, so nothing exceeds c2's MTU. (No PMTU discovery is
+    # involved: like a bridge, the switch sends no ICMP for a frame it drops.)
+    tcp_transfer(c1.ns.name, c2.ns.name, c2.addr, 8 << 20)
+    tcp_transfer(c2.ns.name, c1.ns.name, c1.addr, 8 << 20)
+    assert site.counters("c2")["drops"]["mtu_exceeded"] == 2
+    assert site.get("/v1/stats")["loop"]["offload"]["superframes_in"] > 0, "no TSO super-frame crossed the switch"
 
 
 def test_learned_mac_ages_out_and_then_floods(make_site: Callable[..., Site]) -> None:

@@ -318,6 +318,29 @@ def test_port_mtu_above_the_overlay_never_fragments_the_underlay(lab: Lab) -> No
     )
 
 
+def test_local_ports_and_the_tunnel_refuse_the_same_frames(lab: Lab) -> None:  # noqa: F811
+    """A port of the default overlay MTU and the tunnel bound the same frames: one
+    that fits neither goes only to the local port whose MTU takes it."""
+    h1, h2 = lab.add_hosts(2)
+    j1 = h1.add_container("j1", "blue", "10.1.0.1/24", mtu=1500)
+    k1 = h1.add_container("k1", "blue", "10.1.0.11/24", mtu=1500)
+    b1 = h1.add_container("b1", "blue", "10.1.0.3/24")
+    b2 = h2.add_container("b2", "blue", "10.1.0.2/24")
+    lab.start_mesh({"blue": 100})
+    fits, over = new_token("fits"), new_token("over")
+    at_mtu = j1.frame(BROADCAST, fits, size=14 + DEFAULT_OVERLAY_MTU)
+    past_mtu = j1.frame(BROADCAST, over, size=14 + DEFAULT_OVERLAY_MTU + 1)
+
+    j1.send(at_mtu, past_mtu)
+    fence_all([j1], [k1, b1, b2])
+
+    assert (k1.seen(fits), b1.seen(fits), b2.seen(fits)) == ([at_mtu], [at_mtu], [at_mtu])
+    assert (k1.seen(over), b1.seen(over), b2.seen(over)) == ([past_mtu], [], [])
+    ports = h1.ctl("stats")["ports"]
+    assert (ports["j1"]["drops"]["tunnel_mtu"], ports["b1"]["drops"]["mtu_exceeded"]) == (1, 1)
+    assert ports["k1"]["drops"]["mtu_exceeded"] == 0
+
+
 # ---- three hosts --------------------------------------------------------------------
 
 

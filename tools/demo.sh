@@ -10,28 +10,11 @@
 set -euo pipefail
 
 DEMO=demo
+TMP_PREFIX=vsdemo
 # shellcheck source=tools/demo_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/demo_lib.sh"
 
-work=$(mktemp -d /tmp/vsdemo.XXXXXX)
-sock=$work/vswitch.sock
 log=$work/vswitchd.log
-daemon_pid=
-namespaces=()
-
-cleanup() {
-    local rc=$?
-    set +e
-    if [ -n "$daemon_pid" ]; then stop_daemon "$daemon_pid" || rc=1; fi
-    # The daemon's TAP fds are closed now, so deleting a namespace also
-    # deletes the (persistent) TAP interface inside it.
-    for ns in "${namespaces[@]}"; do ip netns del "$ns"; done
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 show_log() {
     echo "---- last lines of the vswitchd log ----" >&2
@@ -63,9 +46,7 @@ EOF
 for entry in "${containers[@]}"; do
     read -r name network mac cidr <<<"$entry"
     ns=$(netns_of "$name")
-    ip netns add "$ns"
-    namespaces+=("$ns")
-    ip -n "$ns" link set lo up
+    mkns "$ns"
     cat >>"$cfg" <<EOF
 
 [[port]]
@@ -82,27 +63,13 @@ echo "== config ($cfg)"
 cat "$cfg"
 echo
 
-cd "$ROOT"
-"$PY" -m vswitch --config "$cfg" --api-socket "$sock" --state-dir "$work/state" \
-    --metrics 127.0.0.1:0 >"$log" 2>&1 &
-daemon_pid=$!
+start_vswitchd vswitchd "$cfg"
+sock=$work/vswitchd.sock
 echo "== vswitchd started (pid $daemon_pid)"
 
 ctl() { "$CTL" --socket "$sock" "$@"; }
 
 deadline=$((SECONDS + START_DEADLINE_S))
-until ctl show >/dev/null 2>&1; do
-    if ! kill -0 "$daemon_pid" 2>/dev/null; then
-        show_log
-        die "vswitchd exited before its API answered"
-    fi
-    if [ "$SECONDS" -ge "$deadline" ]; then
-        show_log
-        die "vswitchd's API did not answer on $sock within ${START_DEADLINE_S}s"
-    fi
-    sleep 0.1
-done
-
 # A port is ready when its interface has its address and a carrier (the
 # daemon holds the TAP's fd).
 for entry in "${containers[@]}"; do

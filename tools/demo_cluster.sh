@@ -13,30 +13,16 @@
 set -euo pipefail
 
 DEMO=demo-cluster
+TMP_PREFIX=vsclusterdemo
 # shellcheck source=tools/demo_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/demo_lib.sh"
 command -v etcd >/dev/null && command -v etcdctl >/dev/null || die "etcd not found; run 'make deps'"
 
-work=$(mktemp -d /tmp/vsclusterdemo.XXXXXX)
 tag=$$
-namespaces=()
-pids=()
 etcd_pids=()
-
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${pids[@]}"; do stop_daemon "$pid" || rc=1; done
-    for pid in "${etcd_pids[@]}"; do kill -KILL "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
-    for ns in "${namespaces[@]}"; do ip netns del "$ns"; done
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-mkns() { ip netns add "$1"; namespaces+=("$1"); ip -n "$1" link set lo up; }
+# kill_etcd PID: a member is killed outright, once the daemons have stopped
+# (on_exit runs backwards) and revoked their leases.
+kill_etcd() { kill -KILL "$1" 2>/dev/null; wait "$1" 2>/dev/null; return 0; }
 host() { echo "vscl-h$1-$tag"; }
 ctr() { echo "vscl-$1-$tag"; }
 UNDERLAY=vscl-ul-$tag
@@ -70,6 +56,7 @@ for m in "${members[@]}"; do
         --initial-cluster "$initial" --initial-cluster-token "vscl-$tag" --initial-cluster-state new \
         --heartbeat-interval 50 --election-timeout 500 --logger zap --log-outputs "$work/etcd-m$m.log" &
     etcd_pids+=($!)
+    on_exit kill_etcd "$!"
 done
 etcdctl_() { ip netns exec "$UNDERLAY" env ETCDCTL_API=3 etcdctl --command-timeout=1s "$@"; }
 deadline=$((SECONDS + START_DEADLINE_S))
@@ -83,34 +70,17 @@ echo "== etcd: 3 members on $ETCD_IP, healthy"
 containers=("1 a1 10.30.0.1/24" "2 b1 10.30.0.2/24" "3 c1 10.30.0.3/24")
 for c in "${containers[@]}"; do
     read -r _ name _ <<<"$c"
-    mkns "$(ctr "$name")"
-    ip netns exec "$(ctr "$name")" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    mkctr "$(ctr "$name")"
 done
+# b2 joins host 2 later, through the API. Its namespace is made now, so that on
+# exit it goes after the daemons, as every namespace holding a TAP must.
+mkctr "$(ctr b2)"
 
 for i in 1 2 3; do
-    cfg=$work/h$i.toml
-    cat >"$cfg" <<EOF
-[switch]
-vtep_ip = "192.0.2.$i"
-
-[[network]]
-name = "blue"
-vni = 100
-
-[cluster]
-etcd = ["${endpoints//,/\", \"}"]
-node = "h$i"
-lease_ttl_s = 5
-EOF
-    for c in "${containers[@]}"; do
-        read -r h name addr <<<"$c"
-        [ "$h" = "$i" ] || continue
-        printf '\n[[port]]\nname = "%s"\nnetns = "%s"\nnetwork = "blue"\nip = "%s"\n' \
-            "$name" "$(ctr "$name")" "$addr" >>"$cfg"
-    done
-    ip netns exec "$(host $i)" "$PY" -m vswitch --config "$cfg" --api-socket "$work/h$i.sock" \
-        --state-dir "$work/h$i-state" --metrics 127.0.0.1:0 2>"$work/h$i.log" &
-    pids+=($!)
+    start_overlay_host "$i" "[cluster]
+etcd = [\"${endpoints//,/\", \"}\"]
+node = \"h$i\"
+lease_ttl_s = 5"
 done
 
 ctl() { local i=$1; shift; "$CTL" --socket "$work/h$i.sock" "$@"; }
@@ -164,8 +134,6 @@ echo "== killing the etcd leader (member m$m, $leader)"
 kill -KILL "${etcd_pids[$((m - 1))]}"; wait "${etcd_pids[$((m - 1))]}" 2>/dev/null || true
 
 for pair in "a1 10.30.0.3" "c1 10.30.0.2"; do ping_ $pair; done
-mkns "$(ctr b2)"
-ip netns exec "$(ctr b2)" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 ctl 2 port add b2 --network blue --netns "$(ctr b2)" --ip 10.30.0.4/24 >/dev/null
 echo "container b2 added on host 2 with one etcd member down"
 # Hosts 1 and 3 now hold 3 remote MACs; host 2 still 2 (b2 is local there).

@@ -11,56 +11,37 @@
 set -euo pipefail
 
 DEMO=demo-podman
+TMP_PREFIX=vspod   # short: conmon's socket paths live below it
 # shellcheck source=tools/demo_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/demo_lib.sh"
 for tool in podman crun conmon busybox nsenter unshare; do
     command -v "$tool" >/dev/null || [ -x "/usr/libexec/podman/$tool" ] || die "$tool not found; run 'make deps'"
 done
 
-work=$(mktemp -d /tmp/vspod.XXXXXX)   # short: conmon's socket paths live below it
 host=vspod-host-$$
-sock=$work/vswitch.sock
-log=$work/vswitchd.log
+sock=$work/vswitchd.sock
 net=vsdemo
 image=localhost/vswitch-busybox:demo
-daemon_pid=
 
 pm() {
     nsenter --net="/run/netns/$host" podman --root "$work/root" --runroot "$work/runroot" --tmpdir "$work/tmp" "$@"
 }
 
-cleanup() {
-    local rc=$?
-    set +e
-    if [ -d "$work/root" ]; then pm rm -a -f -t 0 >/dev/null 2>&1; fi
-    if [ -n "$daemon_pid" ]; then stop_daemon "$daemon_pid" || rc=1; fi
-    # The gateway's TAP and the masquerade table live in the demo's host namespace: they go with it.
-    ip netns del "$host" 2>/dev/null
-    grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# What podman mounted below the scratch directory goes before it does.
+unmount_work() { grep -o " $work[^ ]*" /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null; return 0; }
+remove_containers() { if [ -d "$work/root" ]; then pm rm -a -f -t 0 >/dev/null 2>&1; fi; return 0; }
+on_exit unmount_work
 
 vswitchctl() { "$CTL" --socket "$sock" "$@"; }
 # Shows a command as one would type it (pm is podman with the demo's private store), then runs it.
 run() { local shown="$*"; echo "\$ ${shown/#pm /podman }"; "$@"; }
 
-# ---- the host namespace and vswitchd in it
-ip netns add "$host"
-ip -n "$host" link set lo up
+# ---- the host namespace and vswitchd in it (the gateway's TAP and the
+# masquerade table live in that namespace: they go with it)
+mkns "$host"
 : >"$work/vswitchd.toml"
-ip netns exec "$host" "$PY" -m vswitch --config "$work/vswitchd.toml" --api-socket "$sock" \
-    --state-dir "$work/state" --metrics 127.0.0.1:0 2>"$log" &
-daemon_pid=$!
-deadline=$((SECONDS + START_DEADLINE_S))
-until "$CTL" --socket "$sock" network list >/dev/null 2>&1; do
-    kill -0 "$daemon_pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "vswitchd exited"; }
-    [ "$SECONDS" -lt "$deadline" ] || die "vswitchd did not answer within ${START_DEADLINE_S}s"
-    sleep 0.1
-done
+start_vswitchd vswitchd "$work/vswitchd.toml" "$host"
+on_exit remove_containers
 
 # ---- a private podman (this machine's needs: see the README's Containers (CNI) section)
 mkdir -p "$work"/{cni,cniplug,tmp,xdg,bin,rootfs/{bin,etc,tmp,proc,sys,dev}}
@@ -132,7 +113,7 @@ run vswitchctl port list
 left=$(vswitchctl --json port list | "$PY" -c 'import json,sys; print(len(json.load(sys.stdin)))')
 if [ "$left" != 0 ]; then echo "$DEMO: $left ports outlived their containers" >&2; failed=1; fi
 if [ "$failed" -ne 0 ]; then
-    echo "---- last lines of the vswitchd log ----" >&2; tail -n 40 "$log" >&2
+    echo "---- last lines of the vswitchd log ----" >&2; tail -n 40 "$work/vswitchd.log" >&2
     exit 1
 fi
 echo

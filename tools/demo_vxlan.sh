@@ -10,27 +10,11 @@
 set -euo pipefail
 
 DEMO=demo-vxlan
+TMP_PREFIX=vsvxdemo
 # shellcheck source=tools/demo_lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/demo_lib.sh"
 
-work=$(mktemp -d /tmp/vsvxdemo.XXXXXX)
 tag=$$
-namespaces=()
-pids=()
-
-cleanup() {
-    local rc=$?
-    set +e
-    for pid in "${pids[@]}"; do stop_daemon "$pid" || rc=1; done
-    for ns in "${namespaces[@]}"; do ip netns del "$ns"; done
-    rm -rf "$work"
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-mkns() { ip netns add "$1"; namespaces+=("$1"); ip -n "$1" link set lo up; }
 host() { echo "vsvx-h$1-$tag"; }
 ctr() { echo "vsvx-$1-$tag"; }
 
@@ -47,41 +31,13 @@ done
 containers=("1 a1 10.20.0.1/24" "1 a2 10.20.0.2/24" "2 b1 10.20.0.3/24" "2 b2 10.20.0.4/24")
 for c in "${containers[@]}"; do
     read -r _ name _ <<<"$c"
-    mkns "$(ctr "$name")"
-    ip netns exec "$(ctr "$name")" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+    mkctr "$(ctr "$name")"
 done
 
 for i in 1 2; do
-    cfg=$work/h$i.toml
-    cat >"$cfg" <<EOF
-[switch]
-vtep_ip = "192.0.2.$i"
-
-[[network]]
-name = "blue"
-vni = 100
-
-[[peer]]
-network = "blue"
-remote = "192.0.2.$((3 - i))"
-EOF
-    for c in "${containers[@]}"; do
-        read -r h name addr <<<"$c"
-        [ "$h" = "$i" ] || continue
-        printf '\n[[port]]\nname = "%s"\nnetns = "%s"\nnetwork = "blue"\nip = "%s"\n' \
-            "$name" "$(ctr "$name")" "$addr" >>"$cfg"
-    done
-    ip netns exec "$(host $i)" "$PY" -m vswitch --config "$cfg" --api-socket "$work/h$i.sock" \
-        --state-dir "$work/h$i-state" --metrics 127.0.0.1:0 2>"$work/h$i.log" &
-    pids+=($!)
-done
-
-for i in 1 2; do
-    deadline=$((SECONDS + START_DEADLINE_S))
-    until "$CTL" --socket "$work/h$i.sock" show >/dev/null 2>&1; do
-        [ "$SECONDS" -lt "$deadline" ] || { tail -n 30 "$work/h$i.log" >&2; die "vswitchd on host $i did not answer"; }
-        sleep 0.1
-    done
+    start_overlay_host "$i" "[[peer]]
+network = \"blue\"
+remote = \"192.0.2.$((3 - i))\""
 done
 echo "== two hosts up: vswitchd on 192.0.2.1 and 192.0.2.2, network blue = VNI 100"
 

@@ -10,6 +10,12 @@ loop if it stays open. A client that goes quiet mid-request or between
 requests holds a file descriptor and a buffer, never a thread, and is closed
 when its deadline passes.
 
+Whole requests wait for a worker in one queue per client process (the peer's
+pid, from SO_PEERCRED), and workers take from those queues in turn: a process
+that keeps hundreds of connections busy gets one turn in each round like any
+other, so an operator's `vswitchctl show` waits behind one request of each
+other client, not behind hundreds.
+
 How the bytes are cut into requests follows what http.server itself accepts,
 so the handler still decides every status: a request line or header block it
 would refuse (too long, too many lines, not HTTP) is handed over as soon as
@@ -24,8 +30,10 @@ import os
 import queue
 import selectors
 import socket
+import struct
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -39,7 +47,9 @@ ACCEPT_BATCH = 64
 
 @dataclass
 class Limits:
-    workers: int = 8
+    # Workers only overlap blocking writes to clients slow to read; under the GIL more of
+    # them add no throughput, and each one more runnable thread delays every request.
+    workers: int = 4
     idle_timeout_s: float = 60.0  # a keep-alive connection with no request in progress
     request_timeout_s: float = 30.0  # from a request's first byte to its last
     write_timeout_s: float = 30.0  # a worker blocked on a client that does not read its answer
@@ -64,6 +74,7 @@ class RequestBuffer(io.BytesIO):
 @dataclass(eq=False)
 class Conn:
     sock: socket.socket
+    peer: int = 0  # the client's process (pid), whose requests share one turn; 0: unknown
     buf: bytearray = field(default_factory=bytearray)
     deadline: float = 0.0
     eof: bool = False
@@ -129,6 +140,55 @@ def frame(buf: bytes | bytearray, body_limit: Callable[[bytes], int]) -> Framed:
     return Framed(None, wants_continue=wants)
 
 
+class FairQueue:
+    """Items waiting for a worker, one FIFO per key, handed out round-robin over
+    the keys that have any: a key with a thousand items waiting delays another's
+    next item by one of its own, not by a thousand."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._queues: dict[int, deque[Conn | None]] = {}
+        self._turns: deque[int] = deque()  # keys with items waiting, in the order they are served
+
+    def put(self, key: int, item: Conn | None) -> None:
+        with self._cond:
+            q = self._queues.get(key)
+            if q is None:
+                q = self._queues[key] = deque()
+                self._turns.append(key)
+            q.append(item)
+            self._cond.notify()
+
+    def waiting(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._queues.values())
+
+    def get(self) -> Conn | None:
+        with self._cond:
+            while not self._turns:
+                self._cond.wait()
+            key = self._turns.popleft()
+            q = self._queues[key]
+            item = q.popleft()
+            if q:
+                self._turns.append(key)  # its next item waits for every other key's turn
+            else:
+                del self._queues[key]
+            return item
+
+
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def peer_pid(sock: socket.socket) -> int:
+    """The pid of the process that connected `sock` (Unix sockets), 0 if the kernel does not say."""
+    try:
+        pid, _, _ = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+    except (OSError, struct.error):
+        return 0
+    return pid
+
+
 # serve(conn, request_bytes, timed_out) -> what becomes of the connection afterwards
 KEEP, CLOSE, DETACHED = "keep", "close", "detached"
 Serve = Callable[[Conn, bytes, bool], str]
@@ -146,7 +206,7 @@ class ConnectionLoop:
         self._sel = selectors.DefaultSelector()
         self._conns: set[Conn] = set()  # every open connection, parked or being served
         self._conns_lock = threading.Lock()
-        self._ready: queue.SimpleQueue[Conn | None] = queue.SimpleQueue()  # -> workers
+        self._ready = FairQueue()  # -> workers, by client process
         self._returned: queue.SimpleQueue[Conn] = queue.SimpleQueue()  # <- workers
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = threading.Event()
@@ -168,7 +228,7 @@ class ConnectionLoop:
         self._stopping.set()
         self._wake()
         for _ in range(self.limits.workers):
-            self._ready.put(None)
+            self._ready.put(-1, None)
         with self._conns_lock:
             conns = list(self._conns)
         for conn in conns:
@@ -181,6 +241,10 @@ class ConnectionLoop:
         self._sel.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
+
+    def requests_waiting(self) -> int:
+        """Whole requests read and waiting for a worker."""
+        return self._ready.waiting()
 
     def connection_count(self) -> int:
         with self._conns_lock:
@@ -230,7 +294,7 @@ class ConnectionLoop:
                 sock.close()
                 continue
             sock.setblocking(False)
-            conn = Conn(sock, deadline=time.monotonic() + self.limits.idle_timeout_s)
+            conn = Conn(sock, peer_pid(sock), deadline=time.monotonic() + self.limits.idle_timeout_s)
             with self._conns_lock:
                 self._conns.add(conn)
             self._park(conn)
@@ -274,7 +338,7 @@ class ConnectionLoop:
         self._sel.unregister(conn.sock)
         conn.pending = (bytes(conn.buf[:size]), timed_out)
         del conn.buf[:size]
-        self._ready.put(conn)
+        self._ready.put(conn.peer, conn)
 
     def _take_back(self) -> None:
         while True:

@@ -104,7 +104,9 @@ class SwitchCollector(Collector):
             for key, name, doc in PORT_COUNTERS
         }
         drops = CounterMetricFamily(
-            "vswitch_port_rx_dropped", "Frames from the port dropped, by reason.", labels=["port", "network", "reason"]
+            "vswitch_port_rx_dropped",
+            "Frames from the port dropped, by reason (mtu_exceeded, gso_unsupported: frames bound for it).",
+            labels=["port", "network", "reason"],
         )
         up = GaugeMetricFamily("vswitch_port_up", "1 while the port's fd is healthy.", labels=["port", "network"])
         mtu = GaugeMetricFamily("vswitch_port_mtu_bytes", "The port's MTU.", labels=["port", "network"])

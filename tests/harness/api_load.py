@@ -6,14 +6,53 @@ BUSY keep-alive connections each send ``GET PATH`` again as soon as the answer
 to the last one is whole; SLOW connections send half a request head and then
 nothing; IDLE connections send nothing at all. It prints ``connected`` once every
 connection is open, then answers each line on stdin with one JSON line of
-counts; EOF on stdin ends it.
+counts; EOF on stdin ends it. LoadProcess runs it and asks for the counts.
 """
 from __future__ import annotations
 
 import json
+import select
 import selectors
 import socket
+import subprocess
 import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class LoadProcess:
+    """This module in a process of its own, so the clients cost the caller nothing."""
+
+    def __init__(self, socket_path: str | Path, busy: int, slow: int, idle: int, route: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.harness.api_load", str(socket_path), str(busy), str(slow), str(idle), route],
+            cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def line(self, timeout: float = 60) -> str:
+        assert self.proc.stdout is not None
+        if not select.select([self.proc.stdout], [], [], timeout)[0]:
+            raise RuntimeError(f"the load generator said nothing for {timeout} s")
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the load generator ended: {self.proc.stderr.read() if self.proc.stderr else ''}")
+        return line.strip()
+
+    def counts(self) -> dict[str, int]:
+        """{"answers", "errors", "reconnects", "slow_answered", "slow_closed", "idle_closed"} so far."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        return json.loads(self.line())
+
+    def close(self) -> None:
+        if self.proc.stdin is not None and not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
 
 
 class Busy:

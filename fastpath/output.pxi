@@ -117,6 +117,8 @@ cdef inline bint out_fits(const port_t *q, const frame_t *f) noexcept nogil:
     MTU (underlay less 50) and the tunnel refuse the same untagged frames."""
     cdef uint32_t l2 = ETH_HLEN, l4, thl
     cdef uint16_t tpid
+    if f.vi.gso_type == VNET_GSO_NONE and f.len <= q.mtu + ETH_HLEN:
+        return True  # most frames: short enough whether tagged or not
     if f.len >= ETH_HLEN + VLAN_HLEN:
         tpid = load_be16(f.data + 2 * ETH_ALEN)
         if tpid == ETH_P_8021Q or tpid == ETH_P_8021AD:

@@ -1,7 +1,8 @@
 # Byte order and the Internet checksum, shared by the parser, the segmenter
 # (gso) and the coalescer (gro). Inline only: there is no module behind it.
 #
-# The checksum (RFC 1071) is summed in host order, 8 bytes at a time.
+# The checksum (RFC 1071) is summed in host order, 8 bytes at a time (runs
+# of 64 bytes and more with vectors: csum.h).
 # Section 2(B): the one's complement sum is byte-order independent, so a sum
 # of host-order words folded to 16 bits and stored back in host order is the
 # big-endian checksum. Section 2(C): wider words with end-around carry fold to
@@ -23,9 +24,16 @@ cdef inline void store_be32(uint8_t *p, uint32_t v) noexcept nogil:
     p[2] = (v >> 8) & 0xFF
     p[3] = v & 0xFF
 
+cdef extern from "csum.h" nogil:
+    # Long runs go to the widest vectors the CPU runs (csum.h); short ones
+    # (headers) stay inline and scalar, as below.
+    uint64_t vs_csum_add(uint64_t s, const uint8_t *p, size_t n)
+
 cdef inline uint64_t csum_add(uint64_t s, const uint8_t *p, uint32_t n) noexcept nogil:
     """Add n bytes at p to the running sum s."""
     cdef uint64_t w
+    if n >= 64:
+        return vs_csum_add(s, p, n)
     while n >= 8:
         memcpy(&w, p, 8)  # an unaligned load, without casting the pointer
         s += w

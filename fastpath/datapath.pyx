@@ -742,6 +742,8 @@ cdef class Datapath:
         cdef int *reasons
         cdef bytes b
         cdef int64_t now
+        cdef ingress_t src
+        cdef decision_t d
         if self.running:
             raise RuntimeError("datagrams are handed in only while the loop is not running")
         if n > BATCH:
@@ -772,7 +774,7 @@ cdef class Datapath:
                 for i in range(n):
                     # As tun_rx: an empty datagram is a truncated one.
                     reasons[i] = VX_TRUNCATED if lens[i] == 0 else tun_decap(
-                        sw, &batch[i], mem[i] + HEADROOM, lens[i], addr, now)
+                        sw, &batch[i], mem[i] + HEADROOM, lens[i], addr, now, &src, &d)
                     if reasons[i] != VX_OK:
                         sw.tun.drops[reasons[i]] += 1
                 gro_flush(sw)

@@ -132,6 +132,14 @@ cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32
 
 cdef bint gro_pair(gro_state *g, const uint8_t *held, uint32_t held_len, uint32_t held_hdr, const uint8_t *held_vnet,
                    uint32_t held_out, const uint8_t *frame, uint32_t length, uint32_t hdr, uint32_t out) noexcept nogil:
+    cdef const uint8_t *hip = held + ETH_HLEN
+    cdef const uint8_t *ip = frame + ETH_HLEN
+    cdef uint32_t ihl = (hip[0] & 0x0F) * 4
+    # Frames of other flows (interleaved, as many flows' small frames come)
+    # are told apart before any header is copied: addresses and ports.
+    if (held_out != out or held_hdr != hdr or hip[9] != ip[9] or memcmp(hip + 12, ip + 12, 8) != 0
+            or memcmp(hip + ihl, ip + ihl, 4) != 0):
+        return False
     if not gro_start(g, held, held_len, held_hdr, held_vnet, held_out):
         return False
     if gro_append(g, frame, length, hdr, out):

@@ -25,6 +25,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "csum.h sums little-endian words (x86-64, arm64): a big-endian host needs its own tail"
+#endif
+
 #define VS_CSUM_STEPS 32768  /* vector steps between emptying the lanes: 32768 * 0xFFFF < 2^32 */
 
 enum { VS_CSUM_AUTO = 0, VS_CSUM_SCALAR = 1, VS_CSUM_VEC16 = 2, VS_CSUM_AVX2 = 3 };
@@ -36,10 +40,14 @@ static inline uint64_t vs_csum_add64(uint64_t a, uint64_t b)
     return a + (a < b);
 }
 
-/* The scalar sum: 64-bit words, end-around carry; the tail zero-padded. */
+/* The scalar sum: 64-bit words, end-around carry; the tail zero-padded,
+ * read with fixed-size loads (a memcpy of a variable length is a call). */
 static inline uint64_t vs_csum_scalar(uint64_t s, const uint8_t *p, size_t n)
 {
     uint64_t w;
+    uint32_t w4;
+    uint16_t w2;
+    unsigned k = 0;
     while (n >= 8) {
         memcpy(&w, p, 8);
         s = vs_csum_add64(s, w);
@@ -47,8 +55,21 @@ static inline uint64_t vs_csum_scalar(uint64_t s, const uint8_t *p, size_t n)
         n -= 8;
     }
     if (n) {
+        /* Little-endian: byte i of the tail is bits 8i of the word, as a
+         * memcpy into a zeroed word would put it. */
         w = 0;
-        memcpy(&w, p, n);
+        if (n >= 4) {
+            memcpy(&w4, p, 4);
+            w = w4;
+            k = 4;
+        }
+        if (n - k >= 2) {
+            memcpy(&w2, p + k, 2);
+            w |= (uint64_t)w2 << (8 * k);
+            k += 2;
+        }
+        if (n - k)
+            w |= (uint64_t)p[k] << (8 * k);
         s = vs_csum_add64(s, w);
     }
     return s;

@@ -27,6 +27,7 @@ cdef enum:
     GRO_MAX_TCP_SEGS = GRO_MAX_SEGS
     GRO_MAX_UDP_SEGS = GRO_MAX_SEGS
     GRO_MAX_HDR = 14 + 60 + 60
+    GRO_UNVERIFIED = 0x10000       # in gro_candidate's result: the L4 checksum is checked on joining a run
 
 cdef struct gro_state:
     uint8_t *buf                   # the run's headers (Ethernet first); VNET_HLEN free bytes before them
@@ -45,7 +46,10 @@ cdef struct gro_state:
     iovec iov[1 + GRO_MAX_SEGS]    # [0]: virtio-net header and headers (gro_finish); then each frame's payload
 
 # The headers' length of a frame that may start or join a run, 0 when it may
-# not (its checksum is verified here unless `vnet` says it is partial).
+# not; with GRO_UNVERIFIED set when its L4 checksum is not partial (per
+# `vnet`) and is still to be verified: gro_start and gro_append verify it
+# when the frame is about to join a run, and refuse it when it fails. Pass
+# the value on as it is.
 # `vnet` is the header the frame came with (all zero: none); `udp` allows
 # UDP runs (the receiving kernel must take UDP_L4 super-frames).
 cdef uint32_t gro_candidate(const uint8_t *frame, uint32_t length, const uint8_t *vnet, bint udp) noexcept nogil

@@ -60,9 +60,19 @@ cdef uint32_t gro_candidate(const uint8_t *f, uint32_t length, const uint8_t *vn
         return hdr
     if ip[9] == IPPROTO_UDP and load_be16(ip + ihl + 6) == 0:
         return 0  # sent without a checksum: segmenting would add one
-    if csum_fold(csum_add(pseudo_sum(ip, ip[9], l4_len), ip + ihl, l4_len)) != 0xFFFF:
-        return 0
-    return hdr
+    return hdr | GRO_UNVERIFIED
+
+
+cdef inline bint gro_verified(const uint8_t *frame, uint32_t length, uint32_t hdr) noexcept nogil:
+    """Whether a candidate's L4 checksum verifies (or was partial): checked
+    only once it is about to join a run, so a frame that stays alone (as
+    most do when many flows interleave) is never summed."""
+    cdef const uint8_t *ip = frame + ETH_HLEN
+    cdef uint32_t ihl = (ip[0] & 0x0F) * 4
+    cdef uint32_t l4_len = length - ETH_HLEN - ihl
+    if not hdr & GRO_UNVERIFIED:
+        return True
+    return csum_fold(csum_add(pseudo_sum(ip, ip[9], l4_len), ip + ihl, l4_len)) == 0xFFFF
 
 
 cdef bint gro_start(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t hdr, const uint8_t *vnet,
@@ -71,6 +81,9 @@ cdef bint gro_start(gro_state *g, const uint8_t *frame, uint32_t length, uint32_
     cdef const uint8_t *l4 = ip + (ip[0] & 0x0F) * 4
     if length > g.cap or (ip[9] == IPPROTO_TCP and l4[13] & TCP_PSH):
         return False  # a run that could take nothing more: it goes as it is
+    if not gro_verified(frame, length, hdr):
+        return False  # damaged: it goes as it came, and the receiver drops it
+    hdr &= ~GRO_UNVERIFIED
     memcpy(g.buf, frame, hdr)
     memcpy(g.vnet0, vnet, VNET_HLEN)
     g.iov[1].iov_base = <void *>(frame + hdr)
@@ -90,8 +103,9 @@ cdef bint gro_start(gro_state *g, const uint8_t *frame, uint32_t length, uint32_
     return True
 
 
-cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t hdr, uint32_t out) noexcept nogil:
-    cdef uint32_t payload, ihl
+cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t hdr_flags,
+                     uint32_t out) noexcept nogil:
+    cdef uint32_t payload, ihl, hdr = hdr_flags & ~GRO_UNVERIFIED
     cdef const uint8_t *ip = frame + ETH_HLEN
     cdef const uint8_t *gip = g.buf + ETH_HLEN
     if (g.len == 0 or out != g.out or hdr != g.hdr_len or ip[9] != g.proto or g.last_payload != g.gso_size
@@ -115,13 +129,18 @@ cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32
                 or memcmp(ip + ihl + 18, gip + ihl + 18, hdr - ETH_HLEN - ihl - 18) != 0
                 or load_be32(ip + ihl + 4) != g.next_seq):
             return False
-        g.next_seq += payload
-        g.psh = (ip[ihl + 13] & TCP_PSH) != 0
     else:
         if not (ip[6] & IP_DF):
             if load_be16(ip + 4) != g.next_id:
                 return False
-            g.next_id += 1
+    # The flow continues: last, the frame must be whole.
+    if not gro_verified(frame, length, hdr_flags):
+        return False
+    if g.proto == IPPROTO_TCP:
+        g.next_seq += payload
+        g.psh = (ip[ihl + 13] & TCP_PSH) != 0
+    elif not (ip[6] & IP_DF):
+        g.next_id += 1
     g.nseg += 1
     g.iov[g.nseg].iov_base = <void *>(frame + hdr)
     g.iov[g.nseg].iov_len = payload
@@ -137,7 +156,7 @@ cdef bint gro_pair(gro_state *g, const uint8_t *held, uint32_t held_len, uint32_
     cdef uint32_t ihl = (hip[0] & 0x0F) * 4
     # Frames of other flows (interleaved, as many flows' small frames come)
     # are told apart before any header is copied: addresses and ports.
-    if (held_out != out or held_hdr != hdr or hip[9] != ip[9] or memcmp(hip + 12, ip + 12, 8) != 0
+    if (held_out != out or (held_hdr ^ hdr) & ~GRO_UNVERIFIED or hip[9] != ip[9] or memcmp(hip + 12, ip + 12, 8) != 0
             or memcmp(hip + ihl, ip + ihl, 4) != 0):
         return False
     if not gro_start(g, held, held_len, held_hdr, held_vnet, held_out):

@@ -268,7 +268,8 @@ cdef inline bint tun_same_decision(const uint8_t *hdr, uint32_t length, const ui
     run did: the same VXLAN header and inner Ethernet header, no longer. A
     decision to a port whose source was already known (a hit) changes no
     table, so the next such datagram, at the same time, gets the same one."""
-    return length <= prev_len and memcmp(hdr, prev, VXLAN_HLEN + ETH_HLEN) == 0
+    return (VXLAN_HLEN + ETH_HLEN <= length <= prev_len
+            and memcmp(hdr, prev, VXLAN_HLEN + ETH_HLEN) == 0)
 
 
 cdef int tun_rx(sw_t *sw, int64_t now) noexcept nogil:
@@ -278,7 +279,7 @@ cdef int tun_rx(sw_t *sw, int64_t now) noexcept nogil:
     cdef uint32_t total, seg, off, length, datagrams = 0, prev_len = 0
     cdef frame_t *f
     cdef uint8_t *base
-    cdef const uint8_t *prev = NULL
+    cdef uint8_t prev[VXLAN_HLEN + ETH_HLEN]  # the headers of the last datagram decided
     cdef cmsghdr *cm
     cdef int gso_size
     cdef ingress_t src
@@ -329,11 +330,14 @@ cdef int tun_rx(sw_t *sw, int64_t now) noexcept nogil:
                 pc[PE_RX_BYTES] += f.len
                 deliver(sw, f, &src, &d)
             else:
+                if length >= VXLAN_HLEN + ETH_HLEN:
+                    # Copied before delivery: a frame written out as it is
+                    # gets its virtio-net header over the bytes before it.
+                    memcpy(prev, base + off, VXLAN_HLEN + ETH_HLEN)
                 reason = tun_decap(sw, f, base + off, length, t.rxaddr[k].sin_addr.s_addr, now, &src, &d)
                 if reason != VX_OK:
                     t.drops[reason] += 1
                 reuse = seg < total and reason == VX_OK and d.verdict == V_PORT and d.learned == MT_HIT
-                prev = base + off
                 prev_len = length
             off += length
             datagrams += 1

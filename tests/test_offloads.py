@@ -480,3 +480,47 @@ def test_a_superframe_crosses_the_tunnel_whole_as_one_gathered_write():
         for v in (a, b):
             if v is not None:
                 v.close()
+
+
+@pytest.mark.root
+def test_a_udp_gro_run_decided_once_still_counts_a_short_last_datagram():
+    """Datagrams of one UDP GRO run with the same headers take the first
+    one's decision; a last datagram too short for a VXLAN and an Ethernet
+    header is still counted as truncated, never delivered, even when the
+    buffer holds matching bytes past its end from an earlier run."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.2", 0))
+    vxlan_port = probe.getsockname()[1]
+    probe.close()
+    b = peer = None
+    try:
+        b = Vtep("127.0.0.2", vxlan_port, "127.0.0.1")
+        b.dp.forward(b.port, [vnet() + eth(BROADCAST, mac(2), b"hello")])  # mac(2) is on B's port
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        datagram = struct.pack("!II", 0x08 << 24, 100 << 8) + eth(mac(2), mac(1), b"x" * 50)
+
+        def train(last: bytes) -> None:
+            peer.sendmsg([datagram * 5 + last], [(socket.SOL_UDP, 103, struct.pack("H", len(datagram)))], 0,
+                         ("127.0.0.2", vxlan_port))
+            b.poll_until_read()
+
+        def delivered() -> list[bytes]:
+            out = []
+            while True:
+                try:
+                    out.append(b.end.recv(1 << 17))
+                except BlockingIOError:
+                    return out
+
+        train(datagram)  # six whole datagrams: the buffer now holds them
+        assert delivered() == [vnet() + datagram[8:]] * 6
+        train(datagram[:10])  # the same, but the last cut to 10 bytes
+        assert delivered() == [vnet() + datagram[8:]] * 5
+        assert b.dp.vxlan_drops()["truncated"] == 1
+        assert b.dp.loop_stats()["offload"]["udp_gro_datagrams"] == 12
+    finally:
+        if peer is not None:
+            peer.close()
+        if b is not None:
+            b.close()

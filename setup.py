@@ -62,7 +62,7 @@ elif DEBUG:
 else:
     compile_args += ["-O2"]
 
-MODULES = ["mactable", "frame", "vxlan", "gso", "gro", "datapath"]
+MODULES = ["mactable", "csum", "frame", "vxlan", "gso", "gro", "datapath"]
 
 # The loop's io_uring mode uses liburing (Debian: liburing-dev). It is linked
 # statically: the built extension then runs wherever the kernel has io_uring,

@@ -173,13 +173,14 @@ def underlay(lab: Lab) -> tuple[Netns, Netns]:
     return h1, h2
 
 
-def vswitch_vxlan(lab: Lab, io_mode: str | None = None, checkout: Checkout = THIS) -> Topo:
+def vswitch_vxlan(lab: Lab, io_mode: str | None = None, checkout: Checkout = THIS,
+                  switch: dict[str, object] | None = None) -> Topo:
     hosts = underlay(lab)
     cs = containers(lab)
     pids = []
     for i, (h, c) in enumerate(zip(hosts, cs), start=1):
         h.ip("addr", "add", f"{UNDERLAY}{i}/24", "dev", "ul0")
-        config = (toml("[switch]", {"vtep_ip": f"{UNDERLAY}{i}", "underlay_mtu": UNDERLAY_MTU})
+        config = (toml("[switch]", {"vtep_ip": f"{UNDERLAY}{i}", "underlay_mtu": UNDERLAY_MTU, **(switch or {})})
                   + toml("[[network]]", {"name": "bench", "vni": VNI}) + port_toml(f"c{i}", c, i)
                   + toml("[[peer]]", {"network": "bench", "remote": f"{UNDERLAY}{3 - i}"}))
         proc, _ = start_vswitchd(lab, f"vswitchd-h{i}", config, host=h, io_mode=io_mode, checkout=checkout)

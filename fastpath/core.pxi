@@ -10,6 +10,7 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from fastpath.frame cimport VNET_HLEN, vnet_info
+from fastpath.posix_io cimport iovec
 
 cdef struct sw_t                   # the switch (switch.pxi)
 
@@ -69,6 +70,10 @@ cdef struct engine_ops:
     # Write `length` bytes at `start` (the frame, behind its virtio-net header
     # for a vnet port) to port idx, never waiting for a slow receiver.
     write_result (*write)(void *eng, uint32_t idx, frame_t *f, const uint8_t *start, uint32_t length) noexcept nogil
+    # Write `length` bytes gathered from n iovecs to port idx at once (a GRO
+    # run, its payloads in the buffers of the batch in hand), after every
+    # write queued before it, never waiting for a slow receiver.
+    write_result (*writev)(void *eng, uint32_t idx, const iovec *iov, int n, uint32_t length) noexcept nogil
     # f (tag set) is about to change in place: the engine lets go of its queued writes of it first.
     void (*settle)(void *eng, frame_t *f) noexcept nogil
     # Port idx was added (0, or an errno the control plane reports).

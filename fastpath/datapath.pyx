@@ -606,6 +606,23 @@ cdef class Datapath:
         addr = int.from_bytes(ipaddress.IPv4Address(from_addr).packed, "little")
         return [VX_DROP_NAMES[r] for r in handin_datagrams(self.sw, addr, datagrams)]
 
+    def poll_tunnel(self) -> int:
+        """Run the loop's tunnel receive (tun_rx: one recvmmsg of up to a
+        batch of datagrams, UDP GRO split, decapsulation, decision, output
+        and GRO) once in the calling thread; returns how many messages were
+        read. For tests and profiling, only while run() is not running."""
+        cdef sw_t *sw = self.sw
+        cdef int n
+        if self.running:
+            raise RuntimeError("the tunnel is polled by hand only while the loop is not running")
+        if sw.tun.rx_fd < 0:
+            raise RuntimeError("the VTEP is not set")
+        with nogil:
+            pthread_mutex_lock(&sw.lock)
+            n = tun_rx(sw, now_ms())
+            pthread_mutex_unlock(&sw.lock)
+        return n
+
     # ---- the decision, asked ---------------------------------------------------------
 
     def decide(self, bytes frame, in_port=None, from_addr=None, uint32_t vni=0, bint dry_run=True) -> dict:

@@ -7,7 +7,8 @@ from libc.stdlib cimport calloc, free, malloc
 from fastpath.frame cimport VNET_HLEN
 from fastpath.posix_io cimport (EAGAIN, EINTR, ENOMEM, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP,
                                 EPOLLIN, SYS_read, SYS_write, close, epoll_create1, epoll_ctl, epoll_event, epoll_wait,
-                                errno, pthread_mutex_lock, pthread_mutex_unlock, read, sched_yield, syscall)
+                                errno, iovec, pthread_mutex_lock, pthread_mutex_unlock, read, sched_yield, syscall,
+                                writev)
 
 cdef enum:
     MAX_EVENTS = 64
@@ -38,6 +39,11 @@ cdef write_result poll_write(void *eng, uint32_t idx, frame_t *f, const uint8_t 
     if syscall(SYS_write, e.sw.ports[idx].fd, start, <size_t>length) == length:
         return WR_DONE
     return WR_FAILED
+
+
+cdef write_result poll_writev(void *eng, uint32_t idx, const iovec *iov, int n, uint32_t length) noexcept nogil:
+    cdef poll_engine *e = <poll_engine *>eng
+    return WR_DONE if writev(e.sw.ports[idx].fd, iov, n) == <ssize_t>length else WR_FAILED
 
 
 cdef void poll_settle(void *eng, frame_t *f) noexcept nogil:
@@ -194,6 +200,7 @@ cdef poll_engine *poll_new(sw_t *sw, engine_ops *ops, int *err) noexcept nogil:
     for i in range(BATCH):
         e.frames[i].data = e.bufmem + <size_t>i * BUF_SIZE + HEADROOM
     ops.write = poll_write
+    ops.writev = poll_writev
     ops.settle = poll_settle
     ops.port_up = poll_port_up
     ops.port_down = poll_port_down

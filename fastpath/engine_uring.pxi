@@ -4,8 +4,9 @@
 # shared provided-buffer ring, so the kernel reads frames while the loop
 # works and posts one completion per frame. Writes of those frames go on
 # the submission queue and leave with the io_uring_enter that waits for
-# the next completions. Frames from the tunnel, and super-frames rebuilt by
-# GRO, live in buffers of their own and are written with write().
+# the next completions. Frames from the tunnel live in buffers of their own
+# and are written with write(); super-frames rebuilt by GRO are gathered
+# from the batch's buffers with writev().
 #
 # Every write completes within the submission that carries it: it has
 # RWF_NOWAIT, so a full receiver fails it instead of parking it, as the poll
@@ -23,8 +24,9 @@ from libc.stdlib cimport calloc, free, malloc
 
 from fastpath.frame cimport DROP_RUNT, VNET_GSO_NONE, VNET_HLEN
 from fastpath.posix_io cimport (EAGAIN, EBUSY, ECANCELED, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, ENOBUFS, ENOMEM, EOPNOTSUPP,
-                                ETIME, POLLERR, POLLHUP, POLLIN, close, errno, eventfd, poll, pollfd, posix_memalign,
-                                pthread_mutex_lock, pthread_mutex_unlock, read, sched_yield, write)
+                                ETIME, POLLERR, POLLHUP, POLLIN, close, errno, eventfd, iovec, poll, pollfd,
+                                posix_memalign, pthread_mutex_lock, pthread_mutex_unlock, read, sched_yield, write,
+                                writev)
 from fastpath.uring cimport (IORING_CQE_BUFFER_SHIFT, IORING_CQE_F_BUFFER, IORING_CQE_F_MORE, IOSQE_CQE_SKIP_SUCCESS,
                              IOSQE_FIXED_FILE, RWF_NOWAIT, __kernel_timespec, io_uring_cq_advance, io_uring_cqe,
                              io_uring_enable_rings, io_uring_peek_batch_cqe, io_uring_prep_write, io_uring_queue_exit,
@@ -195,6 +197,19 @@ cdef write_result ur_write(void *eng, uint32_t idx, frame_t *f, const uint8_t *s
     if n < 0 and errno == EINTR:
         n = write(q.fd, start, length)
     return WR_DONE if n == <ssize_t>length else WR_FAILED
+
+
+cdef write_result ur_writev(void *eng, uint32_t idx, const iovec *iov, int n, uint32_t length) noexcept nogil:
+    """A gathered write (a GRO run) goes out with writev(): ring writes queued before it must leave first."""
+    cdef uring_engine *u = <uring_engine *>eng
+    cdef int fd = u.sw.ports[idx].fd
+    cdef ssize_t r
+    if io_uring_sq_ready(&u.ring):
+        ur_submit(u)
+    r = writev(fd, iov, n)
+    if r < 0 and errno == EINTR:
+        r = writev(fd, iov, n)
+    return WR_DONE if r == <ssize_t>length else WR_FAILED
 
 
 cdef void ur_settle(void *eng, frame_t *f) noexcept nogil:
@@ -397,6 +412,7 @@ cdef uring_engine *ur_new(sw_t *sw, engine_ops *ops, uint32_t n_bufs, int64_t ba
         ur_free(u)
         return NULL
     ops.write = ur_write
+    ops.writev = ur_writev
     ops.settle = ur_settle
     ops.port_up = ur_port_up
     ops.port_down = ur_port_down

@@ -60,9 +60,19 @@ cdef uint32_t gro_candidate(const uint8_t *f, uint32_t length, const uint8_t *vn
         return hdr
     if ip[9] == IPPROTO_UDP and load_be16(ip + ihl + 6) == 0:
         return 0  # sent without a checksum: segmenting would add one
-    if csum_fold(csum_add(pseudo_sum(ip, ip[9], l4_len), ip + ihl, l4_len)) != 0xFFFF:
-        return 0
-    return hdr
+    return hdr | GRO_UNVERIFIED
+
+
+cdef inline bint gro_verified(const uint8_t *frame, uint32_t length, uint32_t hdr) noexcept nogil:
+    """Whether a candidate's L4 checksum verifies (or was partial): checked
+    only once it is about to join a run, so a frame that stays alone (as
+    most do when many flows interleave) is never summed."""
+    cdef const uint8_t *ip = frame + ETH_HLEN
+    cdef uint32_t ihl = (ip[0] & 0x0F) * 4
+    cdef uint32_t l4_len = length - ETH_HLEN - ihl
+    if not hdr & GRO_UNVERIFIED:
+        return True
+    return csum_fold(csum_add(pseudo_sum(ip, ip[9], l4_len), ip + ihl, l4_len)) == 0xFFFF
 
 
 cdef bint gro_start(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t hdr, const uint8_t *vnet,
@@ -71,8 +81,13 @@ cdef bint gro_start(gro_state *g, const uint8_t *frame, uint32_t length, uint32_
     cdef const uint8_t *l4 = ip + (ip[0] & 0x0F) * 4
     if length > g.cap or (ip[9] == IPPROTO_TCP and l4[13] & TCP_PSH):
         return False  # a run that could take nothing more: it goes as it is
-    memcpy(g.buf, frame, length)
+    if not gro_verified(frame, length, hdr):
+        return False  # damaged: it goes as it came, and the receiver drops it
+    hdr &= ~GRO_UNVERIFIED
+    memcpy(g.buf, frame, hdr)
     memcpy(g.vnet0, vnet, VNET_HLEN)
+    g.iov[1].iov_base = <void *>(frame + hdr)
+    g.iov[1].iov_len = length - hdr
     g.len = length
     g.out = out
     g.hdr_len = hdr
@@ -88,8 +103,9 @@ cdef bint gro_start(gro_state *g, const uint8_t *frame, uint32_t length, uint32_
     return True
 
 
-cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t hdr, uint32_t out) noexcept nogil:
-    cdef uint32_t payload, ihl
+cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32_t hdr_flags,
+                     uint32_t out) noexcept nogil:
+    cdef uint32_t payload, ihl, hdr = hdr_flags & ~GRO_UNVERIFIED
     cdef const uint8_t *ip = frame + ETH_HLEN
     cdef const uint8_t *gip = g.buf + ETH_HLEN
     if (g.len == 0 or out != g.out or hdr != g.hdr_len or ip[9] != g.proto or g.last_payload != g.gso_size
@@ -113,22 +129,36 @@ cdef bint gro_append(gro_state *g, const uint8_t *frame, uint32_t length, uint32
                 or memcmp(ip + ihl + 18, gip + ihl + 18, hdr - ETH_HLEN - ihl - 18) != 0
                 or load_be32(ip + ihl + 4) != g.next_seq):
             return False
-        g.next_seq += payload
-        g.psh = (ip[ihl + 13] & TCP_PSH) != 0
     else:
         if not (ip[6] & IP_DF):
             if load_be16(ip + 4) != g.next_id:
                 return False
-            g.next_id += 1
-    memcpy(g.buf + g.len, frame + hdr, payload)
+    # The flow continues: last, the frame must be whole.
+    if not gro_verified(frame, length, hdr_flags):
+        return False
+    if g.proto == IPPROTO_TCP:
+        g.next_seq += payload
+        g.psh = (ip[ihl + 13] & TCP_PSH) != 0
+    elif not (ip[6] & IP_DF):
+        g.next_id += 1
+    g.nseg += 1
+    g.iov[g.nseg].iov_base = <void *>(frame + hdr)
+    g.iov[g.nseg].iov_len = payload
     g.len += payload
     g.last_payload = <uint16_t>payload
-    g.nseg += 1
     return True
 
 
 cdef bint gro_pair(gro_state *g, const uint8_t *held, uint32_t held_len, uint32_t held_hdr, const uint8_t *held_vnet,
                    uint32_t held_out, const uint8_t *frame, uint32_t length, uint32_t hdr, uint32_t out) noexcept nogil:
+    cdef const uint8_t *hip = held + ETH_HLEN
+    cdef const uint8_t *ip = frame + ETH_HLEN
+    cdef uint32_t ihl = (hip[0] & 0x0F) * 4
+    # Frames of other flows (interleaved, as many flows' small frames come)
+    # are told apart before any header is copied: addresses and ports.
+    if (held_out != out or (held_hdr ^ hdr) & ~GRO_UNVERIFIED or hip[9] != ip[9] or memcmp(hip + 12, ip + 12, 8) != 0
+            or memcmp(hip + ihl, ip + ihl, 4) != 0):
+        return False
     if not gro_start(g, held, held_len, held_hdr, held_vnet, held_out):
         return False
     if gro_append(g, frame, length, hdr, out):
@@ -137,16 +167,20 @@ cdef bint gro_pair(gro_state *g, const uint8_t *held, uint32_t held_len, uint32_
     return False
 
 
-cdef uint32_t gro_finish(gro_state *g, uint8_t *vnet) noexcept nogil:
+cdef int gro_finish(gro_state *g, uint32_t *frame_len) noexcept nogil:
     cdef uint8_t *ip = g.buf + ETH_HLEN
+    cdef uint8_t *vnet = g.buf - VNET_HLEN
     cdef uint32_t ihl = (ip[0] & 0x0F) * 4
     cdef uint32_t length = g.len
     cdef uint32_t l4_len = length - ETH_HLEN - ihl
     cdef uint16_t partial
     g.len = 0
+    frame_len[0] = length
+    g.iov[0].iov_base = vnet
+    g.iov[0].iov_len = VNET_HLEN + g.hdr_len
     if g.nseg < 2:
         memcpy(vnet, g.vnet0, VNET_HLEN)
-        return length
+        return 1 + g.nseg
     memset(vnet, 0, VNET_HLEN)
     store_be16(ip + 2, <uint16_t>(length - ETH_HLEN))
     store_be16(ip + 10, 0)
@@ -172,15 +206,17 @@ cdef uint32_t gro_finish(gro_state *g, uint8_t *vnet) noexcept nogil:
     vnet[5] = g.gso_size >> 8
     vnet[6] = (ETH_HLEN + ihl) & 0xFF
     vnet[7] = (ETH_HLEN + ihl) >> 8
-    return length
+    return 1 + g.nseg
 
 
-cdef list _flush(gro_state *g, bytearray buf, tuple held, list out):
-    cdef uint8_t vnet[VNET_HLEN]
+cdef list _flush(gro_state *g, tuple held, list out):
     cdef uint32_t n
+    cdef int k, count
     if g.len:
-        n = gro_finish(g, vnet)
-        out.append((bytes(vnet[:VNET_HLEN]), bytes(buf[:n])))
+        count = gro_finish(g, &n)
+        whole = b"".join([(<char *>g.iov[k].iov_base)[:g.iov[k].iov_len] for k in range(count)])
+        assert len(whole) == VNET_HLEN + n
+        out.append((whole[:VNET_HLEN], whole[VNET_HLEN:]))
     elif held is not None:
         out.append(held[:2])
     return out
@@ -194,19 +230,19 @@ def coalesce(list frames, bint udp=True, uint32_t cap=65536 + 256) -> list:
     cdef bytes fb, vb
     cdef tuple held = None         # (vnet header, frame, headers' length): waits for a second
     cdef uint32_t hdr
-    buf = bytearray(cap)
+    buf = bytearray(VNET_HLEN + GRO_MAX_HDR)
     cdef uint8_t[::1] view = buf
     memset(&g, 0, sizeof(g))
-    g.buf = &view[0]
+    g.buf = &view[VNET_HLEN]
     g.cap = cap
-    out = []
+    out = []                       # (frames keeps every frame a pending run's payloads point into)
     for item in frames:
         vb, fb = item if isinstance(item, tuple) else (bytes(VNET_HLEN), item)
         if len(vb) != VNET_HLEN:
             raise ValueError(f"vnet: expected {VNET_HLEN} bytes, got {len(vb)}")  # gro_candidate reads all of it
         hdr = gro_candidate(fb, len(fb), vb, udp)
         if hdr == 0:
-            _flush(&g, buf, held, out)
+            _flush(&g, held, out)
             held = None
             out.append((vb, fb))
             continue
@@ -215,6 +251,6 @@ def coalesce(list frames, bint udp=True, uint32_t cap=65536 + 256) -> list:
         if held is not None and gro_pair(&g, held[1], len(held[1]), held[2], held[0], 0, fb, len(fb), hdr, 0):
             held = None
             continue
-        _flush(&g, buf, held, out)
+        _flush(&g, held, out)
         held = (vb, fb, hdr)
-    return _flush(&g, buf, held, out)
+    return _flush(&g, held, out)

@@ -2,7 +2,7 @@
 # Linux kernel's tcp_gso_segment / __udp_gso_segment / skb_segment do it when
 # the device cannot: each segment carries a copy of the headers, its own IP
 # length, IPv4 ID, TCP sequence number and flags, and complete checksums.
-from libc.stdint cimport uint8_t, uint32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from fastpath.frame cimport vnet_info
 
@@ -31,3 +31,28 @@ cdef int gso_segment(const uint8_t *frame, uint32_t length, const vnet_info *v, 
     # >0: number of segments written into scratch, described by segs[]; <0: -GSO_ERR_*.
     # `frame` is the super-frame without its virtio-net header, `v` that header
     # as parse_vnet read it. Nothing is written on failure.
+
+# Segmenting without copying the payload: gso_plan checks a super-frame and
+# works out its segments; gso_header writes segment i's headers (hlen bytes,
+# its lengths, ID, sequence number, flags and complete checksums) at d, the
+# checksum summed over its payload where it lies (`payload`: the chunk of
+# the super-frame that segment i carries, frame + hlen + i * mss). A sender
+# then gathers headers and payload with an iovec: the payload is never
+# copied in user space, and read once, for its checksum.
+cdef struct gso_plan_t:
+    uint32_t l2, l3, l4, thl, hlen  # offsets and lengths; hlen: the headers every segment repeats
+    uint32_t mss
+    uint32_t nseg
+    uint32_t last_chunk            # the last segment's payload (mss for every other)
+    uint32_t csum_off
+    uint32_t seq
+    uint64_t addr_sum              # the pseudo-header's addresses, summed
+    uint16_t ip_id
+    uint8_t proto
+    uint8_t flags                  # TCP
+    bint v4
+
+cdef int gso_plan(const uint8_t *frame, uint32_t length, const vnet_info *v, gso_plan_t *p) noexcept nogil
+    # 0, or -GSO_ERR_* (never TOO_MANY: the caller bounds p.nseg).
+cdef void gso_header(const gso_plan_t *p, const uint8_t *frame, uint32_t i, uint8_t *d,
+                     const uint8_t *payload) noexcept nogil

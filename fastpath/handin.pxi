@@ -66,6 +66,8 @@ cdef list handin_datagrams(sw_t *sw, uint32_t addr, list datagrams):
     cdef int *reasons
     cdef bytes b
     cdef int64_t now
+    cdef ingress_t src
+    cdef decision_t d
     if n > BATCH:
         raise ValueError(f"at most {BATCH} datagrams make a batch")
     for b in datagrams:
@@ -93,7 +95,7 @@ cdef list handin_datagrams(sw_t *sw, uint32_t addr, list datagrams):
             for i in range(n):
                 # As tun_rx: an empty datagram is a truncated one.
                 reasons[i] = VX_TRUNCATED if lens[i] == 0 else tun_decap(
-                    sw, &batch[i], mem[i] + HEADROOM, lens[i], addr, now)
+                    sw, &batch[i], mem[i] + HEADROOM, lens[i], addr, now, &src, &d)
                 if reasons[i] != VX_OK:
                     sw.tun.drops[reasons[i]] += 1
             gro_flush(sw)

@@ -1,7 +1,8 @@
 # Byte order and the Internet checksum, shared by the parser, the segmenter
 # (gso) and the coalescer (gro). Inline only: there is no module behind it.
 #
-# The checksum (RFC 1071) is summed in host order, 8 bytes at a time.
+# The checksum (RFC 1071) is summed in host order, 8 bytes at a time (runs
+# of 64 bytes and more with vectors), in csum.h.
 # Section 2(B): the one's complement sum is byte-order independent, so a sum
 # of host-order words folded to 16 bits and stored back in host order is the
 # big-endian checksum. Section 2(C): wider words with end-around carry fold to
@@ -23,21 +24,15 @@ cdef inline void store_be32(uint8_t *p, uint32_t v) noexcept nogil:
     p[2] = (v >> 8) & 0xFF
     p[3] = v & 0xFF
 
+cdef extern from "csum.h" nogil:
+    # Short runs (headers) inline and scalar, long ones (payloads) with the
+    # widest vectors the CPU runs.
+    uint64_t vs_csum_add(uint64_t s, const uint8_t *p, size_t n)
+
 cdef inline uint64_t csum_add(uint64_t s, const uint8_t *p, uint32_t n) noexcept nogil:
-    """Add n bytes at p to the running sum s."""
-    cdef uint64_t w
-    while n >= 8:
-        memcpy(&w, p, 8)  # an unaligned load, without casting the pointer
-        s += w
-        s += s < w        # end-around carry
-        p += 8
-        n -= 8
-    if n:
-        w = 0
-        memcpy(&w, p, n)  # an odd last byte pairs with a zero, as the RFC pads it
-        s += w
-        s += s < w
-    return s
+    """Add n bytes at p to the running sum s (an odd last byte pairs with a
+    zero, as the RFC pads it)."""
+    return vs_csum_add(s, p, n)
 
 cdef inline uint16_t csum_fold(uint64_t s) noexcept nogil:
     """The sum folded to 16 bits, still in host order (not complemented)."""

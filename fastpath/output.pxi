@@ -11,7 +11,8 @@
 #                the tunnel MTU and encapsulated (tunnel.pxi).
 #   gro_take     a frame for a port with offloads may wait to be coalesced
 #   gro_flush    with the next ones of its flow (gro): a run goes out as one
-#                super-frame, a frame left alone as it came.
+#                super-frame, gathered from its frames' buffers with one
+#                writev, a frame left alone as it came.
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
@@ -19,7 +20,7 @@ from libc.string cimport memcpy, memset
 from fastpath.frame cimport (DROP_GSO_UNSUPPORTED, DROP_MTU_EXCEEDED, DROP_TUNNEL_MTU, ETH_ALEN, ETH_HLEN, ETH_P_8021AD,
                              ETH_P_8021Q, VLAN_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_GSO_TCPV4, VNET_GSO_TCPV6,
                              VNET_HLEN, complete_csum, load_be16, parse_vnet)
-from fastpath.gro cimport gro_append, gro_candidate, gro_finish, gro_pair, gro_state
+from fastpath.gro cimport GRO_MAX_HDR, GRO_MAX_SEGS, gro_append, gro_candidate, gro_finish, gro_pair, gro_state
 from fastpath.posix_io cimport CLOCK_REALTIME, clock_gettime, iovec, timespec, writev
 
 cdef enum:
@@ -28,13 +29,12 @@ cdef enum:
 
 cdef struct output_t:
     gro_state gro
-    frame_t gro_frame              # the run, as one frame once finished
     frame_t gro_held               # a frame that may start a run, until the next one tells
     uint32_t gro_held_hdr
     uint32_t gro_held_out
     bint gro_holding
     bint gro_udp                   # UDP runs too: the kernel takes UDP_L4 super-frames
-    uint8_t *gro_mem
+    uint8_t *gro_mem               # the run's headers, behind room for its virtio-net header
 
 
 def kernel_takes_udp_superframes() -> bool:
@@ -48,13 +48,11 @@ def kernel_takes_udp_superframes() -> bool:
 cdef int out_init(output_t *o, bint gro_udp) noexcept nogil:
     memset(o, 0, sizeof(output_t))
     o.gro_udp = gro_udp
-    o.gro_mem = <uint8_t *>malloc(BUF_SIZE)
+    o.gro_mem = <uint8_t *>malloc(VNET_HLEN + GRO_MAX_HDR)
     if o.gro_mem == NULL:
         return -1
-    o.gro.buf = o.gro_mem + HEADROOM
+    o.gro.buf = o.gro_mem + VNET_HLEN
     o.gro.cap = 0xFFFF + ETH_HLEN
-    o.gro_frame.data = o.gro.buf
-    o.gro_frame.in_port = NO_PORT
     return 0
 
 
@@ -63,11 +61,13 @@ cdef void out_free(output_t *o) noexcept nogil:
     o.gro_mem = NULL
 
 
-cdef void out_mirror(sw_t *sw, uint32_t idx, uint8_t direction, const uint8_t *data, uint32_t length) noexcept nogil:
-    """Copy a frame to the port's capture socket, never waiting for it:
-    when the reader falls behind, the copy is dropped and counted."""
+cdef void out_mirror_iov(sw_t *sw, uint32_t idx, uint8_t direction, const iovec *frame, int n,
+                         uint32_t length) noexcept nogil:
+    """Copy a frame (`length` bytes gathered from n iovecs) to the port's
+    capture socket, never waiting for it: when the reader falls behind, the
+    copy is dropped and counted."""
     cdef uint8_t hdr[CAP_HDR]
-    cdef iovec iov[2]
+    cdef iovec iov[2 + GRO_MAX_SEGS]
     cdef timespec ts
     cdef uint64_t ns
     cdef int i
@@ -81,10 +81,16 @@ cdef void out_mirror(sw_t *sw, uint32_t idx, uint8_t direction, const uint8_t *d
     hdr[13] = hdr[14] = hdr[15] = 0
     iov[0].iov_base = hdr
     iov[0].iov_len = CAP_HDR
-    iov[1].iov_base = <void *>data
-    iov[1].iov_len = length
-    if writev(sw.ports[idx].cap_fd, iov, 2) < 0:
+    memcpy(&iov[1], frame, n * sizeof(iovec))
+    if writev(sw.ports[idx].cap_fd, iov, n + 1) < 0:
         sw.pctr[<size_t>idx * PC_COUNT + PC_CAPTURE_DROPS] += 1
+
+
+cdef void out_mirror(sw_t *sw, uint32_t idx, uint8_t direction, const uint8_t *data, uint32_t length) noexcept nogil:
+    cdef iovec iov
+    iov.iov_base = <void *>data
+    iov.iov_len = length
+    out_mirror_iov(sw, idx, direction, &iov, 1, length)
 
 
 cdef inline void out_sent(sw_t *sw, uint32_t idx, const uint8_t *data, uint32_t length, bint superframe,
@@ -234,10 +240,12 @@ cdef bint gro_take(sw_t *sw, frame_t *f, uint32_t out) noexcept nogil:
 
 
 cdef void gro_flush(sw_t *sw) noexcept nogil:
-    """Send the pending run, or the frame held for one."""
+    """Send the pending run (gathered with one writev), or the frame held for one."""
     cdef output_t *o = &sw.out
-    cdef frame_t *g = &o.gro_frame
-    cdef uint32_t out
+    cdef uint32_t out, length
+    cdef int n
+    cdef write_result r
+    cdef iovec mirror[1 + GRO_MAX_SEGS]
     if o.gro_holding:
         o.gro_holding = False
         if sw.ports[o.gro_held_out].state == PORT_UP:
@@ -247,11 +255,20 @@ cdef void gro_flush(sw_t *sw) noexcept nogil:
         return
     out = o.gro.out
     sw.stats[LS_GRO_RUNS] += 1
-    g.len = gro_finish(&o.gro, g.vnet)
-    g.encap_vni = 0
-    parse_vnet(g.vnet, g.len, &g.vi)
-    if sw.ports[out].state == PORT_UP:
-        out_port(sw, out, g)
+    n = gro_finish(&o.gro, &length)
+    if sw.ports[out].state != PORT_UP:
+        return
+    r = sw.eng.writev(sw.engine, out, o.gro.iov, n, VNET_HLEN + length)
+    if r == WR_DONE:
+        out_sent(sw, out, NULL, length, n > 2, False)
+        if sw.ports[out].cap_dir & CAP_OUT:
+            # The capture takes the frame without its virtio-net header.
+            memcpy(mirror, o.gro.iov, n * sizeof(iovec))
+            mirror[0].iov_base = <uint8_t *>mirror[0].iov_base + VNET_HLEN
+            mirror[0].iov_len -= VNET_HLEN
+            out_mirror_iov(sw, out, CAP_OUT, mirror, n, length)
+    else:
+        out_failed(sw, out)
 
 
 cdef void out_answer(sw_t *sw, frame_t *f, const decision_t *d) noexcept nogil:

@@ -9,10 +9,11 @@
 # IPPROTO_UDP socket adds IPv4, so each packet picks its own source port.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 from fastpath.frame cimport DROP_GSO_UNSUPPORTED, DROP_MAC_PINNED, DROP_TUNNEL_MTU, ETH_HLEN, VNET_HLEN
-from fastpath.gso cimport GSO_SEG_ROOM, gso_segment, seg_t
+from fastpath.gso cimport (GSO_ERR_TOO_MANY, GSO_MAX_HDR, GSO_SEG_ROOM, gso_header, gso_plan, gso_plan_t, gso_segment,
+                           seg_t)
 from fastpath.mactable cimport OUT_PEER
 from fastpath.posix_io cimport (AF_INET, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE, EINTR, MSG_DONTWAIT,
                                 SO_ATTACH_FILTER, SOL_SOCKET, cmsghdr, errno, htons, iovec, mmsghdr, msghdr, recvmmsg,
@@ -33,6 +34,9 @@ cdef enum:
     UDP_GSO_MAX = 64               # segments per UDP_SEGMENT send (the kernel's limit is 64 or more)
     UDP_GSO_BYTES = 65000          # UDP payload per UDP_SEGMENT send (an IPv4 packet's limit, less headers)
     ENCAP_LEN = UDP_HLEN + VXLAN_HLEN
+    # A train segment's headers (VXLAN, then the inner headers gso_header
+    # writes), one slot each; the payload stays in the super-frame.
+    TRAIN_HDR_SLOT = (VXLAN_HLEN + GSO_MAX_HDR + 15) & ~15
 
 cdef struct peer_t:
     uint32_t addr                  # remote VTEP, IPv4 in network byte order
@@ -67,7 +71,8 @@ cdef struct tunnel_t:
     int gso_fds[GSO_SOCKETS]
     uint16_t gso_ports[GSO_SOCKETS]
     uint32_t n_gso
-    uint8_t *gso_train             # segments laid end to end, each behind its VXLAN header
+    uint8_t *train_hdrs            # TXQ header slots of a train's segments
+    iovec train_iov[2 * TXQ]       # each segment: its headers' slot, then its payload in the super-frame
     uint8_t *gso_scratch
     uint32_t gso_scratch_len
     seg_t segs[TXQ]
@@ -90,9 +95,9 @@ cdef int tun_init(tunnel_t *t, uint32_t max_peers, uint32_t max_networks) noexce
     t.net_vni = <uint32_t *>calloc(max_networks + 1, sizeof(uint32_t))
     t.gso_scratch_len = FRAME_ROOM + TXQ * GSO_SEG_ROOM
     t.gso_scratch = <uint8_t *>malloc(t.gso_scratch_len)
-    t.gso_train = <uint8_t *>malloc(FRAME_ROOM + TXQ * (VXLAN_HLEN + GSO_SEG_ROOM))
+    t.train_hdrs = <uint8_t *>malloc(TXQ * TRAIN_HDR_SLOT)
     t.rxmem = <uint8_t *>malloc(<size_t>BATCH * BUF_SIZE)
-    if not (t.peers and t.pectr and t.net_peer_head and t.net_vni and t.gso_scratch and t.gso_train and t.rxmem):
+    if not (t.peers and t.pectr and t.net_peer_head and t.net_vni and t.gso_scratch and t.train_hdrs and t.rxmem):
         return -1
     for i in range(max_networks + 1):
         t.net_peer_head[i] = -1
@@ -120,7 +125,7 @@ cdef void tun_free(tunnel_t *t) noexcept nogil:
     free(t.net_peer_head)
     free(t.net_vni)
     free(t.gso_scratch)
-    free(t.gso_train)
+    free(t.train_hdrs)
     free(t.rxmem)
 
 
@@ -233,14 +238,14 @@ cdef inline int tun_verdict(const decision_t *d) noexcept nogil:
 
 
 cdef int tun_decap(sw_t *sw, frame_t *f, const uint8_t *hdr, uint32_t length, uint32_t addr,
-                   int64_t now) noexcept nogil:
+                   int64_t now, ingress_t *src, decision_t *d) noexcept nogil:
     """Check one datagram's VXLAN header, then decide and deliver its inner
-    frame (at f.data, VXLAN_HLEN past hdr); returns a vx_drop."""
+    frame (at f.data, VXLAN_HLEN past hdr); returns a vx_drop, with the
+    ingress and the decision in src and d when it is VX_OK or a decided drop."""
     cdef tunnel_t *t = &sw.tun
     cdef uint64_t *pc
-    cdef ingress_t src
-    cdef decision_t d
-    cdef int r = tun_check(t, hdr, length, addr, &src)
+    cdef int r = tun_check(t, hdr, length, addr, src)
+    d.verdict = V_DROP
     if r == VX_UNKNOWN_VNI:
         sw_event(sw, EV_UNKNOWN_VNI, 0, addr, vxlan_vni(hdr))
     elif r == VX_UNKNOWN_PEER:
@@ -251,21 +256,36 @@ cdef int tun_decap(sw_t *sw, frame_t *f, const uint8_t *hdr, uint32_t length, ui
     pc = &t.pectr[<size_t>(src.out & ~OUT_PEER) * PE_COUNT]
     pc[PE_RX_PACKETS] += 1
     pc[PE_RX_BYTES] += f.len
-    decide(sw, f.data, f.len, &src, now, False, &d)
+    decide(sw, f.data, f.len, src, now, False, d)
     if d.verdict != V_DROP:
-        deliver(sw, f, &src, &d)
-    return tun_verdict(&d)
+        deliver(sw, f, src, d)
+    return tun_verdict(d)
+
+
+cdef inline bint tun_same_decision(const uint8_t *hdr, uint32_t length, const uint8_t *prev,
+                                   uint32_t prev_len) noexcept nogil:
+    """Whether a datagram decides as the one before it in the same UDP GRO
+    run did: the same VXLAN header and inner Ethernet header, no longer. A
+    decision to a port whose source was already known (a hit) changes no
+    table, so the next such datagram, at the same time, gets the same one."""
+    return (VXLAN_HLEN + ETH_HLEN <= length <= prev_len
+            and memcmp(hdr, prev, VXLAN_HLEN + ETH_HLEN) == 0)
 
 
 cdef int tun_rx(sw_t *sw, int64_t now) noexcept nogil:
     """Read and handle one batch of datagrams; returns how many were read."""
     cdef tunnel_t *t = &sw.tun
     cdef int n, k, reason
-    cdef uint32_t total, seg, off, length, datagrams = 0
+    cdef uint32_t total, seg, off, length, datagrams = 0, prev_len = 0
     cdef frame_t *f
     cdef uint8_t *base
+    cdef uint8_t prev[VXLAN_HLEN + ETH_HLEN]  # the headers of the last datagram decided
     cdef cmsghdr *cm
     cdef int gso_size
+    cdef ingress_t src
+    cdef decision_t d
+    cdef bint reuse
+    cdef uint64_t *pc
     for k in range(BATCH):
         t.rxq[k].msg_hdr.msg_namelen = sizeof(sockaddr_in)
         t.rxq[k].msg_hdr.msg_flags = 0
@@ -293,6 +313,7 @@ cdef int tun_rx(sw_t *sw, int64_t now) noexcept nogil:
             t.drops[<int>VX_TRUNCATED] += 1  # an empty datagram is one too
             datagrams += 1
         off = 0
+        reuse = False
         while off < total:
             length = min(seg, total - off)
             f.data = base + off + VXLAN_HLEN
@@ -301,9 +322,23 @@ cdef int tun_rx(sw_t *sw, int64_t now) noexcept nogil:
             f.tag = f.pending = 0
             memset(f.vnet, 0, VNET_HLEN)
             memset(&f.vi, 0, sizeof(f.vi))
-            reason = tun_decap(sw, f, base + off, length, t.rxaddr[k].sin_addr.s_addr, now)
-            if reason != VX_OK:
-                t.drops[reason] += 1
+            if reuse and tun_same_decision(base + off, length, prev, prev_len):
+                # A bulk flow's datagrams in one run: decided once.
+                f.len = length - VXLAN_HLEN
+                pc = &t.pectr[<size_t>(src.out & ~OUT_PEER) * PE_COUNT]
+                pc[PE_RX_PACKETS] += 1
+                pc[PE_RX_BYTES] += f.len
+                deliver(sw, f, &src, &d)
+            else:
+                if length >= VXLAN_HLEN + ETH_HLEN:
+                    # Copied before delivery: a frame written out as it is
+                    # gets its virtio-net header over the bytes before it.
+                    memcpy(prev, base + off, VXLAN_HLEN + ETH_HLEN)
+                reason = tun_decap(sw, f, base + off, length, t.rxaddr[k].sin_addr.s_addr, now, &src, &d)
+                if reason != VX_OK:
+                    t.drops[reason] += 1
+                reuse = seg < total and reason == VX_OK and d.verdict == V_PORT and d.learned == MT_HIT
+                prev_len = length
             off += length
             datagrams += 1
         f.data = base + VXLAN_HLEN  # the buffer's own place, for the next read into it
@@ -379,42 +414,35 @@ cdef void tun_encap(sw_t *sw, uint32_t peer, frame_t *f, uint16_t network) noexc
     tun_queue(sw, peer, hdr, f.len + ENCAP_LEN)
 
 
-cdef void tun_send_train(sw_t *sw, int nseg, uint32_t vni, uint32_t hash_idx, int32_t peer) noexcept nogil:
-    """Send segments as UDP_SEGMENT trains from the flow's UDP socket: the
-    kernel cuts each train into datagrams late, for one pass through the
-    stack. Every segment but the last has the same length (GSO output),
-    as UDP_SEGMENT requires. A refused train counts against the peer."""
+cdef void tun_send_train(sw_t *sw, const gso_plan_t *p, uint32_t hash_idx, int32_t peer) noexcept nogil:
+    """Send a super-frame's segments (headers in train_hdrs, payload in the
+    super-frame, gathered by train_iov) as UDP_SEGMENT trains from the
+    flow's UDP socket: the kernel copies each train once and cuts it into
+    datagrams late, for one pass through the stack. Every segment but the
+    last has the same length (GSO output), as UDP_SEGMENT requires. A
+    refused train counts against the peer."""
     cdef tunnel_t *t = &sw.tun
-    cdef uint8_t *p = t.gso_train
-    cdef uint32_t i, size = VXLAN_HLEN + t.segs[0].len, first = 0, count, length
+    cdef uint32_t size = VXLAN_HLEN + p.hlen + p.mss, first = 0, count
     cdef uint64_t ctrl[4]
     cdef uint16_t seg_size = <uint16_t>size
     cdef msghdr msg
-    cdef iovec iov
     cdef sockaddr_in dst
     cdef cmsghdr *cm
     cdef ssize_t sent
     cdef uint64_t *pc = &t.pectr[<size_t>peer * PE_COUNT]
-    for i in range(<uint32_t>nseg):
-        vxlan_write(p, vni)
-        memcpy(p + VXLAN_HLEN, t.segs[i].data, t.segs[i].len)
-        p += VXLAN_HLEN + t.segs[i].len
     memset(&dst, 0, sizeof(dst))
     dst.sin_family = AF_INET
     dst.sin_port = htons(t.port)
     dst.sin_addr.s_addr = t.peers[peer].addr
-    while first < <uint32_t>nseg:
+    while first < p.nseg:
         # At least one: past an underlay MTU of about 65040 a segment alone
         # can outgrow a train, and then goes as a datagram of its own.
-        count = max(1, min(<uint32_t>nseg - first, UDP_GSO_MAX, UDP_GSO_BYTES // size))
-        length = (count - 1) * size + VXLAN_HLEN + t.segs[first + count - 1].len
-        iov.iov_base = t.gso_train + first * size
-        iov.iov_len = length
+        count = max(1, min(p.nseg - first, UDP_GSO_MAX, UDP_GSO_BYTES // size))
         memset(&msg, 0, sizeof(msg))
         msg.msg_name = &dst
         msg.msg_namelen = sizeof(dst)
-        msg.msg_iov = &iov
-        msg.msg_iovlen = 1
+        msg.msg_iov = &t.train_iov[2 * first]
+        msg.msg_iovlen = 2 * count
         msg.msg_control = ctrl
         msg.msg_controllen = CMSG_SPACE(sizeof(uint16_t))
         cm = CMSG_FIRSTHDR(&msg)
@@ -429,45 +457,66 @@ cdef void tun_send_train(sw_t *sw, int nseg, uint32_t vni, uint32_t hash_idx, in
             pc[PE_TX_ERRORS] += count
         else:
             pc[PE_TX_PACKETS] += count
-            for i in range(first, first + count):
-                pc[PE_TX_BYTES] += t.segs[i].len
+            pc[PE_TX_BYTES] += count * p.hlen + (p.last_chunk if first + count == p.nseg else p.mss) + (count - 1) * p.mss
         first += count
 
 
 cdef void tun_send_gso(sw_t *sw, frame_t *f, uint16_t network, int32_t only_peer) noexcept nogil:
     """Cut a TSO super-frame into MSS-sized frames and send each, VXLAN-
     encapsulated, to one peer (only_peer >= 0) or to every peer of the
-    network. The segments live in one scratch area, so they are sent
-    before the next super-frame can be cut."""
+    network. With UDP_SEGMENT, the segments' headers are written apart and
+    their payload sent from where it lies (tun_send_train); else they are
+    cut into one scratch area (gso_segment) and sent before the next
+    super-frame can be cut."""
     cdef tunnel_t *t = &sw.tun
     cdef uint32_t vni = t.net_vni[network]
     cdef uint64_t *c = &sw.pctr[<size_t>f.in_port * PC_COUNT]
+    cdef gso_plan_t plan
     cdef int nseg, i
     cdef int32_t q
     cdef uint16_t sport
-    cdef uint32_t hash_idx
+    cdef uint32_t hash_idx, k, chunk
     cdef uint8_t *hdr
+    cdef const uint8_t *payload
     if vni == 0 or t.tx_fd < 0:
         return
-    nseg = gso_segment(f.data, f.len, &f.vi, t.gso_scratch, t.gso_scratch_len, t.segs, TXQ)
+    nseg = gso_plan(f.data, f.len, &f.vi, &plan)
+    if nseg == 0 and plan.nseg > TXQ:
+        nseg = -GSO_ERR_TOO_MANY
     if nseg < 0:
         sw.stats[LS_GSO_ERRORS - nseg] += 1
         c[PC_DROPS + DROP_GSO_UNSUPPORTED] += 1
         return
+    nseg = plan.nseg
     sw.stats[LS_SEGMENTED] += 1
     sw.stats[LS_SEGMENTS] += nseg
-    for i in range(nseg):
-        if t.segs[i].len > t.max_frame:
-            c[PC_DROPS + DROP_TUNNEL_MTU] += 1
-            return
+    # The longest segment: a full one, or the only one.
+    if plan.hlen + (plan.mss if nseg > 1 else plan.last_chunk) > t.max_frame:
+        c[PC_DROPS + DROP_TUNNEL_MTU] += 1
+        return
     if t.n_gso and nseg > 1:
         tun_flush(sw)  # what is queued goes first
+        for k in range(<uint32_t>nseg):
+            hdr = t.train_hdrs + k * TRAIN_HDR_SLOT
+            chunk = plan.mss if k + 1 < <uint32_t>nseg else plan.last_chunk
+            payload = f.data + plan.hlen + <size_t>k * plan.mss
+            vxlan_write(hdr, vni)
+            gso_header(&plan, f.data, k, hdr + VXLAN_HLEN, payload)
+            t.train_iov[2 * k].iov_base = hdr
+            t.train_iov[2 * k].iov_len = VXLAN_HLEN + plan.hlen
+            t.train_iov[2 * k + 1].iov_base = <void *>payload
+            t.train_iov[2 * k + 1].iov_len = chunk
         hash_idx = flow_hash(f.data, f.len) % t.n_gso
         q = only_peer if only_peer >= 0 else t.net_peer_head[network]
         while q >= 0:
             if t.peers[q].used:
-                tun_send_train(sw, nseg, vni, hash_idx, q)
+                tun_send_train(sw, &plan, hash_idx, q)
             q = -1 if only_peer >= 0 else t.peers[q].next_in_net
+        return
+    nseg = gso_segment(f.data, f.len, &f.vi, t.gso_scratch, t.gso_scratch_len, t.segs, TXQ)
+    if nseg < 0:  # checked above: the scratch area always has room for TXQ segments
+        sw.stats[LS_GSO_ERRORS - nseg] += 1
+        c[PC_DROPS + DROP_GSO_UNSUPPORTED] += 1
         return
     # One source port for the whole flow: its segments keep one path.
     sport = tun_sport(t, f)

@@ -19,7 +19,7 @@ from scapy.layers.l2 import Dot1Q, Ether
 from scapy.packet import Raw
 
 import fastpath.gso
-from fastpath.gso import HEADROOM, SEG_ROOM, segment
+from fastpath.gso import HEADROOM, SEG_ROOM, segment, segment_gathered
 from rawframes import ones_sum
 
 VNET_F_NEEDS_CSUM = 1
@@ -217,6 +217,19 @@ def test_udp_l4_superframes_match_the_reference(case):
     check_segments(frame, gso_size, segment(frame, hdr), UDP)
 
 
+def gathered(hdr: bytes, frame: bytes) -> list[bytes]:
+    """The segments as the tunnel's trains send them: headers written apart,
+    the payload gathered from where it lies in the super-frame."""
+    return [h + frame[off:off + n] for h, off, n in segment_gathered(frame, hdr)]
+
+
+@SETTINGS
+@given(tcp_superframes() | udp_superframes())
+def test_segments_gathered_without_copying_are_the_copied_ones(case):
+    hdr, frame, gso_size = case
+    assert gathered(hdr, frame) == segment(frame, hdr)
+
+
 def test_udp_checksum_that_computes_to_zero_is_sent_as_all_ones():
     # Pick the last two payload bytes so the datagram's sum is 0xFFFF, hence a checksum of 0.
     body = b"abcdef"
@@ -250,6 +263,8 @@ def test_64k_superframes(version, gso_size):
     assert b"".join(s[len(s) - min(gso_size, len(payload) - i * gso_size):] for i, s in enumerate(segs)) == payload
     if gso_size == 1448:
         check_segments(frame, gso_size, segs, TCP)
+    if gso_size > 1:  # odd-sized chunks too: each payload's checksum starts at an even offset
+        assert gathered(hdr, frame) == segs
 
 
 # --- errors ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from loop_rig import LoopRig
 from rawframes import BROADCAST, eth, mac, ones_sum, partial_udp
 
 VNET_F_NEEDS_CSUM = 1
+VNET_HLEN = 12
 GSO_NONE, GSO_TCPV4 = 0, 1
 
 pytestmark = pytest.mark.io_modes
@@ -237,6 +238,24 @@ def test_tcp_across_vxlan_is_intact_and_every_segment_valid(lab, offloads):
     assert all(v == 0 for v in offload["gso_errors"].values())
 
 
+@pytest.mark.root
+def test_100_mb_each_way_across_vxlan_arrive_intact(lab):
+    """Both directions through the whole tunnel path at full speed: TAP read,
+    segmentation into UDP_SEGMENT trains, UDP GRO receive, coalescing and
+    the gathered TAP write. sha256 at both ends of each transfer."""
+    h1, h2 = lab.add_hosts(2)
+    c1 = h1.add_container("c1", "blue", "10.61.0.1/24")
+    c2 = h2.add_container("c2", "blue", "10.61.0.2/24")
+    lab.start_mesh({"blue": 100})
+    tcp_transfer(c1.ns.name, c2.ns.name, c2.addr, 100 << 20)
+    tcp_transfer(c2.ns.name, c1.ns.name, c1.addr, 100 << 20)
+    for sender, receiver in ((h1, h2), (h2, h1)):
+        sent, got = sender.ctl("stats")["loop"]["offload"], receiver.ctl("stats")["loop"]["offload"]
+        assert sent["segmented"] > 0 and all(v == 0 for v in sent["gso_errors"].values())
+        assert got["udp_gro_datagrams"] > 0 and got["gro_superframes"] > 0
+        assert not any(receiver.ctl("stats")["vxlan"]["drops"].values())
+
+
 def tcp_superframe(payload_len: int, gso_size: int) -> bytes:
     """A virtio-net header and IPv4/TCP super-frame as a container's TSO hands it over."""
     src, dst = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
@@ -348,3 +367,154 @@ def test_the_kernel_takes_udp_superframes_and_the_socket_gets_every_datagram(net
         receiver.wait()
         rig.close()
         tap.close()
+
+
+class Vtep:
+    """A datapath terminating VXLAN on a loopback address, as vswitchd sets
+    it up (UDP socket with UDP_GRO, raw socket, a UDP_SEGMENT socket), with
+    one vnet port; driven by hand (forward, poll_tunnel), no loop thread."""
+
+    def __init__(self, addr: str, vxlan_port: int, peer: str) -> None:
+        from fastpath import Datapath
+        self.socks = []
+        self.dp = Datapath(max_ports=4, mac_table_size=64)
+        rx = self._sock(socket.AF_INET, socket.SOCK_DGRAM)
+        rx.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+        rx.bind((addr, vxlan_port))
+        rx.setsockopt(socket.SOL_UDP, 104, 1)  # UDP_GRO
+        self.rx = rx
+        tx = self._sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        tx.bind((addr, 0))
+        gso = self._sock(socket.AF_INET, socket.SOCK_DGRAM)
+        gso.setsockopt(socket.SOL_UDP, 103, 0)  # UDP_SEGMENT
+        gso.bind((addr, 0))
+        self.dp.set_vtep(rx.fileno(), tx.fileno(), vxlan_port, 49152, 65535, 1500)
+        self.dp.set_udp_gso_sockets([(gso.fileno(), gso.getsockname()[1])])
+        self.dp.set_network_vni(1, 100)
+        self.dp.add_peer(1, peer)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.socks += [ours, theirs]
+        for s in (ours, theirs):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        ours.setblocking(False)
+        self.end = ours
+        self.port = self.dp.add_port(theirs.fileno(), 1, 1450, True)
+
+    def _sock(self, *args) -> socket.socket:
+        s = socket.socket(*args)
+        self.socks.append(s)
+        return s
+
+    def poll_until_read(self, timeout: float = 5.0) -> int:
+        """Run the tunnel's receive by hand once datagrams wait, until none is
+        left; returns how many receives read something."""
+        import time
+        deadline = time.monotonic() + timeout
+        while self.dp.poll_tunnel() == 0:
+            assert time.monotonic() < deadline, "nothing arrived on the VXLAN socket"
+        reads = 1
+        while self.dp.poll_tunnel():
+            reads += 1
+        return reads
+
+    def close(self) -> None:
+        del self.dp
+        for s in self.socks:
+            s.close()
+
+
+@pytest.mark.root
+def test_a_superframe_crosses_the_tunnel_whole_as_one_gathered_write():
+    """A 64 KB super-frame of 46 segments leaves A as UDP_SEGMENT trains
+    gathered from the frame where it was read, reaches B's socket coalesced
+    by the kernel (UDP GRO), and leaves B as one super-frame, gathered from
+    the datagrams where they were read: the payload whole, the headers those
+    of the first segment with the run's length, a partial checksum."""
+    import os
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.1", 0))
+    vxlan_port = probe.getsockname()[1]
+    probe.close()
+    a = b = None
+    try:
+        a, b = Vtep("127.0.0.1", vxlan_port, "127.0.0.2"), Vtep("127.0.0.2", vxlan_port, "127.0.0.1")
+        # A learns mac(2) behind B, B learns it on its port.
+        b.dp.forward(b.port, [vnet() + eth(BROADCAST, mac(2), b"hello")])
+        a.poll_until_read()
+        payload = os.urandom(46 * 1398)
+        frame = tcp_superframe(len(payload), gso_size=1398)
+        frame = frame[:VNET_HLEN] + eth(mac(2), mac(1), ethertype=0x0800) + frame[VNET_HLEN + 14:-len(payload)] + payload
+        a.dp.forward(a.port, [frame])
+        reads = b.poll_until_read()
+        out = []
+        while True:
+            try:
+                out.append(b.end.recv(1 << 17))
+            except BlockingIOError:
+                break
+        # The two trains (44 segments and 2: an IPv4 datagram's limit) arrive
+        # in one receive unless the kernel queued the second late; every
+        # receive's run leaves as one write.
+        assert len(out) == reads
+        data = b""
+        for m in out:
+            hdr, got = m[:VNET_HLEN], m[VNET_HLEN:]
+            flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, _ = struct.unpack("<BBHHHHH", hdr)
+            assert (flags, gso_type, hdr_len, gso_size, csum_start, csum_offset) == (
+                VNET_F_NEEDS_CSUM, GSO_TCPV4, 54, 1398, 34, 16)
+            assert got[:14] == frame[VNET_HLEN:VNET_HLEN + 14]
+            assert struct.unpack("!H", got[16:18])[0] == len(got) - 14
+            data += got[54:]
+        assert data == payload
+        assert a.dp.loop_stats()["offload"]["segments"] == 46
+        assert b.dp.loop_stats()["offload"]["gro_coalesced"] == 46 - len(out)
+        assert b.dp.loop_stats()["offload"]["udp_gro_datagrams"] > 0
+        assert not any(b.dp.vxlan_drops().values())
+    finally:
+        for v in (a, b):
+            if v is not None:
+                v.close()
+
+
+@pytest.mark.root
+def test_a_udp_gro_run_decided_once_still_counts_a_short_last_datagram():
+    """Datagrams of one UDP GRO run with the same headers take the first
+    one's decision; a last datagram too short for a VXLAN and an Ethernet
+    header is still counted as truncated, never delivered, even when the
+    buffer holds matching bytes past its end from an earlier run."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind(("127.0.0.2", 0))
+    vxlan_port = probe.getsockname()[1]
+    probe.close()
+    b = peer = None
+    try:
+        b = Vtep("127.0.0.2", vxlan_port, "127.0.0.1")
+        b.dp.forward(b.port, [vnet() + eth(BROADCAST, mac(2), b"hello")])  # mac(2) is on B's port
+        peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        peer.bind(("127.0.0.1", 0))
+        datagram = struct.pack("!II", 0x08 << 24, 100 << 8) + eth(mac(2), mac(1), b"x" * 50)
+
+        def train(last: bytes) -> None:
+            peer.sendmsg([datagram * 5 + last], [(socket.SOL_UDP, 103, struct.pack("H", len(datagram)))], 0,
+                         ("127.0.0.2", vxlan_port))
+            b.poll_until_read()
+
+        def delivered() -> list[bytes]:
+            out = []
+            while True:
+                try:
+                    out.append(b.end.recv(1 << 17))
+                except BlockingIOError:
+                    return out
+
+        train(datagram)  # six whole datagrams: the buffer now holds them
+        assert delivered() == [vnet() + datagram[8:]] * 6
+        train(datagram[:10])  # the same, but the last cut to 10 bytes
+        assert delivered() == [vnet() + datagram[8:]] * 5
+        assert b.dp.vxlan_drops()["truncated"] == 1
+        assert b.dp.loop_stats()["offload"]["udp_gro_datagrams"] == 12
+    finally:
+        if peer is not None:
+            peer.close()
+        if b is not None:
+            b.close()

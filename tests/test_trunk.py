@@ -183,6 +183,10 @@ def test_trunk_carries_two_networks_tagged_and_the_native_one_untagged(site: Sit
 
 
 def test_trace_follows_the_tag(site: Site) -> None:
+    listing = site.daemon.ctl_run("port", "list", json_output=False).stdout
+    assert "trunk blue:10,red:20+green" in listing, listing
+    shown = site.daemon.ctl_run("port", "show", "t1", json_output=False).stdout
+    assert "blue (VLAN 10), red (VLAN 20)" in shown and "green" in shown, shown
     trace = site.daemon.ctl("trace", "--in-port", "t1", "--vlan", "20", "--dst", BROADCAST)
     assert (trace["network"], trace["action"], trace["outputs"]["ports"]) == ("red", "flood", ["r1"]), trace
     trace = site.daemon.ctl("trace", "--in-port", "t1", "--dst", BROADCAST)

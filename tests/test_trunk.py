@@ -272,6 +272,15 @@ def test_trunk_changes_at_run_time(site: Site) -> None:
     proc = site.daemon.ctl_run("port", "set", "b1", "--trunk", "blue:10", json_output=False)
     assert proc.returncode != 0 and "access port" in proc.stderr, proc.stderr
 
+    # The change is saved: a restarted vswitchd has the trunk as it was left, and forwards by it.
+    site.daemon.stop()
+    site.daemon.start()
+    port = site.daemon.ctl("port", "show", "t1")
+    assert (port["trunk"], port["native"]) == ({"blue": 10, "red": 21, "green": 30}, None), port
+    again = new_token("again")
+    t1.send(marked_frame(t1.mac, BROADCAST, again, vlan=21))
+    assert [tag_of(f) for f in r1.wait(again)] == [None]
+
 
 def test_vlan_subinterfaces_behind_the_trunk(vlan_kernel: None, site: Site) -> None:
     b1, r1, t1 = site["b1"], site["r1"], site["t1"]

@@ -99,8 +99,10 @@ cdef void vlan_forward_untagged(sw_t *sw, frame_t *f, const ingress_t *src, cons
     """Deliver a frame from a local port whose accepted tag (d.untag) goes:
     removed in place, then the frame's pointer put back where the engine
     reads into next (its bytes are the outputs' now)."""
-    if f.vi.flags & VNET_F_NEEDS_CSUM and f.vi.csum_start < ETH_HLEN + VLAN_HLEN:
-        # The partial checksum starts inside the tag: without it, inside the Ethernet header.
+    if ((f.vi.flags & VNET_F_NEEDS_CSUM and f.vi.csum_start < ETH_HLEN + VLAN_HLEN)
+            or (f.vi.hdr_len and f.vi.hdr_len < ETH_HLEN + VLAN_HLEN)):
+        # The partial checksum (or the headers) would end or start inside the tag: without it, inside the
+        # Ethernet header.
         sw.pctr[<size_t>f.in_port * PC_COUNT + PC_DROPS + DROP_BAD_VNET] += 1
         return
     if f.tag:

@@ -85,9 +85,13 @@ class Site:
         return self.boxes[port]
 
     def drops(self, port: str) -> dict[str, int]:
-        status, stats = self.daemon.api("GET", "/v1/stats")
-        assert status == 200, stats
-        return {r: n for r, n in stats["ports"][port]["drops"].items() if n}
+        return site_drops(self.daemon, port)
+
+
+def site_drops(daemon: Any, port: str) -> dict[str, int]:
+    status, stats = daemon.api("GET", "/v1/stats")
+    assert status == 200, stats
+    return {r: n for r, n in stats["ports"][port]["drops"].items() if n}
 
 
 def access_port(port: str, ns: Netns, network: str, host: int) -> str:
@@ -381,16 +385,21 @@ def test_interop_with_a_linux_bridge_with_vlan_filtering(
         tokens[box.port] = new_token(box.port)
         box.send(marked_frame(mac_of(box.port) if box in (b1, r1) else mac_of(f"l{'blue' if box is lblue else 'red'}"),
                               BROADCAST, tokens[box.port]))
-    for sender, receiver, vid in ((b1, lblue, 10), (r1, lred, 20), (lblue, b1, 10), (lred, r1, 20)):
+    for sender, receiver, vid in ((b1, lblue, 10), (r1, lred, 20), (lblue, b1, None), (lred, r1, None)):
         assert [tag_of(f) for f in receiver.wait(tokens[sender.port])] == [None]
-        assert [tag_of(f) for f in tap.wait(tokens[sender.port])] == [vid], f"{sender.port} crossed the TAP untagged"
+        if vid is not None:  # (the bridge's own sends on the TAP are outgoing there: the agent leaves them out)
+            assert [tag_of(f) for f in tap.wait(tokens[sender.port])] == [vid], f"{sender.port} crossed the TAP untagged"
     for token, others in ((tokens["b1"], (r1, lred)), (tokens["lb"], (r1, lred)), (tokens["r1"], (b1, lblue)),
                           (tokens["lr"], (b1, lblue))):
         assert all(o.seen(token) == [] for o in others), "a frame crossed between VLANs"
     status, fdb = daemon.api("GET", "/v1/fdb")
     assert status == 200
+    # t1 has no native network: LB's and LR's frames were learned in blue and red because the bridge
+    # sent them tagged 10 and 20.
     learned = {(e["network"], e["mac"]) for e in fdb if e["port"] == "t1" and not e["pinned"]}
     assert {("blue", mac_of("lblue")), ("red", mac_of("lred"))} <= learned, fdb
+    # Nothing from the bridge's side was refused but untagged chatter of L's own interfaces (its IPv6).
+    assert set(site_drops(daemon, "t1")) <= {"vlan_untagged"}, site_drops(daemon, "t1")
 
 
 def test_tcp_across_two_trunks_and_a_linux_bridge(

@@ -281,22 +281,6 @@ def check_trunk(where: str, value: Any) -> tuple[tuple[str, int], ...]:
     return tuple(sorted(value.items(), key=lambda item: item[1]))
 
 
-def parse_trunk_arg(where: str, value: Any) -> dict[str, int]:
-    """'blue:10,red:20' (as vswitchctl takes it) as {network: VID}; the values are checked by check_trunk."""
-    if not isinstance(value, str):
-        raise _fail(where, value, "is not NET:VID[,NET:VID...]")
-    out: dict[str, int] = {}
-    for item in value.split(","):
-        net, sep, vid = item.strip().partition(":")
-        if not sep or not vid.strip().isdigit():
-            raise _fail(where, item, "is not NET:VID (e.g. blue:10)")
-        if net in out:
-            raise _fail(where, item, f"repeats network {net!r}")
-        out[net] = int(vid)
-    check_trunk(where, out)
-    return out
-
-
 def _check_allowed(where: str, value: Any) -> tuple[str, ...]:
     """Extra sources a port may send from: MACs and IP addresses (no prefix), as allowed address pairs."""
     out = []

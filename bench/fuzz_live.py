@@ -240,7 +240,11 @@ def eth_verdict(frame: bytes, mtu: int = PORT_MTU) -> str:
         return "too_big"
     if frame[6] & 1:
         return "src_multicast"
-    return "vlan_tagged" if tagged else "forward"
+    if not tagged:
+        return "forward"
+    if frame[12:14] == b"\x88\xa8" or frame[16:18] in (b"\x81\x00", b"\x88\xa8"):
+        return "vlan_stacked"  # QinQ: an 802.1ad outer tag, or a tag behind the tag
+    return "vlan_tagged" if int.from_bytes(frame[14:16], "big") & 0x0FFF else "forward"  # VLAN 0: no tag
 
 
 def tap_sender(args: argparse.Namespace) -> dict[str, Any]:
@@ -588,7 +592,7 @@ def reconcile_tap(sender: dict[str, Any], d: dict[str, Any], k: dict[str, Any]) 
     # under any reason, so each count lies between the plain prediction and that plus those frames.
     vnet = sender["taken_by_kind"].get("vnet_hdr", 0)
     counted = {**drops, "forward": forwarded(sink) + drops.get("same_port", 0)}
-    for reason in ("runt", "too_big", "src_multicast", "vlan_tagged", "forward"):
+    for reason in ("runt", "too_big", "src_multicast", "vlan_tagged", "vlan_stacked", "forward"):
         lo = sender["predicted_plain"].get(reason, 0)
         got = counted.get(reason, 0)
         check(checks, f"reason_{reason}", lo, got,

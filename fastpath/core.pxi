@@ -42,6 +42,7 @@ cdef struct port_t:
     uint8_t state
     int32_t next_in_net            # next port of the same network, -1 ends the list
     uint8_t vnet                   # frames on this fd are led by a virtio-net header
+    uint8_t trunk                  # a trunk port (vlan.pxi): network is 0, its frames' tags say theirs
     int cap_fd                     # capture socket, -1 when nobody captures
     uint8_t cap_dir                # CAP_IN | CAP_OUT
 
@@ -50,6 +51,7 @@ cdef struct frame_t:
     uint32_t len
     uint32_t in_port               # NO_PORT when it came from the tunnel
     uint32_t encap_vni             # VNI whose headers sit in the headroom, 0: none yet
+    uint16_t network               # the network it is forwarded in, once decided (deliver)
     vnet_info vi                   # offload state; all zero for a plain frame
     uint8_t vnet[VNET_HLEN]        # the header as read, written back in front for vnet ports
     uint32_t tag                   # the engine's: nonzero for a frame in the engine's own buffers

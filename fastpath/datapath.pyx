@@ -38,6 +38,7 @@ include "counters.pxi"
 include "core.pxi"
 include "policy.pxi"
 include "neigh.pxi"
+include "vlan.pxi"
 include "decide.pxi"
 include "output.pxi"
 include "tunnel.pxi"
@@ -105,7 +106,9 @@ cdef class Datapath:
         sw.policy = <port_policy *>calloc(max_ports, sizeof(port_policy))
         sw.pctr = <uint64_t *>calloc(<size_t>max_ports * PC_COUNT, sizeof(uint64_t))
         sw.net_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
-        if (not (sw.ports and sw.policy and sw.pctr and sw.net_head)
+        sw.vlan.trunks = <trunk_t **>calloc(max_ports, sizeof(trunk_t *))
+        sw.vlan.trunk_head = -1
+        if (not (sw.ports and sw.policy and sw.pctr and sw.net_head and sw.vlan.trunks)
                 or neigh_init(&sw.neigh, neigh_table_size, int.from_bytes(os.urandom(8), "little")) < 0
                 or tun_init(&sw.tun, max_peers, max_networks) < 0
                 or out_init(&sw.out, kernel_takes_udp_superframes() if gro_udp is None else bool(gro_udp)) < 0):
@@ -129,6 +132,7 @@ cdef class Datapath:
 
     def __dealloc__(self):
         cdef sw_t *sw = self.sw
+        cdef uint32_t i
         if sw == NULL:
             return
         if sw.engine != NULL:
@@ -140,6 +144,10 @@ cdef class Datapath:
             pthread_mutex_destroy(&sw.lock)
         mt_free(&sw.mt)
         neigh_free(&sw.neigh)
+        if sw.vlan.trunks != NULL:
+            for i in range(sw.max_ports):
+                free(sw.vlan.trunks[i])
+            free(sw.vlan.trunks)
         free(sw.ports)
         free(sw.policy)
         free(sw.pctr)
@@ -202,16 +210,99 @@ cdef class Datapath:
 
     # ---- ports -----------------------------------------------------------------------
 
-    def add_port(self, int fd, uint16_t network, uint32_t mtu=1500, bint vnet_hdr=False) -> int:
+    def add_port(self, int fd, uint16_t network, uint32_t mtu=1500, bint vnet_hdr=False, trunk=None,
+                 uint16_t native=0) -> int:
         """Attach an fd that keeps frame boundaries (a TAP, a socketpair end) to
         `network` (1..max_networks); returns the port index. The fd is made
-        non-blocking and stays owned by the caller."""
+        non-blocking and stays owned by the caller. A trunk port (trunk:
+        {network: VID}, native: the network of its untagged frames, 0: none)
+        is given network 0: its frames' tags say theirs (vlan.pxi)."""
         cdef sw_t *sw = self.sw
         cdef uint32_t idx
         cdef port_t *p
         cdef int rc = 0
-        if network < 1 or network > sw.max_networks:
+        cdef trunk_t *t = NULL
+        if trunk is not None:
+            if network != 0:
+                raise ValueError("a trunk port is in no one network: give network 0")
+            t = self._trunk_table(trunk, native)
+        elif network < 1 or network > sw.max_networks:
             raise ValueError(f"network id {network} is out of range [1, {sw.max_networks}]")
+        try:
+            idx = self._add_port(fd, network, mtu, vnet_hdr, t)
+        except BaseException:
+            free(t)
+            raise
+        return idx
+
+    cdef trunk_t *_trunk_table(self, dict trunk, uint16_t native) except NULL:
+        """A trunk port's table, checked: networks in range, VIDs 1..4094 and
+        each once, the native network not also tagged."""
+        cdef sw_t *sw = self.sw
+        cdef trunk_t *t
+        vids = {}
+        for net, vid in trunk.items():
+            if not 1 <= net <= sw.max_networks:
+                raise ValueError(f"network id {net} is out of range [1, {sw.max_networks}]")
+            if not 1 <= vid <= 4094:
+                raise ValueError(f"VLAN ID {vid} is out of range [1, 4094]")
+            if vid in vids:
+                raise ValueError(f"VLAN ID {vid} is given to networks {vids[vid]} and {net}")
+            vids[vid] = net
+        if native > sw.max_networks:
+            raise ValueError(f"network id {native} is out of range [1, {sw.max_networks}]")
+        if native and native in trunk:
+            raise ValueError(f"network {native} is native and tagged ({trunk[native]}) at once")
+        t = <trunk_t *>calloc(1, sizeof(trunk_t) + (sw.max_networks + 1) * sizeof(uint16_t))
+        if t == NULL:
+            raise MemoryError()
+        t.net_vid = <uint16_t *>(t + 1)
+        for vid, net in vids.items():
+            t.vid_net[vid] = net
+            t.net_vid[net] = vid
+        if native:
+            t.vid_net[0] = native
+            t.net_vid[native] = VID_UNTAGGED
+        return t
+
+    def set_trunk(self, uint32_t idx, dict trunk, uint16_t native=0) -> None:
+        """Change what trunk port idx carries (as add_port takes it). Its FDB
+        entries in networks it no longer carries are forgotten."""
+        cdef sw_t *sw = self.sw
+        cdef trunk_t *t
+        cdef trunk_t *old = NULL
+        cdef bint ok
+        cdef uint32_t net
+        self._check_index(idx)
+        t = self._trunk_table(trunk, native)
+        with nogil:
+            pthread_mutex_lock(&sw.lock)
+            ok = sw.ports[idx].state != PORT_FREE and sw.ports[idx].trunk
+            if ok:
+                old = vlan_set_trunk(sw, idx, t)
+                for net in range(1, sw.max_networks + 1):
+                    if old.net_vid[net] and not t.net_vid[net]:
+                        mt_flush(&sw.mt, <uint16_t>net, idx, True)
+            pthread_mutex_unlock(&sw.lock)
+        free(old if ok else t)
+        if not ok:
+            raise LookupError(f"port index {idx} is not a trunk port")
+
+    def port_trunk(self, uint32_t idx):
+        """({network: VID}, native) of a trunk port, None for an access port."""
+        cdef trunk_t *t
+        self._check_index(idx)
+        t = self.sw.vlan.trunks[idx]
+        if t == NULL:
+            return None
+        return ({n: t.net_vid[n] for n in range(1, self.sw.max_networks + 1)
+                 if t.net_vid[n] and t.net_vid[n] != VID_UNTAGGED}, t.vid_net[0])
+
+    cdef uint32_t _add_port(self, int fd, uint16_t network, uint32_t mtu, bint vnet_hdr, trunk_t *t) except? 0xFFFFFFFF:
+        cdef sw_t *sw = self.sw
+        cdef uint32_t idx
+        cdef port_t *p
+        cdef int rc = 0
         if mtu < 68 or mtu > FRAME_ROOM - 18:
             raise ValueError(f"MTU {mtu} is out of range [68, {FRAME_ROOM - 18}]")
         os.set_blocking(fd, False)
@@ -231,6 +322,7 @@ cdef class Datapath:
                 p.mtu = mtu
                 p.network = network
                 p.vnet = vnet_hdr
+                p.trunk = 0
                 p.cap_fd = -1
                 p.cap_dir = 0
                 memset(&sw.policy[idx], 0, sizeof(port_policy))  # no policy until the control plane sets one
@@ -238,8 +330,11 @@ cdef class Datapath:
                 rc = sw.eng.port_up(sw.engine, idx)
                 if rc == 0:
                     p.state = PORT_UP
-                    p.next_in_net = sw.net_head[network]
-                    sw.net_head[network] = idx
+                    if t != NULL:
+                        vlan_set_trunk(sw, idx, t)
+                    else:
+                        p.next_in_net = sw.net_head[network]
+                        sw.net_head[network] = idx
             pthread_mutex_unlock(&sw.lock)
         if rc < 0:
             raise OverflowError(f"all {sw.max_ports} ports are in use")

@@ -3,7 +3,9 @@
 # decide() says what becomes of it and learns its source:
 #
 #   1. parse the Ethernet header against the ingress's MTU (frame.parse_eth);
-#      a tagged frame is dropped: every port is an access port;
+#      then VLANs (vlan.pxi): a trunk port's frame takes the network of its
+#      tag, a priority tag on an access port is no tag, other tags are
+#      refused; a tag accepted is removed before output (d.untag);
 #   2. port policy, for a frame from a local port (policy.pxi: anti-spoofing,
 #      RA and DHCP guard);
 #   3. learn (network, source MAC) on the ingress; a move or a full table is
@@ -28,8 +30,8 @@
 # the lookup does not age entries out, no event is written.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-from fastpath.frame cimport (DROP_MAC_PINNED, DROP_NONE, DROP_REASONS, DROP_SAME_PORT, DROP_VLAN_TAGGED, drop_reason,
-                             eth_info, mac_is_group, parse_eth)
+from fastpath.frame cimport (DROP_MAC_PINNED, DROP_NONE, DROP_REASONS, DROP_SAME_PORT, ETH_HLEN, drop_reason, eth_info,
+                             mac_is_group, parse_eth)
 from fastpath.mactable cimport (MT_HIT, MT_LEARNED, MT_MOVED, MT_PINNED, MT_PINNED_KEPT, MT_REFUSED, MT_STATIC,
                                 MT_STATIC_KEPT, OUT_NONE, OUT_PEER,
                                 mac_entry, mac_key, mac_table, mt_expired, mt_learn, mt_lookup, mt_peek, mt_result)
@@ -51,7 +53,7 @@ LEARN_RESULTS = ("hit", "learned", "moved", "refused", "static_kept", "pinned_ke
 
 cdef struct ingress_t:
     uint32_t out                   # what its sources are learned on: a port index, or OUT_PEER | peer index
-    uint16_t network
+    uint16_t network               # 0: a trunk port's, until decide() reads it from the frame's tag
     uint32_t mtu                   # the L3 payload bound of its frames (parse_eth)
 
 cdef struct decision_t:
@@ -59,6 +61,7 @@ cdef struct decision_t:
     uint8_t reason                 # V_DROP: a drop_reason, or DROP_SPLIT_HORIZON
     uint32_t out                   # V_PORT: port index; V_PEER: peer index
     uint8_t learned                # mt_result of learning the source, or LEARN_NONE
+    uint8_t untag                  # the frame's tag was accepted: it goes before output (vlan.pxi)
     uint32_t was                   # the output the source's entry named before (OUT_NONE: none)
     uint8_t hit                    # the destination's entry, as the lookup found it (unicast only)
     uint8_t hit_static
@@ -87,6 +90,7 @@ cdef void flood_set(const sw_t *sw, const ingress_t *src, uint32_t *ports, uint3
             ports[nports[0]] = q
             nports[0] += 1
         q = sw.ports[q].next_in_net
+    flood_set_trunks(sw, src, ports, nports)
     q = sw.tun.net_peer_head[src.network] if flood_peers(src) else -1
     while q >= 0:
         peers[npeers[0]] = q
@@ -110,7 +114,7 @@ cdef mt_result learn_peek(mac_table *t, uint64_t key, uint32_t out, int64_t now,
     return MT_HIT if e.out == out else MT_MOVED
 
 
-cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const ingress_t *src, int64_t now, bint dry,
+cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, ingress_t *src, int64_t now, bint dry,
                  decision_t *d) noexcept nogil:
     cdef eth_info eth
     cdef drop_reason reason = parse_eth(data, length, src.mtu, &eth)
@@ -119,8 +123,10 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const in
     cdef uint32_t out
     d.learned = LEARN_NONE
     d.hit = 0
-    if reason == DROP_NONE and eth.tagged:
-        reason = DROP_VLAN_TAGGED
+    d.untag = 0
+    if reason == DROP_NONE and (eth.tagged or src.network == 0):
+        reason = vlan_ingress(sw, data, &eth, src)
+        d.untag = eth.tagged
     if reason == DROP_NONE and not (src.out & OUT_PEER):
         reason = policy_ingress(&sw.policy[src.out], data, length, &eth)
     if reason != DROP_NONE:
@@ -142,8 +148,10 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const in
         d.reason = DROP_MAC_PINNED
         return
     if mac_is_group(eth.dst):
-        if (src.out & OUT_PEER) == 0 and neigh_suppress(&sw.neigh, data, length, &eth, src.network, &d.answer,
-                                                            d.answer_mac):
+        # (Past a tag, the request reads as if untagged: its L3 header ETH_HLEN bytes in.)
+        if (src.out & OUT_PEER) == 0 and neigh_suppress(&sw.neigh, data + eth.l2_len - ETH_HLEN,
+                                                            length - eth.l2_len + ETH_HLEN, &eth, src.network,
+                                                            &d.answer, d.answer_mac):
             d.verdict = V_ANSWER
             d.out = src.out
         else:

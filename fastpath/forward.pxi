@@ -30,6 +30,9 @@ cdef inline void forward_frame(sw_t *sw, frame_t *f, int64_t now) noexcept nogil
     if d.verdict == V_DROP:
         c[PC_DROPS + d.reason] += 1
         return
+    if d.untag:
+        vlan_forward_untagged(sw, f, &src, &d)
+        return
     deliver(sw, f, &src, &d)
 
 

@@ -18,7 +18,7 @@ cdef enum drop_reason:
     DROP_RUNT = 1                  # shorter than an Ethernet header (14 bytes)
     DROP_TOO_BIG = 2               # longer than the port's MTU plus L2 header
     DROP_SRC_MULTICAST = 3         # group bit set in the source MAC
-    DROP_VLAN_TAGGED = 4           # 802.1Q/802.1ad tag on an access port
+    DROP_VLAN_TAGGED = 4           # an 802.1Q tag (VID other than 0) on an access port or from the tunnel
     DROP_SAME_PORT = 5             # destination was learned on the ingress port
     DROP_TUNNEL_MTU = 6            # bound for a VXLAN peer but too big for the underlay
     DROP_BAD_VNET = 7              # a virtio-net header that contradicts its frame
@@ -33,7 +33,11 @@ cdef enum drop_reason:
     DROP_MAC_PINNED = 15           # source MAC is another port's own (pinned) MAC
     # Output (output.pxi), counted on the port the frame was bound for
     DROP_MTU_EXCEEDED = 16         # its L3 length (a super-frame's: each segment's) is over that port's MTU
-    DROP_REASONS = 17
+    # VLANs (vlan.pxi)
+    DROP_VLAN_UNKNOWN = 17         # a tag whose VID the trunk port does not carry
+    DROP_VLAN_UNTAGGED = 18        # an untagged (or VID 0) frame on a trunk port without a native network
+    DROP_VLAN_STACKED = 19         # stacked tags (QinQ): an 802.1ad outer tag, or a tag behind the tag
+    DROP_REASONS = 20
 
 # The virtio-net header that leads each frame on a TAP opened with
 # IFF_VNET_HDR (virtio spec 5.1.6, struct virtio_net_hdr; 12 bytes with

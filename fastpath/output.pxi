@@ -157,6 +157,13 @@ cdef bint out_plain(sw_t *sw, frame_t *f) noexcept nogil:
 
 
 cdef void out_port(sw_t *sw, uint32_t idx, frame_t *f) noexcept nogil:
+    if sw.ports[idx].trunk:
+        out_trunk(sw, idx, f)  # vlan.pxi: tagged for the frame's network, then out_write
+        return
+    out_write(sw, idx, f)
+
+
+cdef void out_write(sw_t *sw, uint32_t idx, frame_t *f) noexcept nogil:
     cdef port_t *q = &sw.ports[idx]
     cdef const uint8_t *start = f.data
     cdef uint32_t length = f.len
@@ -209,6 +216,7 @@ cdef void out_flood(sw_t *sw, frame_t *f, const ingress_t *src) noexcept nogil:
         if flood_port(sw, <uint32_t>q, src):
             out_port(sw, <uint32_t>q, f)
         q = sw.ports[q].next_in_net
+    out_flood_trunks(sw, f, src)
     if flood_peers(src):
         out_tunnel(sw, f, src.network, -1)
 
@@ -284,8 +292,11 @@ cdef void out_answer(sw_t *sw, frame_t *f, const decision_t *d) noexcept nogil:
 
 cdef inline void deliver(sw_t *sw, frame_t *f, const ingress_t *src, const decision_t *d) noexcept nogil:
     """Carry out a decision (other than a drop the caller counts)."""
+    f.network = src.network
     if d.verdict == V_PORT:
-        if (sw.ports[d.out].vnet and f.vi.gso_type == VNET_GSO_NONE and gro_take(sw, f, d.out)):
+        # A trunk port's frames are not coalesced: a run is one network's, and GRO keys runs by port.
+        if (sw.ports[d.out].vnet and f.vi.gso_type == VNET_GSO_NONE and not sw.ports[d.out].trunk
+                and gro_take(sw, f, d.out)):
             return
         gro_flush(sw)  # what went before goes out first: order is kept
         out_port(sw, d.out, f)

@@ -10,6 +10,7 @@ cdef struct sw_t:
     pthread_mutex_t lock
     port_t *ports
     port_policy *policy            # one per port (policy.pxi)
+    vlan_t vlan                    # trunk ports (vlan.pxi)
     uint64_t *pctr                 # PC_COUNT per port
     int32_t *net_head              # first port of each network, -1: none
     uint32_t max_ports
@@ -83,6 +84,7 @@ cdef void sw_port_down(sw_t *sw, uint32_t idx) noexcept nogil:
 cdef void sw_remove_port(sw_t *sw, uint32_t idx) noexcept nogil:
     """Take port idx out of its network and forget every FDB entry naming it."""
     cdef int32_t *link = &sw.net_head[sw.ports[idx].network]
+    vlan_forget_port(sw, idx)
     while link[0] >= 0:
         if <uint32_t>link[0] == idx:
             link[0] = sw.ports[idx].next_in_net

@@ -23,10 +23,11 @@ class LoopRig:
         self._thread.start()
 
     def add_port(self, network: int, mtu: int = 1500, vnet_hdr: bool = False, buffer_bytes: int = 4 << 20,
-                 waiting: tuple[bytes, ...] = ()) -> int:
+                 waiting: tuple[bytes, ...] = (), trunk: dict[int, int] | None = None, native: int = 0) -> int:
         """A port whose socket buffers hold buffer_bytes (the default has room
         for a burst of large frames, so writes do not fail on a full buffer),
-        with the frames `waiting` already queued when the switch attaches it."""
+        with the frames `waiting` already queued when the switch attaches it.
+        With trunk ({network: VID}), a trunk port (network 0) with that native network."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         for s in (ours, theirs):
@@ -34,7 +35,10 @@ class LoopRig:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
         for frame in waiting:
             ours.send(frame)
-        idx = self.dp.add_port(theirs.fileno(), network, mtu, vnet_hdr)
+        if trunk is None:
+            idx = self.dp.add_port(theirs.fileno(), network, mtu, vnet_hdr)
+        else:
+            idx = self.dp.add_port(theirs.fileno(), network, mtu, vnet_hdr, trunk=trunk, native=native)
         self.ends[idx] = ours
         self._switch_ends[idx] = theirs
         return idx

@@ -8,6 +8,10 @@ Python" in the benchmarks.
 
 Outputs are port indices, and ("peer", index) for a tunnel peer; an FDB
 entry behind a peer names PEER_FLAG | index, as the compiled table does.
+
+Trunk ports (network 0) carry networks under 802.1Q VLAN IDs: a frame's tag
+picks its network on the way in and is removed; on the way out it gets the
+tag of its network on that port (none in the port's native network).
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ from typing import Any
 ETH_HLEN = 14
 VXLAN_HLEN = 8
 VLAN_TPIDS = (0x8100, 0x88A8)
+TPID_8021Q = 0x8100
+TPID_8021AD = 0x88A8
 PEER_FLAG = 0x80000000
 
 
@@ -122,7 +128,8 @@ class Policy:
 class ModelSwitch:
     capacity: int
     aging_ms: int
-    ports: dict[int, tuple[int, int]] = field(default_factory=dict)  # port -> (network, mtu)
+    ports: dict[int, tuple[int, int]] = field(default_factory=dict)  # port -> (network, mtu); network 0: a trunk
+    trunks: dict[int, dict[int, int]] = field(default_factory=dict)  # trunk port -> {VID: network}, VID 0: native
     policies: dict[int, Policy] = field(default_factory=dict)
     fdb: dict[tuple[int, bytes], Entry] = field(default_factory=dict)
     drops: dict[tuple[int, str], int] = field(default_factory=dict)
@@ -140,14 +147,20 @@ class ModelSwitch:
     def add_port(self, port: int, network: int, mtu: int = 1500) -> None:
         self.ports[port] = (network, mtu)
 
+    def add_trunk(self, port: int, trunk: dict[int, int], native: int = 0, mtu: int = 1500) -> None:
+        """A trunk port carrying each network of trunk ({network: VID}) tagged, and native untagged."""
+        self.ports[port] = (0, mtu)
+        self.trunks[port] = {vid: net for net, vid in trunk.items()} | ({0: native} if native else {})
+
     def set_policy(self, port: int, policy: Policy) -> None:
         self.policies[port] = policy
 
-    def pin(self, port: int, mac: bytes) -> None:
-        self.fdb[(self.ports[port][0], mac)] = Entry(port, 0, static=True, pinned=True)
+    def pin(self, port: int, mac: bytes, network: int | None = None) -> None:
+        self.fdb[(network or self.ports[port][0], mac)] = Entry(port, 0, static=True, pinned=True)
 
     def remove_port(self, port: int) -> None:
         del self.ports[port]
+        self.trunks.pop(port, None)
         self.policies.pop(port, None)
         for key in [k for k, e in self.fdb.items() if e.out == port]:
             del self.fdb[key]
@@ -177,7 +190,10 @@ class ModelSwitch:
     def forward(self, in_port: int, frame: bytes, now_ms: int = 0) -> dict[Any, bytes]:
         """{output: frame} for one frame received on in_port."""
         network, mtu = self.ports[in_port]
-        reason = self._check(frame, mtu) or self.policies.get(in_port, Policy()).check(frame)
+        reason = self._check(frame, mtu)
+        if reason is None:
+            reason, network, frame = self._vlan_in(in_port, frame)
+        reason = reason or self.policies.get(in_port, Policy()).check(frame)
         if reason:
             return self._drop(in_port, reason)
         return self._output(in_port, self._decide(in_port, network, frame, now_ms))
@@ -207,6 +223,33 @@ class ModelSwitch:
         tagged = len(frame) >= ETH_HLEN + 4 and int.from_bytes(frame[12:14], "big") in VLAN_TPIDS
         return len(frame) <= mtu + ETH_HLEN + (4 if tagged else 0)
 
+    def _vlan_in(self, port: int, frame: bytes) -> tuple[str | None, int, bytes]:
+        """(drop reason, network, the frame untagged) of a frame from a local port."""
+        tpid = int.from_bytes(frame[12:14], "big")
+        tagged = tpid in VLAN_TPIDS
+        if tagged and (tpid == TPID_8021AD or int.from_bytes(frame[16:18], "big") in VLAN_TPIDS):
+            return "vlan_stacked", 0, frame
+        vid = int.from_bytes(frame[14:16], "big") & 0x0FFF if tagged else 0
+        untagged = frame[:12] + frame[16:] if tagged else frame
+        if port in self.trunks:
+            network = self.trunks[port].get(vid, 0)
+            if not network:
+                return ("vlan_unknown" if vid else "vlan_untagged"), 0, frame
+            return None, network, untagged
+        if vid:
+            return "vlan_tagged", 0, frame
+        return None, self.ports[port][0], untagged
+
+    def _egress(self, port: int, network: int, frame: bytes) -> bytes:
+        """The frame as it leaves port: tagged with its network's VID on a trunk port (but the native network)."""
+        vid = next((v for v, n in self.trunks.get(port, {}).items() if n == network), 0)
+        return frame[:12] + (TPID_8021Q << 16 | vid).to_bytes(4, "big") + frame[12:] if vid else frame
+
+    def _carries(self, port: int, network: int) -> bool:
+        if port in self.trunks:
+            return network in self.trunks[port].values()
+        return self.ports[port][0] == network
+
     def forward_tunnel(self, remote: str, vni: int, frame: bytes, now_ms: int = 0) -> dict[Any, bytes]:
         """{output: frame} for the inner frame of one VXLAN datagram for vni from remote
         (RFC 7348: decapsulated, its source learned behind the peer, and never sent
@@ -219,8 +262,8 @@ class ModelSwitch:
         peer = next((p for p, (n, r) in self.peers.items() if n == network and r == remote), None)
         if peer is None:
             return self._vx_drop("unknown_peer")
-        if self._check(frame, self.tunnel_max_frame - ETH_HLEN):
-            return self._vx_drop("inner_malformed")
+        if self._check(frame, self.tunnel_max_frame - ETH_HLEN) or int.from_bytes(frame[12:14], "big") in VLAN_TPIDS:
+            return self._vx_drop("inner_malformed")  # a VTEP sends untagged frames
         return self._output(PEER_FLAG | peer, self._decide(PEER_FLAG | peer, network, frame, now_ms))
 
     def _vx_drop(self, reason: str) -> dict[Any, bytes]:
@@ -239,8 +282,6 @@ class ModelSwitch:
             return "too_big"
         if frame[6] & 1:
             return "src_multicast"
-        if tagged:
-            return "vlan_tagged"
         return None
 
     def _decide(self, ingress: int, network: int, frame: bytes, now_ms: int) -> dict[Any, bytes]:
@@ -254,7 +295,7 @@ class ModelSwitch:
             if reply is not None:
                 kind = "arp_suppressed" if frame[12:14] == b"\x08\x06" else "nd_suppressed"
                 self.answered[(ingress, kind)] = self.answered.get((ingress, kind), 0) + 1
-                return {ingress: reply}
+                return {ingress: self._egress(ingress, network, reply)}
         e = None if dst[0] & 1 else self._live((network, dst), now_ms)
         if e is None:
             return self._flood(ingress, network, frame)
@@ -264,7 +305,9 @@ class ModelSwitch:
             return self._flood(ingress, network, frame)
         if e.out == ingress:
             return self._drop(ingress, "same_port")
-        return {e.out: frame}
+        if not self._carries(e.out, network):
+            return {}  # an entry made before its trunk port stopped carrying the network: nothing is sent
+        return {e.out: self._egress(e.out, network, frame)}
 
     def _answer(self, network: int, frame: bytes) -> bytes | None:
         """The reply the switch sends itself to an ARP request or a neighbour solicitation
@@ -318,7 +361,8 @@ class ModelSwitch:
 
     def _flood(self, ingress: int, network: int, frame: bytes) -> dict[Any, bytes]:
         """Every other port of the network and, for a frame from a local port, every peer (head-end replication)."""
-        out: dict[Any, bytes] = {p: frame for p, (net, _) in self.ports.items() if net == network and p != ingress}
+        out: dict[Any, bytes] = {p: self._egress(p, network, frame) for p in self.ports
+                                 if self._carries(p, network) and p != ingress}
         if not ingress & PEER_FLAG:
             out.update({("peer", p): frame for p, (net, _) in self.peers.items() if net == network})
         return out

@@ -57,7 +57,7 @@ def test_each_group_offers_its_verbs(script: Path) -> None:
 
 
 def test_each_command_offers_its_options(script: Path) -> None:
-    assert complete(script, "port", "add", "c1", "--n") == ["--network", "--netns"]
+    assert complete(script, "port", "add", "c1", "--n") == ["--network", "--native", "--netns"]
     for cmd in COMMANDS:
         wanted = {n for a in cmd.args if a.name.startswith("-") for n in (a.name, *a.aliases)}
         assert wanted | {"--json", "--socket"} <= set(complete(script, *cmd.words, "-")), cmd.words

@@ -17,6 +17,10 @@ Both run with port policy: ports with port security on or off, own MACs
 pinned, and IPv4, ARP, IPv6, ND, DHCP and RA frames (some truncated) whose
 addresses are drawn from small pools, so that both the port's own and
 another's come up.
+
+And with trunk ports: each carries some of the networks under VLAN IDs drawn
+from a small pool, maybe one native; any frame may come tagged (VLAN 0, a
+VID some trunk carries, one none does, 4095) or with stacked tags.
 """
 import ipaddress
 import socket
@@ -91,14 +95,37 @@ def policies(draw):
 
 def apply_policy(dp: Datapath, model: ModelSwitch, port: int, network: int, policy: Policy, pin: bytes | None,
                  pinned: set) -> None:
-    """Give port its policy in both; pin its MAC unless another port of the network already has it."""
+    """Give port its policy in both; pin its MAC (in network, 0: nowhere) unless another port of the network
+    already has it."""
     dp.set_port_policy(port, policy.security, policy.router, policy.dhcp_server, sorted(policy.macs),
                        [ipaddress.ip_address(a) for a in sorted(policy.ip4 | policy.ip6)])
     model.set_policy(port, policy)
-    if pin is not None and (network, pin) not in pinned:
+    if pin is not None and network and (network, pin) not in pinned:
         pinned.add((network, pin))
         dp.fdb_pin(network, pin, port)
-        model.pin(port, pin)
+        model.pin(port, pin, network)
+
+
+TRUNK_VIDS = [5, 10, 20]
+
+
+@st.composite
+def trunks_st(draw):
+    """0-2 trunk ports, each ({network: VID}, native network or 0) over networks 1-3."""
+    out = []
+    for _ in range(draw(st.integers(0, 2))):
+        nets = draw(st.lists(st.integers(1, 3), unique=True, max_size=3))
+        vids = draw(st.lists(st.sampled_from(TRUNK_VIDS), min_size=len(nets), max_size=len(nets), unique=True))
+        tagged = dict(zip(nets, vids))
+        native = draw(st.integers(0, 3))
+        out.append((tagged, 0 if native in tagged else native))
+    return out
+
+
+def trunk_pin_network(trunk: tuple[dict, int]) -> int:
+    """Where a trunk port's own MAC is pinned here: its native network, else its first tagged one (0: none)."""
+    tagged, native = trunk
+    return native or next(iter(tagged), 0)
 
 
 IPS = ["10.0.0.1", "10.0.0.2", "10.0.0.3", "fd00::1", "fd00::2", "fd00::3"]
@@ -148,7 +175,21 @@ SIZES = [500, 576, 577, 1500, 1501, 4000, 9000, 9001]  # L3 lengths either side 
 
 @st.composite
 def frames(draw, n_ports: int, sized: bool = False):
-    """(port, frame); with `sized`, also frames of lengths either side of the ports' MTUs."""
+    """(port, frame): mostly untagged; now and then with a tag put in, or with stacked tags.
+    With `sized`, also frames of lengths either side of the ports' MTUs."""
+    port, frame = draw(untagged_frames(n_ports, sized))
+    how = draw(st.sampled_from(["none"] * 6 + ["tag", "tag", "stacked"]))
+    if how == "none" or len(frame) < 12:
+        return port, frame
+    vid = draw(st.sampled_from([0, 0, *TRUNK_VIDS, *TRUNK_VIDS, 7, 4095]))
+    if how == "tag":
+        return port, frame[:12] + b"\x81\x00" + vid.to_bytes(2, "big") + frame[12:]
+    outer = draw(st.sampled_from([b"\x88\xa8", b"\x81\x00"]))
+    return port, frame[:12] + outer + vid.to_bytes(2, "big") + b"\x81\x00" + bytes([0, 5]) + frame[12:]
+
+
+@st.composite
+def untagged_frames(draw, n_ports: int, sized: bool = False):
     port = draw(st.integers(0, n_ports - 1))
     kind = draw(st.sampled_from(["ok"] * 6 + ["l3"] * 8 + ["neigh"] * 6 + ["runt", "tagged", "too_big", "src_group"]
                                 + ["sized"] * (10 if sized else 0)))
@@ -179,10 +220,12 @@ def scenarios(draw):
     capacity = draw(st.integers(2, 10))
     statics = draw(st.lists(st.tuples(st.sampled_from(MACS), st.integers(0, len(networks) - 1)), max_size=2,
                             unique_by=lambda t: t[0]))
-    seq = draw(st.lists(frames(len(networks), sized=True), min_size=1, max_size=40))
-    pols = draw(st.lists(policies(), min_size=len(networks), max_size=len(networks)))
-    mtus = draw(st.lists(st.sampled_from(PORT_MTUS), min_size=len(networks), max_size=len(networks)))
-    return networks, mtus, capacity, statics, draw(neighbours_st()), seq, pols
+    trunks = draw(trunks_st())
+    n = len(networks) + len(trunks)
+    seq = draw(st.lists(frames(n, sized=True), min_size=1, max_size=40))
+    pols = draw(st.lists(policies(), min_size=n, max_size=n))
+    mtus = draw(st.lists(st.sampled_from(PORT_MTUS), min_size=n, max_size=n))
+    return networks, trunks, mtus, capacity, statics, draw(neighbours_st()), seq, pols
 
 
 def set_neighbours(dp: Datapath, model: ModelSwitch, neighbours: list) -> None:
@@ -203,17 +246,23 @@ pytestmark = pytest.mark.io_modes
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(scenario=scenarios())
 def test_compiled_loop_matches_model(io_mode, scenario):
-    networks, mtus, capacity, statics, neighbours, seq, pols = scenario
+    networks, trunks, mtus, capacity, statics, neighbours, seq, pols = scenario
     model = ModelSwitch(capacity=capacity, aging_ms=300_000)
     rig = LoopRig(mac_table_size=capacity, io_mode=io_mode)
     try:
         set_neighbours(rig.dp, model, neighbours)
         ports = [rig.add_port(net, mtu=mtu) for net, mtu in zip(networks, mtus)]
-        assert ports == list(range(len(networks)))
+        ports += [rig.add_port(0, mtu=mtus[len(networks) + i], trunk=tagged, native=native)
+                  for i, (tagged, native) in enumerate(trunks)]
+        assert ports == list(range(len(networks) + len(trunks)))
         pinned: set = set()
         for p, net in enumerate(networks):
             model.add_port(p, net, mtus[p])
-        for p, net in enumerate(networks):
+        for i, (tagged, native) in enumerate(trunks):
+            model.add_trunk(len(networks) + i, tagged, native, mtus[len(networks) + i])
+        pin_nets = networks + [trunk_pin_network(t) for t in trunks]
+        event(f"trunk ports: {len(trunks)}")
+        for p, net in enumerate(pin_nets):
             if len(pinned) < capacity - 2:
                 apply_policy(rig.dp, model, p, net, *pols[p], pinned)
         for m, p in statics[:capacity]:
@@ -265,9 +314,11 @@ def tunnel_scenarios(draw):
     peers = draw(st.lists(st.tuples(st.sampled_from(REMOTES), st.integers(1, 3)), max_size=4, unique=True))
     statics = draw(st.lists(st.tuples(st.sampled_from(MACS), st.integers(0, len(networks) + len(peers) - 1)),
                             max_size=3, unique_by=lambda t: t[0]))
-    seq = draw(st.lists(ingress_frames(len(networks)), min_size=1, max_size=40))
-    pols = draw(st.lists(policies(), min_size=len(networks), max_size=len(networks)))
-    return networks, capacity, peers, statics, draw(neighbours_st()), seq, pols
+    trunks = draw(trunks_st())
+    n_ports = len(networks) + len(trunks)
+    seq = draw(st.lists(ingress_frames(n_ports), min_size=1, max_size=40))
+    pols = draw(st.lists(policies(), min_size=n_ports, max_size=n_ports))
+    return networks, trunks, capacity, peers, statics, draw(neighbours_st()), seq, pols
 
 
 def outputs(d: dict) -> dict:
@@ -281,11 +332,11 @@ def outputs(d: dict) -> dict:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(scenario=tunnel_scenarios())
 def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, scenario):
-    networks, capacity, peers, statics, neighbours, seq, pols = scenario
+    networks, trunks, capacity, peers, statics, neighbours, seq, pols = scenario
     model = ModelSwitch(capacity=capacity, aging_ms=300_000)
     dp = Datapath(max_ports=16, mac_table_size=capacity, io_mode=io_mode)
     set_neighbours(dp, model, neighbours)
-    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in networks]
+    pairs = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(len(networks) + len(trunks))]
     # The VTEP's sockets: the loop does not run, so plain UDP ones will do (nothing is sent).
     vtep = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
     try:
@@ -295,8 +346,12 @@ def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, sce
         for p, net in enumerate(networks):
             assert dp.add_port(pairs[p][1].fileno(), net) == p
             model.add_port(p, net)
+        for i, (tagged, native) in enumerate(trunks):
+            p = len(networks) + i
+            assert dp.add_port(pairs[p][1].fileno(), 0, trunk=tagged, native=native) == p
+            model.add_trunk(p, tagged, native)
         pinned: set = set()
-        for p, net in enumerate(networks):
+        for p, net in enumerate(networks + [trunk_pin_network(t) for t in trunks]):
             if len(pinned) < capacity - 2:
                 apply_policy(dp, model, p, net, *pols[p], pinned)
         for net in (1, 2, 3):

@@ -59,9 +59,10 @@ def test_every_frame_into_a_tap_is_read_and_dropped_by_reason_or_flooded(fuzz: d
     assert tap["sender"]["taken"] > FRAMES * 0.8, "the container's kernel refused most of the frames: nothing was fuzzed"
     assert failed(tap["checks"], "kernel", "read", "decided", "sink_silent", "flood_written", "sink_kernel") == []
     # Each reason counts the plain frames its documented rule refuses (give or take those sent with a header).
-    assert failed(tap["checks"], *(f"reason_{r}" for r in ("runt", "too_big", "src_multicast", "vlan_tagged", "forward"))) == []
+    assert failed(tap["checks"], *(f"reason_{r}" for r in ("runt", "too_big", "src_multicast", "vlan_tagged",
+                                                          "vlan_stacked", "forward"))) == []
     # The fuzz reached the checks it is meant for, not only one of them.
-    for reason in ("runt", "too_big", "src_multicast", "vlan_tagged"):
+    for reason in ("runt", "too_big", "src_multicast", "vlan_tagged", "vlan_stacked"):
         assert tap["drops"].get(reason, 0) > 0, f"no frame was dropped as {reason}: {tap['drops']}"
     assert tap["flooded"] > 0 and tap["sender"]["taken_by_kind"].get("vnet_hdr", 0) > 0
 

@@ -63,11 +63,22 @@ def render_networks(networks: list[dict[str, Any]], indent: str = "") -> str:
     return table(("NAME", "VNI", "PORTS", "PEERS"), rows, indent)
 
 
+def trunk_text(port: dict[str, Any]) -> str | None:
+    """A trunk port's networks as 'blue:10,red:20' (tagged), with '+green' for its native one."""
+    if port.get("trunk") is None:
+        return None
+    text = ",".join(f"{net}:{vid}" for net, vid in sorted(port["trunk"].items(), key=lambda item: item[1]))
+    return text + (f"+{port['native']}" if port.get("native") else "")
+
+
 def render_ports(ports: list[dict[str, Any]], indent: str = "") -> str:
     def netns(p: dict[str, Any]) -> Any:
         return "(host)" if p.get("host") else p.get("netns")
 
-    rows = [[p["name"], p.get("network"), netns(p), p.get("ifname"), p.get("mac"), p.get("ips") or p.get("ip"), p.get("mtu"),
+    def network(p: dict[str, Any]) -> Any:
+        return p.get("network") if p.get("trunk") is None else f"trunk {trunk_text(p)}"
+
+    rows = [[p["name"], network(p), netns(p), p.get("ifname"), p.get("mac"), p.get("ips") or p.get("ip"), p.get("mtu"),
              p.get("state")] for p in ports]
     for row, p in zip(rows, ports):
         row.append("on" if (p.get("policy") or {}).get("port_security") else "off")
@@ -84,6 +95,9 @@ def render_port(port: dict[str, Any]) -> str:
     """One port, one field a line (counters summed by group as in stats)."""
     routes = [f"{r['dst']} via {r['gw']}" if r.get("gw") else f"{r['dst']} on-link" for r in port.get("routes") or []]
     lines = [(k, port.get(k)) for k in ("name", "network", "netns", "ifname", "mac", "mtu", "state", "host", "masquerade")]
+    if port.get("trunk") is not None:
+        lines[1:2] = [("trunk", ", ".join(f"{n} (VLAN {v})" for n, v in sorted(port["trunk"].items(), key=lambda i: i[1]))),
+                      ("native", port.get("native") or "none (untagged frames are dropped)")]
     lines += [("ips", port.get("ips") or port.get("ip")), ("routes", ", ".join(routes) or None)]
     lines += [(f"label {k}", v) for k, v in sorted((port.get("labels") or {}).items())]
     pol = port.get("policy") or {}
@@ -427,6 +441,22 @@ POLICY_ARGS = (
 POLICY_BODY = ("port_security", "allow", "router", "dhcp_server")
 
 
+def _trunk(value: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in value.split(","):
+        net, sep, vid = item.partition(":")
+        if not net or not sep or not vid.isdigit():
+            raise argparse.ArgumentTypeError(f"{value!r} is not NET:VID[,NET:VID...] (e.g. blue:10,red:20)")
+        if net in out:
+            raise argparse.ArgumentTypeError(f"{value!r} names network {net!r} twice")
+        out[net] = int(vid)
+    return out
+
+
+TRUNK_HELP = "a trunk port carrying these networks 802.1Q-tagged, each with its VLAN ID (1-4094)"
+NATIVE_HELP = "trunk port: the network of its untagged frames (default: none, untagged frames are dropped)"
+
+
 def _port_body(ns: argparse.Namespace, *keys: str) -> dict[str, Any]:
     """The port fields given on the command line: one --ip is 'ip', several are 'ips'."""
     body = _body(ns, *keys)
@@ -444,9 +474,26 @@ def _port_body(ns: argparse.Namespace, *keys: str) -> dict[str, Any]:
 
 
 def _port_add(c: Client, ns: argparse.Namespace) -> Any:
-    body = _port_body(ns, "name", "network", "netns", "ifname", "mac", "ip", "mtu", "route", "label", "host", "masquerade",
-                      *POLICY_BODY)
+    body = _port_body(ns, "name", "network", "trunk", "native", "netns", "ifname", "mac", "ip", "mtu", "route", "label",
+                      "host", "masquerade", *POLICY_BODY)
     return c.request("POST", "/v1/ports", body)
+
+
+def _port_set(c: Client, ns: argparse.Namespace) -> Any:
+    body = _port_body(ns, "ip", "route", "mtu", "trunk", "native", *POLICY_BODY)
+    if body.get("native") == "none":
+        body["native"] = ""  # no native network from now on
+    return c.request("PATCH", f"/v1/ports/{_seg(ns.name)}", body)
+
+
+def _port_add_check(ns: argparse.Namespace) -> str | None:
+    if not ns.host and ns.netns is None:
+        return "the following arguments are required: --netns (or --host)"
+    if (ns.network is None) == (ns.trunk is None):
+        return "give --network NET (an access port) or --trunk NET:VID,... (a trunk port)"
+    if ns.native is not None and ns.trunk is None:
+        return "--native: only a trunk port has a native network (give --trunk too)"
+    return None
 
 
 def _port_list(c: Client, ns: argparse.Namespace) -> Any:
@@ -496,10 +543,12 @@ COMMANDS: tuple[Command, ...] = (
         ("port", "add"),
         "add a port: a TAP device whose interface sits in namespace NS (with --host: in vswitchd's own)",
         _port_add,
-        check=lambda ns: None if ns.host or ns.netns is not None else "the following arguments are required: --netns (or --host)",
+        check=_port_add_check,
         args=(
             Arg("name", "NAME", "unique port name"),
-            NET,
+            Arg("--network", "NET", "network name (an access port)", required=False, one_of="network"),
+            Arg("--trunk", "NET:VID,...", TRUNK_HELP, required=False, type=_trunk, one_of="network"),
+            Arg("--native", "NET", NATIVE_HELP, required=False),
             Arg("--netns", "NS", "namespace name under /run/netns, or a path (not with --host)", required=False),
             Arg("--host", "", "a host port: the interface stays in vswitchd's namespace, e.g. the network's gateway",
                 required=False, action="store_true"),
@@ -519,14 +568,17 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("port", "set"),
-        "change a port's addresses, routes, MTU or policy in place (given ones replace the old)",
-        lambda c, ns: c.request("PATCH", f"/v1/ports/{_seg(ns.name)}", _port_body(ns, "ip", "route", "mtu", *POLICY_BODY)),
+        "change a port's addresses, routes, MTU, policy or a trunk port's networks in place (given ones replace the old)",
+        _port_set,
         render_port,
         args=(
             Arg("name", "NAME", "port name"),
             Arg("--ip", "CIDR", "the port's addresses; repeat for more", required=False, action="append"),
             Arg("--route", "DST[,GW]", "the port's routes; repeat for more", required=False, type=_route, action="append"),
             Arg("--mtu", "N", "interface MTU", required=False, type=int),
+            Arg("--trunk", "NET:VID,...", "trunk port: " + TRUNK_HELP + ", all of them", required=False, type=_trunk),
+            Arg("--native", "NET|none", "trunk port: the network of its untagged frames (none: no native network)",
+                required=False),
             *POLICY_ARGS,
         ),
     ),

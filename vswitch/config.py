@@ -140,8 +140,12 @@ def check_references(state: DesiredState, *, check_netns: bool = True) -> None:
     for i, port in enumerate(state.ports):
         if (j := _first_seen(ports, port.name, i)) is not None:
             raise InvalidArgument(f"port[{i}].name: {port.name!r} is already defined by port[{j}]")
-        if port.network not in networks:
+        if port.network is not None and port.network not in networks:
             raise InvalidArgument(f"port[{i}].network: {port.network!r} is not a defined network")
+        for net in port.networks:
+            if net not in networks:
+                key = "native" if net == port.native else "trunk"
+                raise InvalidArgument(f"port[{i}].{key}: {net!r} is not a defined network")
         if port.netns is None:  # a host port: its interface sits in vswitchd's own namespace
             ns_key: Any = ("host",)
         else:
@@ -171,9 +175,10 @@ def check_references(state: DesiredState, *, check_netns: bool = True) -> None:
                 raise InvalidArgument(f"fdb[{i}].peer: {entry.peer!r} is not a peer of network {entry.network!r}")
         elif entry.port not in ports:
             raise InvalidArgument(f"fdb[{i}].port: {entry.port!r} is not a defined port")
-        elif (port_network := state.ports[ports[entry.port]].network) != entry.network:
+        elif entry.network not in (port_networks := state.ports[ports[entry.port]].networks):
             raise InvalidArgument(
-                f"fdb[{i}].port: {entry.port!r} is in network {port_network!r}, not {entry.network!r}"
+                f"fdb[{i}].port: {entry.port!r} is in network {', '.join(map(repr, port_networks))}, "
+                f"not {entry.network!r}"
             )
         if (j := _first_seen(entries, (entry.network, entry.mac), i)) is not None:
             raise InvalidArgument(f"fdb[{i}].mac: {entry.mac!r} already has a static entry in network {entry.network!r} (fdb[{j}])")

@@ -111,7 +111,7 @@ class SwitchCollector(Collector):
         up = GaugeMetricFamily("vswitch_port_up", "1 while the port's fd is healthy.", labels=["port", "network"])
         mtu = GaugeMetricFamily("vswitch_port_mtu_bytes", "The port's MTU.", labels=["port", "network"])
         for p in ports:
-            labels = [p["name"], p["network"]]
+            labels = [p["name"], p["network"] or ""]  # a trunk port is in no one network
             c = p["counters"]
             for key, fam in families.items():
                 fam.add_metric(labels, c[key])

@@ -261,8 +261,24 @@ def _parse_routes(where: str, value: Any) -> tuple[RouteSpec, ...]:
 MAX_ALLOWED_MACS = 7  # the datapath keeps 8 MACs a port: its own and these
 MAX_ALLOWED = 16  # extra source addresses a port may use beside its own (the datapath's room, less its own)
 POLICY_KEYS = {"port_security", "allowed", "router", "dhcp_server"}
+TRUNK_KEYS = {"trunk", "native"}
 PORT_KEYS = {"name", "network", "netns", "ifname", "mac", "ip", "ips", "mtu", "routes", "labels", "host", "masquerade",
-             *POLICY_KEYS}
+             *POLICY_KEYS, *TRUNK_KEYS}
+VID_MIN, VID_MAX = 1, 4094  # IEEE 802.1Q: 0 is a priority tag (no VLAN), 4095 is reserved
+
+
+def check_trunk(where: str, value: Any) -> tuple[tuple[str, int], ...]:
+    """A trunk port's tagged networks, {network: VLAN ID}, as (network, VID) pairs sorted by VID."""
+    if not isinstance(value, dict) or not value:
+        raise _fail(where, value, "is not a table of network = VLAN ID (e.g. {blue = 10, red = 20})")
+    seen: dict[int, str] = {}
+    for net, vid in value.items():
+        check_name(f"{where} key", net)
+        check_int(f"{where}.{net}", vid, VID_MIN, VID_MAX)
+        if vid in seen:
+            raise _fail(f"{where}.{net}", vid, f"is already the VLAN ID of network {seen[vid]!r}")
+        seen[vid] = net
+    return tuple(sorted(value.items(), key=lambda item: item[1]))
 
 
 def _check_allowed(where: str, value: Any) -> tuple[str, ...]:
@@ -333,7 +349,7 @@ class PortSpec:
     `ip` is the first of `ips` (either may be given when building one)."""
 
     name: str
-    network: str
+    network: str | None  # None for a trunk port: trunk and native say its networks
     netns: str | None
     ifname: str = "eth0"
     mac: str | None = None
@@ -345,6 +361,8 @@ class PortSpec:
     host: bool = False
     masquerade: bool = False
     policy: PortPolicy | None = None  # None: the defaults for this kind of port
+    trunk: tuple[tuple[str, int], ...] = ()  # a trunk port's tagged networks: (network, VLAN ID)
+    native: str | None = None  # a trunk port's network for untagged frames
 
     def __post_init__(self) -> None:
         if self.policy is None:
@@ -355,10 +373,22 @@ class PortSpec:
         if self.ips and self.ip != self.ips[0]:
             object.__setattr__(self, "ip", self.ips[0])
 
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """Every network the port is in: its one network, or a trunk's native and tagged ones."""
+        if self.network is not None:
+            return (self.network,)
+        return ((self.native,) if self.native is not None else ()) + tuple(net for net, _ in self.trunk)
+
+    @property
+    def is_trunk(self) -> bool:
+        return self.network is None
+
     @classmethod
     def parse(cls, data: dict[str, Any], where: str = "port") -> PortSpec:
-        check_keys(where, data, PORT_KEYS, {"name", "network"})
+        check_keys(where, data, PORT_KEYS, {"name"})
         name = check_name(f"{where}.name", data["name"])
+        network, trunk, native = _parse_networks(where, data)
         host = check_bool(f"{where}.host", data.get("host", False))
         if host and data.get("netns") is not None:
             raise InvalidArgument(f"{where}.netns: a host port stays in vswitchd's namespace; give no netns")
@@ -374,9 +404,13 @@ class PortSpec:
             raise InvalidArgument(f"{where}.masquerade: only a host port (the network's way out) can masquerade")
         if masquerade and not any(ipaddress.ip_interface(ip).version == 4 for ip in ips):
             raise InvalidArgument(f"{where}.masquerade: needs an IPv4 address on the port: its subnet is what is masqueraded")
+        if masquerade and trunk:
+            raise InvalidArgument(f"{where}.masquerade: a trunk port cannot masquerade (it is no one network's way out)")
         return cls(
             name=name,
-            network=check_name(f"{where}.network", data["network"]),
+            network=network,
+            trunk=trunk,
+            native=native,
             netns=None if host else check_netns(f"{where}.netns", data["netns"]),
             ifname=check_ifname(f"{where}.ifname", ifname),
             mac=None if data.get("mac") is None else check_mac(f"{where}.mac", data["mac"]),
@@ -392,7 +426,13 @@ class PortSpec:
     def to_dict(self) -> dict[str, Any]:
         # Written as older vswitchds wrote it where it can be: one address is 'ip', and
         # keys at their defaults are left out.
-        out: dict[str, Any] = {"name": self.name, "network": self.network}
+        out: dict[str, Any] = {"name": self.name}
+        if self.network is not None:
+            out["network"] = self.network
+        else:
+            out["trunk"] = dict(self.trunk)
+            if self.native is not None:
+                out["native"] = self.native
         if self.netns is not None:
             out["netns"] = self.netns
         out["ifname"] = self.ifname
@@ -419,6 +459,25 @@ class PortSpec:
         return dict(self.labels)
 
 
+def _parse_networks(where: str, data: dict[str, Any]) -> tuple[str | None, tuple[tuple[str, int], ...], str | None]:
+    """(network, trunk, native) of a port: an access port has a network; a trunk port
+    has trunk (its tagged networks) and maybe native (its untagged one), never network."""
+    if data.get("trunk") is None:
+        if data.get("native") is not None:
+            raise InvalidArgument(f"{where}.native: only a trunk port has a native network (give trunk too)")
+        if data.get("network") is None:
+            raise InvalidArgument(f"{where}: missing required key 'network' (or 'trunk' for a trunk port)")
+        return check_name(f"{where}.network", data["network"]), (), None
+    if data.get("network") is not None:
+        raise InvalidArgument(f"{where}.network: a trunk port's networks are its trunk (tagged) and native "
+                              "(untagged) ones; give no network")
+    trunk = check_trunk(f"{where}.trunk", data["trunk"])
+    native = None if data.get("native") is None else check_name(f"{where}.native", data["native"])
+    if native is not None and native in dict(trunk):
+        raise InvalidArgument(f"{where}.native: {native!r} is also tagged in trunk; a network is one or the other")
+    return None, trunk, native
+
+
 @dataclass(frozen=True)
 class PortUpdate:
     """What PATCH may change on a live port without re-creating its interface; None leaves a part as it is."""
@@ -427,12 +486,22 @@ class PortUpdate:
     routes: tuple[RouteSpec, ...] | None = None
     mtu: int | None = None
     policy: dict[str, Any] | None = None  # the policy keys given, checked against the port's own by policy_over()
+    trunk: tuple[tuple[str, int], ...] | None = None  # a trunk port's tagged networks, all of them
+    native: str | None = None  # with native_given: a trunk port's native network ("" in the request: none)
+    native_given: bool = False
 
     @classmethod
     def parse(cls, data: dict[str, Any], where: str = "port") -> PortUpdate:
-        check_keys(where, data, {"ip", "ips", "routes", "mtu", *POLICY_KEYS}, set())
+        check_keys(where, data, {"ip", "ips", "routes", "mtu", *POLICY_KEYS, *TRUNK_KEYS}, set())
         if not data:
-            raise InvalidArgument(f"{where}: nothing to change (give ip, ips, routes, mtu or a policy key)")
+            raise InvalidArgument(f"{where}: nothing to change (give ip, ips, routes, mtu, trunk, native or a policy key)")
+        trunk = check_trunk(f"{where}.trunk", data["trunk"]) if data.get("trunk") is not None else None
+        native_given = "native" in data
+        native = data.get("native")
+        if native_given and native not in (None, ""):
+            check_name(f"{where}.native", native)
+        if native_given and native == "":
+            native = None  # none from now on
         given_ips = "ip" in data or "ips" in data
         policy = {k: v for k, v in data.items() if k in POLICY_KEYS}
         PortPolicy.parse(policy, where, host=False)  # checked now: a bad value changes nothing
@@ -441,7 +510,22 @@ class PortUpdate:
             routes=_parse_routes(f"{where}.routes", data["routes"]) if "routes" in data else None,
             mtu=None if data.get("mtu") is None else check_int(f"{where}.mtu", data["mtu"], MTU_MIN, MTU_MAX),
             policy=policy or None,
+            trunk=trunk,
+            native=native,
+            native_given=native_given,
         )
+
+    @property
+    def changes_trunk(self) -> bool:
+        return self.trunk is not None or self.native_given
+
+    def trunk_over(self, spec: PortSpec, where: str = "port") -> tuple[tuple[tuple[str, int], ...], str | None]:
+        """A trunk port's (trunk, native) with this update's applied."""
+        trunk = spec.trunk if self.trunk is None else self.trunk
+        native = self.native if self.native_given else spec.native
+        if native is not None and native in dict(trunk):
+            raise InvalidArgument(f"{where}.native: {native!r} is also tagged in trunk; a network is one or the other")
+        return trunk, native
 
     def policy_over(self, spec: PortSpec, where: str = "port") -> PortPolicy:
         """The port's policy with this update's keys applied."""

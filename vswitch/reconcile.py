@@ -21,7 +21,7 @@ from typing import Any
 
 from .config import SECTIONS, check_peers
 from .errors import InvalidArgument, VswitchError
-from .model import POLICY_KEYS, DesiredState, PortSpec, PortUpdate, SwitchSettings
+from .model import POLICY_KEYS, TRUNK_KEYS, DesiredState, PortSpec, PortUpdate, SwitchSettings
 from .switch import Switch
 
 log = logging.getLogger("vswitch.reconcile")
@@ -34,8 +34,9 @@ IDENTITY: dict[str, tuple[str, ...]] = {
     "fdb": ("network", "mac"),
 }
 # Port fields a live port can change without being re-created (its TAP deleted and
-# made again). None yet: every port change re-creates the port.
-PORT_FIELDS_IN_PLACE = frozenset({"ip", "ips", "routes", "mtu", *POLICY_KEYS})
+# made again). An access port that becomes a trunk port (or back) changes its
+# network too: that re-creates it.
+PORT_FIELDS_IN_PLACE = frozenset({"ip", "ips", "routes", "mtu", *POLICY_KEYS, *TRUNK_KEYS})
 
 
 def changed_fields(old: Any, new: Any) -> list[str]:
@@ -55,7 +56,9 @@ def port_change(old: PortSpec, new: PortSpec) -> str:
 
 def update_port_in_place(switch: Switch, old: PortSpec, new: PortSpec) -> None:
     """Carry out an "update" that port_change() allowed, as PATCH /v1/ports/NAME does."""
-    switch.set_port(new.name, PortUpdate(ips=new.ips, routes=new.routes, mtu=new.mtu, policy=new.policy.view()))  # type: ignore[union-attr]
+    trunk = {"trunk": new.trunk, "native": new.native, "native_given": True} if new.is_trunk else {}
+    switch.set_port(new.name, PortUpdate(ips=new.ips, routes=new.routes, mtu=new.mtu, policy=new.policy.view(),  # type: ignore[union-attr]
+                                         **trunk))
 
 
 def _key(kind: str, spec: Any) -> tuple[Any, ...]:
@@ -124,8 +127,9 @@ def _index(kind: str, specs: list[Any]) -> dict[tuple[Any, ...], Any]:
 def _depends(spec: Any, networks: set[str], ports: set[str], peers: set[tuple[str, str]]) -> str | None:
     """Why an item must be re-created with what it refers to, or None."""
     network = getattr(spec, "network", None)
-    if network in networks:
-        return f"network {network} is re-created"
+    for net in spec.networks if isinstance(spec, PortSpec) else (network,):
+        if net in networks:
+            return f"network {net} is re-created"
     port = getattr(spec, "port", None)
     if port is not None and port in ports:
         return f"port {port} is re-created"

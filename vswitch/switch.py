@@ -52,10 +52,26 @@ NETNS_CHECK_INTERVAL_S = 0.5
 HOST_NETNS = "/proc/self/ns/net"
 
 
+def _networks_text(spec: PortSpec) -> str:
+    """'network blue', or 'trunk blue:10 red:20, native green' for a trunk port."""
+    if not spec.is_trunk:
+        return f"network {spec.network!r}"
+    tagged = " ".join(f"{net}:{vid}" for net, vid in spec.trunk)
+    return f"trunk {tagged}" + (f", native {spec.native}" if spec.native is not None else ", no native network")
+
+
 def _where(out: dict[str, Any]) -> str:
     """'port c1' or 'peer 192.0.2.2' for an output as _describe_out gives it."""
     return f"port {out['port']}" if "port" in out else f"peer {out['peer']}"
 
+
+# What trace says of a frame refused for its tags (fastpath/vlan.pxi).
+VLAN_DROPS = {
+    "vlan_tagged": "802.1Q tag {vlan} on an access port",
+    "vlan_unknown": "802.1Q tag {vlan}: trunk port {port} carries no network with that VLAN ID",
+    "vlan_untagged": "untagged on trunk port {port}, which has no native network",
+    "vlan_stacked": "stacked tags (QinQ) are refused",
+}
 
 # What trace says of a frame the port policy refused (fastpath/policy.pxi).
 POLICY_DROPS = {
@@ -355,7 +371,7 @@ class Switch:
     def del_network(self, name: str) -> None:
         with self._lock:
             net = self._network(name)
-            users = sorted(p.spec.name for p in self._ports.values() if p.spec.network == name)
+            users = sorted(p.spec.name for p in self._ports.values() if name in p.spec.networks)
             if users:
                 raise Conflict(f"network {name!r} still has ports: {', '.join(users)}")
             peers = [p.remote for p in self._peers if p.network == name]
@@ -387,7 +403,7 @@ class Switch:
         return {
             "name": net.spec.name,
             "vni": net.spec.vni,
-            "ports": sorted(p.spec.name for p in self._ports.values() if p.spec.network == net.spec.name),
+            "ports": sorted(p.spec.name for p in self._ports.values() if net.spec.name in p.spec.networks),
             "peers": [p.remote for p in self._peers if p.network == net.spec.name],
         }
 
@@ -399,21 +415,32 @@ class Switch:
             self._changed()
             return self._port_view(self._ports[spec.name])
 
-    def _default_mtu(self, net: _Network) -> int:
-        if net.spec.vni is not None:
+    def _default_mtu(self, nets: list[_Network]) -> int:
+        if any(net.spec.vni is not None for net in nets):
             return self.settings.underlay_mtu - VXLAN_OVERHEAD
         return DEFAULT_MTU
+
+    def _attach(self, fd: int, spec: PortSpec, mtu: int) -> int:
+        """Register a port's fd with the datapath: in its network, or as a trunk port."""
+        if not spec.is_trunk:
+            return self._dp.add_port(fd, self._networks[spec.network].id, mtu, self.settings.offloads)  # type: ignore[index]
+        return self._dp.add_port(fd, 0, mtu, self.settings.offloads, **self._trunk_ids(spec.trunk, spec.native))
+
+    def _trunk_ids(self, trunk: tuple[tuple[str, int], ...], native: str | None) -> dict[str, Any]:
+        """A trunk as the datapath takes it: network ids for names."""
+        return {"trunk": {self._networks[net].id: vid for net, vid in trunk},
+                "native": 0 if native is None else self._networks[native].id}
 
     def _add_port(self, spec: PortSpec) -> None:
         if spec.name in self._ports:
             raise Conflict(f"port {spec.name!r} already exists")
-        net = self._network(spec.network)
+        nets = [self._network(name) for name in spec.networks]
         path = HOST_NETNS if spec.host else resolve_netns(spec.netns or "", "netns")
         where = "vswitchd's namespace" if spec.host else f"netns {spec.netns}"
         for other in self._ports.values():
             if other.netns_path == path and other.spec.ifname == spec.ifname:
                 raise Conflict(f"port {other.spec.name!r} already uses {spec.ifname} in {where}")
-        mtu = spec.mtu or self._default_mtu(net)
+        mtu = spec.mtu or self._default_mtu(nets)
         vnet = self.settings.offloads
         # TSO super-frames cross between local ports as they are, and are
         # cut into segments in the loop when bound for a VXLAN peer.
@@ -423,14 +450,14 @@ class Switch:
         tap = open_tap(path, spec.ifname, mac=spec.mac, ips=spec.ips, mtu=mtu, vnet_hdr=vnet, offloads=offloads,
                        routes=[(r.dst, r.gw) for r in spec.routes], alias=self.tap_mark)
         try:
-            index = self._dp.add_port(tap.fd, net.id, mtu, vnet)
+            index = self._attach(tap.fd, spec, mtu)
         except Exception as e:
             tap.destroy() if tap.created else tap.close()
             raise Conflict(f"port {spec.name!r} cannot be attached: {e}") from e
         port = _Port(spec, tap, index, mtu, path, netns_identity(path))
         self._ports[spec.name] = port
         try:
-            self._apply_policy(port, net, pin=True)
+            self._apply_policy(port, pin=True)
         except Exception:
             self._drop_port(port, destroy=tap.created)
             raise
@@ -441,11 +468,11 @@ class Switch:
                 self._drop_port(port, destroy=tap.created)
                 raise
         log.info(
-            "port %s %s: %s in %s, network %s, mtu %d",
-            spec.name, "created" if tap.created else "re-attached", spec.ifname, where, spec.network, mtu,
+            "port %s %s: %s in %s, %s, mtu %d",
+            spec.name, "created" if tap.created else "re-attached", spec.ifname, where, _networks_text(spec), mtu,
         )
 
-    def _apply_policy(self, port: _Port, net: _Network, *, pin: bool) -> None:
+    def _apply_policy(self, port: _Port, *, pin: bool) -> None:
         """Give the datapath the port's policy and, with pin, pin its own MAC to
         it: known at once (never flooded to others), never moved by a frame from
         elsewhere."""
@@ -457,10 +484,15 @@ class Switch:
         except ValueError as e:
             raise InvalidArgument(f"port {port.spec.name!r}: {e}") from e
         if pin:
+            self._pin(port, port.spec.networks)
+
+    def _pin(self, port: _Port, networks: tuple[str, ...]) -> None:
+        """Pin the port's own MAC to it in each of these networks (a trunk port's MAC is its in each)."""
+        for name in networks:
             try:
-                self._dp.fdb_pin(net.id, port.tap.mac, port.index)
+                self._dp.fdb_pin(self._networks[name].id, port.tap.mac, port.index)
             except OverflowError as e:  # learned like any MAC, then
-                log.warning("port %s: its MAC could not be pinned: %s", port.spec.name, e)
+                log.warning("port %s: its MAC could not be pinned in network %s: %s", port.spec.name, name, e)
 
     def _sync_masquerade(self) -> None:
         self._masquerade.sync({p.spec.name: subnets_of(p.spec.ips) for p in self._ports.values() if p.spec.masquerade})
@@ -474,9 +506,17 @@ class Switch:
             old = port.spec
             ips = old.ips if update.ips is None else update.ips
             routes = old.routes if update.routes is None else update.routes
+            trunk, native = old.trunk, old.native
+            if update.changes_trunk:
+                if not old.is_trunk:
+                    raise Conflict(f"port {name!r} is an access port: delete and add it again to make it a trunk port")
+                trunk, native = update.trunk_over(old)
+                for net in [native, *dict(trunk)]:
+                    if net is not None:
+                        self._network(net)
             new = dataclasses.replace(old, ip=None, ips=ips, routes=routes,
                                       mtu=old.mtu if update.mtu is None else update.mtu,
-                                      policy=update.policy_over(old))
+                                      policy=update.policy_over(old), trunk=trunk, native=native)
             if new.masquerade and not subnets_of(new.ips):
                 raise InvalidArgument(f"port {name!r} masquerades: it needs an IPv4 address")
             mtu_changes = update.mtu is not None and update.mtu != port.mtu
@@ -490,23 +530,33 @@ class Switch:
             if mtu_changes:
                 self._reattach(port, update.mtu)  # type: ignore[arg-type]
             else:
-                self._apply_policy(port, self._networks[new.network], pin=False)
+                if update.changes_trunk:
+                    self._retrunk(port, old)
+                self._apply_policy(port, pin=False)
             if new.masquerade:
                 self._sync_masquerade()
-            log.info("port %s changed: ips %s, %d routes, mtu %d", name, list(new.ips) or "none", len(new.routes), port.mtu)
+            log.info("port %s changed: ips %s, %d routes, mtu %d, %s", name, list(new.ips) or "none", len(new.routes),
+                     port.mtu, _networks_text(new))
             self._changed()
             return self._port_view(port)
 
+    def _retrunk(self, port: _Port, old: PortSpec) -> None:
+        """Give the datapath a trunk port's new networks (port.spec): the networks it leaves
+        forget its entries, static ones included; in those it joins its MAC is pinned."""
+        self._dp.set_trunk(port.index, **self._trunk_ids(port.spec.trunk, port.spec.native))
+        for key in [k for k, e in self._static.items() if e.port == port.spec.name and k[0] not in port.spec.networks]:
+            del self._static[key]
+        self._pin(port, tuple(n for n in port.spec.networks if n not in old.networks))
+
     def _reattach(self, port: _Port, mtu: int) -> None:
         """The same TAP fd registered again under a new MTU (the datapath fixes a port's MTU when added)."""
-        net = self._networks[port.spec.network]
         self._dp.remove_port(port.index)
-        port.index = self._dp.add_port(port.tap.fd, net.id, mtu, self.settings.offloads)
+        port.index = self._attach(port.tap.fd, port.spec, mtu)
         port.mtu = mtu
-        self._apply_policy(port, net, pin=True)
+        self._apply_policy(port, pin=True)
         for entry in self._static.values():
             if entry.port == port.spec.name:
-                self._dp.fdb_set_static(net.id, entry.mac, port.index)
+                self._dp.fdb_set_static(self._networks[entry.network].id, entry.mac, port.index)
 
     def del_port(self, name: str) -> None:
         with self._lock:
@@ -541,7 +591,7 @@ class Switch:
         with self._lock:
             if network is not None:
                 self._network(network)
-            ports = [p for p in self._ports.values() if network is None or p.spec.network == network]
+            ports = [p for p in self._ports.values() if network is None or network in p.spec.networks]
             if label is not None:
                 key, value = label
                 ports = [p for p in ports if key in p.spec.label_map and value in (None, p.spec.label_map[key])]
@@ -562,6 +612,8 @@ class Switch:
         return {
             "name": s.name,
             "network": s.network,
+            "trunk": dict(s.trunk) if s.is_trunk else None,
+            "native": s.native,
             "netns": s.netns,
             "ifname": s.ifname,
             "mac": port.tap.mac,
@@ -678,7 +730,7 @@ class Switch:
             ports = {p.index: p.spec.name for p in self._ports.values()}
             peers = {PEER_FLAG | i: p.remote for p, i in self._peers.items()}
             # A port's own MAC, pinned to it when it was made: static in the table, but not the operator's.
-            pins = {(self._networks[p.spec.network].id, p.tap.mac.lower(), p.index) for p in self._ports.values()}
+            pins = {(self._networks[n].id, p.tap.mac.lower(), p.index) for p in self._ports.values() for n in p.spec.networks}
         entries = []
         for nid, mac, o, static, age in self._dp.fdb_entries(net_id, out):
             if nid not in names:
@@ -719,8 +771,8 @@ class Switch:
             out = PEER_FLAG | peer_idx
         else:
             port = self._port(spec.port)
-            if port.spec.network != spec.network:
-                raise InvalidArgument(f"port {spec.port!r} is in network {port.spec.network!r}, not {spec.network!r}")
+            if spec.network not in port.spec.networks:
+                raise InvalidArgument(f"port {spec.port!r} is in {_networks_text(port.spec)}, not {spec.network!r}")
             out = port.index
         if (spec.network, spec.mac) in self._static:
             raise Conflict(f"a static entry for {spec.mac} in network {spec.network!r} already exists")
@@ -775,7 +827,7 @@ class Switch:
                 self._derived_peers.add(spec)
                 counts["peers_added"] += 1
                 log.info("cluster: peer %s added to network %s", spec.remote, spec.network)
-            local = {(p.spec.network, p.tap.mac) for p in self._ports.values()}
+            local = {(n, p.tap.mac) for p in self._ports.values() for n in p.spec.networks}
             wanted = {k: r for k, r in macs.items()
                       if k not in local and k not in self._static and PeerSpec(k[0], r) in self._peers}
             for (network, mac), remote in wanted.items():
@@ -899,9 +951,10 @@ class Switch:
         if from_peer is not None and src_mac is None:
             raise InvalidArgument("src: required with from_peer (a peer has no MAC of its own)")
         with self._lock:
+            net: _Network | None
             if in_port is not None:
                 port = self._port(in_port)
-                net = self._networks[port.spec.network]
+                net = None if port.spec.is_trunk else self._networks[port.spec.network]  # type: ignore[index]
                 src_mac = src_mac or port.tap.mac
                 ingress, asked = f"port {in_port}", {"in_port": port.index}
             else:
@@ -924,19 +977,27 @@ class Switch:
                      "peers": {i: spec.remote for spec, i in self._peers.items()}}
             learned = None if d["was"] is None else self._describe_out(d["was"])
             hit = None if not (d["lookup"] or {}).get("hit") else self._describe_out(d["lookup"]["out"])
-        vni = f", VNI {net.spec.vni})" if net.spec.vni is not None else ")"
+            if net is None:  # a trunk port's frame: its tag said which network (or none)
+                net = next((n for n in self._networks.values() if n.id == d["network"]), None)
+            # The tag each output port puts on the frame: trunk ports carry the network tagged.
+            tags = {name: vid for name, p in self._ports.items() if p.index in d["ports"] and p.spec.is_trunk
+                    and net is not None and (vid := dict(p.spec.trunk).get(net.spec.name)) is not None}
+        vni = "" if net is None or net.spec.vni is None else f", VNI {net.spec.vni}"
+        tag_text = "" if vlan is None else f"802.1Q tag {vlan}: " if vlan else "priority tag (VLAN 0): "
         result: dict[str, Any] = {
-            "in_port": in_port, "from_peer": from_peer, "network": net.spec.name, "vni": net.spec.vni, "src": src_mac,
+            "in_port": in_port, "from_peer": from_peer, "network": None if net is None else net.spec.name,
+            "vni": None if net is None else net.spec.vni, "src": src_mac,
             "dst": dst, "vlan": vlan, "learn": None, "lookup": None, "action": "drop", "reason": d["reason"],
             "outputs": {"ports": sorted(names["ports"][i] for i in d["ports"]),
                         "peers": [r for i, r in names["peers"].items() if i in d["peers"]]},
+            "tags": tags,  # output port -> the 802.1Q tag it puts on the frame (trunk ports)
             "steps": [f"frame {src_mac} -> {dst} " + (f"enters {ingress}" if in_port is not None else f"arrives from {ingress}")
-                      + f" (network {net.spec.name}" + vni],
+                      + (f" ({tag_text}network {net.spec.name}{vni})" if net is not None else f" ({tag_text.rstrip(': ') or 'untagged'})")],
         }
         steps = result["steps"]
         if d["learn"] is None:  # dropped before learning: the frame's own header
-            if d["reason"] == "vlan_tagged":
-                steps.append(f"802.1Q tag {vlan} on an access port")
+            if d["reason"] in VLAN_DROPS:
+                steps.append(VLAN_DROPS[d["reason"]].format(vlan=vlan, port=in_port))
             elif d["reason"] == "inner_malformed":
                 steps.append("the inner frame fails the port checks" + (f" (802.1Q tag {vlan})" if vlan is not None else ""))
             elif d["reason"] in POLICY_DROPS:
@@ -973,13 +1034,13 @@ class Switch:
             elif d["reason"] == "split_horizon":
                 steps.append("a frame from the tunnel never goes back into it (split horizon)")
             elif d["verdict"] != "drop":
-                steps.append(f"output: {_where(hit)}")
+                steps.append(f"output: {_where(hit)}" + (f" (802.1Q tag {tags[hit['port']]})" if hit.get("port") in tags else ""))
         if d["verdict"] == "drop":
             steps.append(f"drop: {d['reason']}")
         elif d["verdict"] == "flood":
             result["action"] = "flood"
             out = result["outputs"]
-            steps.append(f"flood to ports [{', '.join(out['ports'])}]"
+            steps.append(f"flood to ports [{', '.join(p + (f' (802.1Q tag {tags[p]})' if p in tags else '') for p in out['ports'])}]"
                          + (f" and peers [{', '.join(out['peers'])}]" if out["peers"] else ""))
         else:
             result["action"] = "output"

@@ -221,8 +221,10 @@ class Rig:
     plain UDP socket on loopback, so encapsulation runs to the send and every
     send fails (destination port 0) without a packet leaving."""
 
-    # (network, mtu, vnet)
-    PORTS = [(1, 1500, False), (1, 1500, True), (1, 9000, False), (2, 1500, True), (2, 1500, False)]
+    # (network, mtu, vnet); network 0: a trunk port, carrying TRUNKS[index]
+    PORTS = [(1, 1500, False), (1, 1500, True), (1, 9000, False), (2, 1500, True), (2, 1500, False), (0, 1500, True),
+             (0, 1500, False)]
+    TRUNKS = {5: ({1: 10, 2: 20}, 0), 6: ({2: 30}, 1)}  # port -> ({network: VID}, native)
     PEERS = [(1, "127.0.0.2"), (2, "127.0.0.3"), (1, "127.0.0.4")]
     VNIS = {1: 5001, 2: 5002}
     ADDRS = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.9"]
@@ -231,13 +233,17 @@ class Rig:
         self.dp = Datapath(max_ports=8, mac_table_size=64, max_networks=4, max_peers=4)
         self.socks: list[socket.socket] = []
         self.ends: list[socket.socket] = []
-        for network, mtu, vnet in self.PORTS:
+        for idx, (network, mtu, vnet) in enumerate(self.PORTS):
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             ours.setblocking(False)
             for s in (ours, theirs):
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            self.dp.add_port(theirs.fileno(), network, mtu, vnet)
+            if network:
+                self.dp.add_port(theirs.fileno(), network, mtu, vnet)
+            else:
+                tagged, native = self.TRUNKS[idx]
+                self.dp.add_port(theirs.fileno(), 0, mtu, vnet, trunk=tagged, native=native)
             self.ends.append(ours)
             self.socks += [ours, theirs]
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -280,17 +286,20 @@ class Rig:
         bounded by its gso_size, which the receiving kernel keeps to)."""
         for idx, frames in got.items():
             _, mtu, vnet = self.PORTS[idx]
+            vids = {vid for vid in self.TRUNKS[idx][0].values()} if idx in self.TRUNKS else set()
             for raw in frames:
                 if vnet:
                     assert len(raw) >= VNET_HLEN + 14, "a runt left a port"
                     head, frame = raw[:VNET_HLEN], raw[VNET_HLEN:]
                     assert check_vnet(head, frame) is not None, f"port {idx}: bad virtio-net header {head.hex()}"
-                    if head[1] == 0:
-                        assert fits_mtu(frame, mtu), f"port {idx}: {len(frame)} bytes"
                 else:
-                    assert 14 <= len(raw) and fits_mtu(raw, mtu), f"port {idx}: {len(raw)} bytes"
-                    frame = raw
-                assert not frame[6] & 1 and frame[12:14] not in (b"\x81\x00", b"\x88\xa8"), "a refused frame left"
+                    head, frame = bytes(VNET_HLEN), raw
+                tag = 4 if frame[12:14] == b"\x81\x00" and int.from_bytes(frame[14:16], "big") & 0xFFF in vids else 0
+                if head[1] == 0:
+                    # The port's own MTU bounds the L3 length; its tag is L2.
+                    assert 14 <= len(frame) <= mtu + 14 + tag, f"port {idx}: {len(frame)} bytes"
+                # A trunk port's tag is one of its VIDs, and only one tag: nothing else leaves tagged.
+                assert not frame[6] & 1 and frame[12 + tag:14 + tag] not in (b"\x81\x00", b"\x88\xa8"), "a refused frame left"
 
 
 _rig: Rig | None = None

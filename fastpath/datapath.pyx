@@ -19,7 +19,8 @@ from libc.string cimport memcpy, memset
 
 from fastpath.frame cimport DROP_MAC_PINNED, DROP_REASONS
 from fastpath.mactable cimport (MT_STATIC, OUT_NONE, OUT_PEER, key_network, mac_entry, mac_key, mac_table, mt_delete,
-                                mt_expired, mt_flush, mt_free, mt_init, mt_peek, mt_pin, mt_set_static)
+                                mt_expired, mt_flush, mt_free, mt_init, mt_oi, mt_peek, mt_pin, mt_set_limit,
+                                mt_set_static)
 from fastpath.posix_io cimport (EFD_CLOEXEC, EFD_NONBLOCK, close, errno, eventfd, pthread_mutex_destroy,
                                 pthread_mutex_init, pthread_mutex_lock, pthread_mutex_t, pthread_mutex_unlock, read,
                                 write)
@@ -38,6 +39,7 @@ from fastpath.vxlan import VX_DROP_NAMES
 include "counters.pxi"
 include "core.pxi"
 include "policy.pxi"
+include "limits.pxi"
 include "neigh.pxi"
 include "decide.pxi"
 include "output.pxi"
@@ -94,7 +96,8 @@ cdef class Datapath:
             raise MemoryError("cannot allocate the datapath")
         sw.stop_efd = sw.notify_efd = -1
         sw.tun.rx_fd = sw.tun.tx_fd = -1
-        mt_init(&sw.mt, mac_table_size, <int64_t>(mac_aging_s * 1000), int.from_bytes(os.urandom(8), "little"))
+        mt_init(&sw.mt, mac_table_size, <int64_t>(mac_aging_s * 1000), int.from_bytes(os.urandom(8), "little"),
+                max_ports, max_peers)
         # Visit the whole slot array about once per aging period.
         sw.sweep_budget = <uint32_t>max(64, (sw.mt.mask + 1) * SWEEP_INTERVAL_MS // max(1, sw.mt.aging_ms) + 1)
         sw.busy_poll_ns = <int64_t>busy_poll_us * 1000
@@ -102,9 +105,10 @@ cdef class Datapath:
         sw.max_networks = max_networks
         sw.ports = <port_t *>calloc(max_ports, sizeof(port_t))
         sw.policy = <port_policy *>calloc(max_ports, sizeof(port_policy))
+        sw.limits = <port_limits *>calloc(max_ports, sizeof(port_limits))
         sw.pctr = <uint64_t *>calloc(<size_t>max_ports * PC_COUNT, sizeof(uint64_t))
         sw.net_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
-        if (not (sw.ports and sw.policy and sw.pctr and sw.net_head)
+        if (not (sw.ports and sw.policy and sw.limits and sw.pctr and sw.net_head)
                 or neigh_init(&sw.neigh, neigh_table_size, int.from_bytes(os.urandom(8), "little")) < 0
                 or tun_init(&sw.tun, max_peers, max_networks) < 0
                 or out_init(&sw.out, kernel_takes_udp_superframes() if gro_udp is None else bool(gro_udp)) < 0):
@@ -141,6 +145,7 @@ cdef class Datapath:
         neigh_free(&sw.neigh)
         free(sw.ports)
         free(sw.policy)
+        free(sw.limits)
         free(sw.pctr)
         free(sw.net_head)
         tun_free(&sw.tun)
@@ -233,6 +238,8 @@ cdef class Datapath:
                 p.cap_fd = -1
                 p.cap_dir = 0
                 memset(&sw.policy[idx], 0, sizeof(port_policy))  # no policy until the control plane sets one
+                memset(&sw.limits[idx], 0, sizeof(port_limits))
+                mt_set_limit(&sw.mt, idx, 0)
                 memset(&sw.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
                 rc = sw.eng.port_up(sw.engine, idx)
                 if rc == 0:
@@ -320,6 +327,62 @@ cdef class Datapath:
             pthread_mutex_unlock(&sw.lock)
         if free_slot:
             raise LookupError(f"port index {idx} is not in use")
+
+    def set_port_limits(self, uint32_t idx, uint32_t max_macs=0, storm_broadcast=0, storm_multicast=0,
+                        storm_unknown_unicast=0, rate_bytes=0, burst_bytes=0, rate_fps=0, rx=True,
+                        tx=True) -> None:
+        """Set port idx's limits (limits.pxi; 0 is no limit): at most max_macs
+        learned MACs; storm_* floods a second of each kind (a burst of a tenth
+        of a second, at least one frame); a policer of rate_bytes bytes/s with
+        a burst of burst_bytes and of rate_fps frames/s (a burst of a tenth of
+        a second) on its frames in (rx: from the port) and out (tx). Buckets
+        start full; a change takes effect between two batches."""
+        cdef sw_t *sw = self.sw
+        cdef port_limits lim
+        cdef int64_t now = now_ms()
+        cdef bint free_slot
+        cdef uint32_t k
+        self._check_index(idx)
+        storms = (int(storm_broadcast), int(storm_multicast), int(storm_unknown_unicast))
+        rate_bytes, burst_bytes, rate_fps = int(rate_bytes), int(burst_bytes), int(rate_fps)
+        for name, v in (("storm_broadcast", storms[0]), ("storm_multicast", storms[1]),
+                        ("storm_unknown_unicast", storms[2]), ("rate_bytes", rate_bytes),
+                        ("burst_bytes", burst_bytes), ("rate_fps", rate_fps)):
+            if v < 0 or v > (1 << 40):
+                raise ValueError(f"{name} must be in [0, {1 << 40}], got {v}")
+        if rate_bytes and not burst_bytes:
+            raise ValueError("a byte rate needs a burst")
+        memset(&lim, 0, sizeof(port_limits))
+        for k in range(STORM_KINDS):
+            if storms[k]:
+                bucket_set(&lim.storm[k], storms[k], max(1, storms[k] // 10), now)
+                lim.flags |= LIM_STORM
+        if rate_bytes or rate_fps:
+            if rx:
+                lim.flags |= LIM_RATE_RX
+            if tx:
+                lim.flags |= LIM_RATE_TX
+            if rate_bytes:
+                bucket_set(&lim.rx_bytes, rate_bytes, burst_bytes, now)
+                bucket_set(&lim.tx_bytes, rate_bytes, burst_bytes, now)
+            if rate_fps:
+                bucket_set(&lim.rx_frames, rate_fps, max(1, rate_fps // 10), now)
+                bucket_set(&lim.tx_frames, rate_fps, max(1, rate_fps // 10), now)
+        with nogil:
+            pthread_mutex_lock(&sw.lock)
+            free_slot = sw.ports[idx].state == PORT_FREE
+            if not free_slot:
+                sw.limits[idx] = lim
+                mt_set_limit(&sw.mt, idx, max_macs)
+            pthread_mutex_unlock(&sw.lock)
+        if free_slot:
+            raise LookupError(f"port index {idx} is not in use")
+
+    def port_macs(self, uint32_t idx) -> tuple:
+        """(learned MACs port idx holds, its max_macs; 0: no limit)."""
+        self._check_index(idx)
+        cdef uint32_t oi = mt_oi(&self.sw.mt, idx)
+        return self.sw.mt.outs[oi].count, self.sw.mt.outs[oi].limit
 
     def fdb_pin(self, uint16_t network, mac, uint32_t idx) -> None:
         """Pin a port's own MAC to it: a static entry that no frame from
@@ -516,6 +579,8 @@ cdef class Datapath:
             "moved": self.sw.mt.moved,
             "aged": self.sw.mt.aged,
             "refused": self.sw.mt.refused,
+            "evicted": self.sw.mt.evicted,
+            "limited": self.sw.mt.limited,
         }
 
     def fdb_entries(self, uint16_t network=0, out=None) -> list:

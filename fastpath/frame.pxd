@@ -31,7 +31,13 @@ cdef enum drop_reason:
     DROP_RA_GUARD = 13             # an IPv6 router advertisement or redirect from a port not marked router
     DROP_DHCP_GUARD = 14           # a DHCP(v6) server reply from a port not marked dhcp_server
     DROP_MAC_PINNED = 15           # source MAC is another port's own (pinned) MAC
-    DROP_REASONS = 16
+    # Port limits (limits.pxi)
+    DROP_STORM_BROADCAST = 16      # a broadcast the port floods over its storm limit
+    DROP_STORM_MULTICAST = 17      # a multicast likewise
+    DROP_STORM_UNKNOWN_UNICAST = 18   # a unicast to an unknown destination likewise
+    DROP_RATE_LIMITED_RX = 19      # a frame from the port over its rate limit
+    DROP_RATE_LIMITED_TX = 20      # a frame to the port over its rate limit
+    DROP_REASONS = 21
 
 # The virtio-net header that leads each frame on a TAP opened with
 # IFF_VNET_HDR (virtio spec 5.1.6, struct virtio_net_hdr; 12 bytes with

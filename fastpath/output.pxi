@@ -15,8 +15,8 @@ from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from fastpath.frame cimport (DROP_GSO_UNSUPPORTED, DROP_TUNNEL_MTU, ETH_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE,
-                             VNET_HLEN, complete_csum, parse_vnet)
+from fastpath.frame cimport (DROP_GSO_UNSUPPORTED, DROP_RATE_LIMITED_TX, DROP_TUNNEL_MTU, ETH_HLEN,
+                             VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_HLEN, complete_csum, parse_vnet)
 from fastpath.gro cimport gro_append, gro_candidate, gro_finish, gro_pair, gro_state
 from fastpath.posix_io cimport CLOCK_REALTIME, clock_gettime, iovec, timespec, writev
 
@@ -119,6 +119,10 @@ cdef void out_port(sw_t *sw, uint32_t idx, frame_t *f) noexcept nogil:
     cdef const uint8_t *start = f.data
     cdef uint32_t length = f.len
     cdef write_result r
+    if sw.limits[idx].flags & LIM_RATE_TX and not police(&sw.limits[idx].tx_bytes, &sw.limits[idx].tx_frames,
+                                                         f.data, f.len, &f.vi, sw.lim_now):
+        sw.pctr[<size_t>idx * PC_COUNT + PC_DROPS + DROP_RATE_LIMITED_TX] += 1
+        return
     if q.vnet:
         # The header goes back in front of the frame (tunnel headers may
         # have been written over that headroom since it was read).

@@ -28,6 +28,7 @@ class Entry:
     last_seen_ms: int
     static: bool = False
     pinned: bool = False  # a port's own MAC: a frame carrying it from elsewhere is dropped
+    seen: int = 0  # when it was last learned or refreshed, in table operations: least recently seen is least
 
 
 @dataclass(frozen=True)
@@ -133,9 +134,14 @@ class ModelSwitch:
     # (network, packed IPv4 or IPv6 address) -> MAC: the addresses the switch answers ARP and ND for
     neigh: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
     answered: dict[tuple[int, str], int] = field(default_factory=dict)  # (port, "arp_suppressed"|...) -> count
+    max_macs: dict[int, int] = field(default_factory=dict)  # port -> most learned entries it may hold
+    mac_limited: dict[int, int] = field(default_factory=dict)  # port -> frames whose source it could not learn
     learned: int = 0
     moved: int = 0
     refused: int = 0
+    evicted: int = 0
+    limited: int = 0
+    clock: int = 0  # counts learning operations: orders entries by when they were last seen
 
     def add_port(self, port: int, network: int, mtu: int = 1500) -> None:
         self.ports[port] = (network, mtu)
@@ -144,11 +150,48 @@ class ModelSwitch:
         self.policies[port] = policy
 
     def pin(self, port: int, mac: bytes) -> None:
-        self.fdb[(self.ports[port][0], mac)] = Entry(port, 0, static=True, pinned=True)
+        self.set_static(self.ports[port][0], mac, port, pinned=True)
+
+    def set_static(self, network: int, mac: bytes, out: int, pinned: bool = False) -> None:
+        """A static entry; in a full table it takes the place of a learned one, as learning does."""
+        if (network, mac) not in self.fdb and len(self.fdb) >= self.capacity:
+            if not self._evict():
+                raise OverflowError("the MAC table is full")
+        self.fdb[(network, mac)] = Entry(out, 0, static=True, pinned=pinned)
+
+    def set_max_macs(self, port: int, limit: int) -> None:
+        self.max_macs[port] = limit
+
+    def held(self, out: int) -> int:
+        return sum(1 for e in self.fdb.values() if not e.static and e.out == out)
+
+    def _at_limit(self, out: int) -> bool:
+        limit = 0 if out & PEER_FLAG else self.max_macs.get(out, 0)
+        return limit != 0 and self.held(out) >= limit
+
+    def _evict(self) -> bool:
+        """Remove the least recently seen learned entry of the output holding the most
+        (the first of those, ports before peers, by index); False when none is learned."""
+        counts: dict[int, int] = {}
+        for e in self.fdb.values():
+            if not e.static:
+                counts[e.out] = counts.get(e.out, 0) + 1
+        if not counts:
+            return False
+        victim = min(counts, key=lambda o: (-counts[o], bool(o & PEER_FLAG), o & ~PEER_FLAG))
+        key = min((k for k, e in self.fdb.items() if not e.static and e.out == victim), key=lambda k: self.fdb[k].seen)
+        del self.fdb[key]
+        self.evicted += 1
+        return True
+
+    def _tick(self) -> int:
+        self.clock += 1
+        return self.clock
 
     def remove_port(self, port: int) -> None:
         del self.ports[port]
         self.policies.pop(port, None)
+        self.max_macs.pop(port, None)
         for key in [k for k, e in self.fdb.items() if e.out == port]:
             del self.fdb[key]
 
@@ -222,8 +265,11 @@ class ModelSwitch:
         """Learn the source on ingress (a port, or PEER_FLAG | peer), then look the destination up."""
         dst, src = frame[0:6], frame[6:12]
         from_tunnel = bool(ingress & PEER_FLAG)
-        if self._learn((network, src), ingress, now_ms) == "pinned_kept":
+        learned = self._learn((network, src), ingress, now_ms)
+        if learned == "pinned_kept":
             return self._vx_drop("mac_pinned") if from_tunnel else self._drop(ingress, "mac_pinned")
+        if learned == "limited":
+            self.mac_limited[ingress] = self.mac_limited.get(ingress, 0) + 1
         if dst[0] & 1 and not from_tunnel:
             reply = self._answer(network, frame)
             if reply is not None:
@@ -278,18 +324,26 @@ class ModelSwitch:
     def _learn(self, key: tuple[int, bytes], port: int, now_ms: int) -> str | None:
         e = self._live(key, now_ms)
         if e is None:
-            if len(self.fdb) >= self.capacity:
+            if self._at_limit(port):
+                self.limited += 1
+                return "limited"
+            if len(self.fdb) >= self.capacity and not self._evict():
                 self.refused += 1
                 return None
-            self.fdb[key] = Entry(port, now_ms)
+            self.fdb[key] = Entry(port, now_ms, seen=self._tick())
             self.learned += 1
         elif e.static:
             return "pinned_kept" if e.pinned and e.out != port else None
         else:
+            if e.out != port and self._at_limit(port):
+                self.limited += 1
+                return "limited"
             e.last_seen_ms = now_ms
+            e.seen = self._tick()
             if e.out != port:
                 e.out = port
                 self.moved += 1
+        return None
 
     def _flood(self, ingress: int, network: int, frame: bytes) -> dict[Any, bytes]:
         """Every other port of the network and, for a frame from a local port, every peer (head-end replication)."""

@@ -85,15 +85,18 @@ def policies(draw):
                     dhcp_server=draw(st.integers(0, 3)) == 0, macs=frozenset(own),
                     ip4=frozenset(draw(st.lists(st.sampled_from(IP4S[:2]), max_size=2))),
                     ip6=frozenset(draw(st.lists(st.sampled_from(IP6S[:2]), max_size=2))))
-    return policy, own[0] if draw(st.booleans()) else None
+    max_macs = draw(st.sampled_from([0, 0, 0, 1, 2]))
+    return policy, own[0] if draw(st.booleans()) else None, max_macs
 
 
 def apply_policy(dp: Datapath, model: ModelSwitch, port: int, network: int, policy: Policy, pin: bytes | None,
-                 pinned: set) -> None:
-    """Give port its policy in both; pin its MAC unless another port of the network already has it."""
+                 max_macs: int, pinned: set) -> None:
+    """Give port its policy and MAC limit in both; pin its MAC unless another port of the network already has it."""
     dp.set_port_policy(port, policy.security, policy.router, policy.dhcp_server, sorted(policy.macs),
                        [ipaddress.ip_address(a) for a in sorted(policy.ip4 | policy.ip6)])
     model.set_policy(port, policy)
+    dp.set_port_limits(port, max_macs=max_macs)
+    model.set_max_macs(port, max_macs)
     if pin is not None and (network, pin) not in pinned:
         pinned.add((network, pin))
         dp.fdb_pin(network, pin, port)
@@ -210,7 +213,7 @@ def test_compiled_loop_matches_model(io_mode, scenario):
             if (networks[p], m) in pinned:
                 continue
             rig.dp.fdb_set_static(networks[p], m, p)
-            model.fdb[(networks[p], m)] = Entry(p, 0, static=True)
+            model.set_static(networks[p], m, p)
         for in_port, frame in seq:
             expected = {p: [f] for p, f in model.forward(in_port, frame).items()}
             rig.send(in_port, frame)
@@ -222,9 +225,11 @@ def test_compiled_loop_matches_model(io_mode, scenario):
             drops = {r: n for r, n in rig.dp.port_counters(p)["drops"].items() if n}
             assert drops == {r: n for (q, r), n in model.drops.items() if q == p}
         assert answered(rig.dp, ports) == model.answered
+        assert {p: n for p in ports if (n := rig.dp.port_counters(p)["mac_limited"])} == model.mac_limited
         event(f"requests answered by the switch: {'some' if model.answered else 'none'}")
         c = rig.dp.fdb_counters()
-        assert (c["learned"], c["moved"], c["refused"]) == (model.learned, model.moved, model.refused)
+        assert (c["learned"], c["moved"], c["refused"], c["evicted"], c["limited"]) == (
+            model.learned, model.moved, model.refused, model.evicted, model.limited)
     finally:
         rig.close()
 
@@ -304,7 +309,7 @@ def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, sce
             if (net, m) in pinned:
                 continue
             dp.fdb_set_static(net, m, out)
-            model.fdb[(net, m)] = Entry(out, 0, static=True)
+            model.set_static(net, m, out)
         port_drops: dict[tuple[int, str], int] = {}
         vx_drops: dict[str, int] = {}
         for step in seq:
@@ -333,7 +338,8 @@ def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, sce
         assert port_drops == model.drops
         assert vx_drops == model.vx_drops
         c = dp.fdb_counters()
-        assert (c["learned"], c["moved"], c["refused"]) == (model.learned, model.moved, model.refused)
+        assert (c["learned"], c["moved"], c["refused"], c["evicted"], c["limited"]) == (
+            model.learned, model.moved, model.refused, model.evicted, model.limited)
     finally:
         for sock in [*vtep, *(s for pair in pairs for s in pair)]:
             sock.close()

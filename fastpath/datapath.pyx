@@ -378,6 +378,28 @@ cdef class Datapath:
         if free_slot:
             raise LookupError(f"port index {idx} is not in use")
 
+    def port_buckets(self, uint32_t idx) -> dict:
+        """What is left in port idx's buckets now, in units (bytes or frames; below 0: a
+        debt), by name; buckets without a rate are absent."""
+        cdef port_limits lim
+        cdef int64_t now
+        self._check_index(idx)
+        with nogil:
+            pthread_mutex_lock(&self.sw.lock)
+            lim = self.sw.limits[idx]
+            now = max(now_ms(), self.sw.lim_now)
+            pthread_mutex_unlock(&self.sw.lock)
+        cdef bucket_t *buckets[7]
+        buckets[:] = [&lim.storm[STORM_BROADCAST], &lim.storm[STORM_MULTICAST], &lim.storm[STORM_UNKNOWN_UNICAST],
+                      &lim.rx_bytes, &lim.rx_frames, &lim.tx_bytes, &lim.tx_frames]
+        names = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast", "rx_bytes", "rx_frames", "tx_bytes",
+                 "tx_frames")
+        out = {}
+        for i in range(7):
+            if buckets[i].rate:
+                out[names[i]] = bucket_level(buckets[i], now) / 1000
+        return out
+
     def port_macs(self, uint32_t idx) -> tuple:
         """(learned MACs port idx holds, its max_macs; 0: no limit)."""
         self._check_index(idx)

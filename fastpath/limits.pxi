@@ -115,7 +115,7 @@ cdef inline void wire_cost(const uint8_t *data, uint32_t length, const vnet_info
     if vi.gso_type == VNET_GSO_UDP_L4:
         hdr += 8
     elif <uint32_t>vi.csum_start + 13 <= length:
-        hdr += (data[vi.csum_start + 12] >> 4) * 4
+        hdr += max(20, (data[vi.csum_start + 12] >> 4) * 4)  # TCP's data offset, at least the fixed header
     else:
         return
     if hdr >= length:

@@ -397,7 +397,7 @@ cdef class Datapath:
         out = {}
         for i in range(7):
             if buckets[i].rate:
-                out[names[i]] = bucket_level(buckets[i], now) / 1000
+                out[names[i]] = bucket_level(buckets[i], now) / 1000.0
         return out
 
     def port_macs(self, uint32_t idx) -> tuple:

@@ -32,9 +32,9 @@ def test_limits_round_trip() -> None:
     assert spec.policy.burst_bytes == 256 * 1024
 
 
-def test_default_burst_holds_two_superframes_or_20_ms() -> None:
-    assert PortSpec.parse({**BASE, "rate_mbit": 50}).policy.burst_bytes == 128 * 1024
-    assert PortSpec.parse({**BASE, "rate_mbit": 10000}).policy.burst_bytes == 25_000_000
+def test_default_burst_is_a_quarter_second_but_at_least_2_mib() -> None:
+    assert PortSpec.parse({**BASE, "rate_mbit": 50}).policy.burst_bytes == 2048 * 1024
+    assert PortSpec.parse({**BASE, "rate_mbit": 10000}).policy.burst_bytes == 312_500_000
 
 
 @pytest.mark.parametrize("key,value,message", [

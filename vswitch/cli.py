@@ -466,7 +466,7 @@ POLICY_ARGS = (
         "(0: no limit, the default)", required=False, type=int),
     Arg("--rate-mbit", "MBIT", "rate limit on each direction, Mbit/s (0: none, the default)", required=False,
         type=_number),
-    Arg("--burst-kb", "KIB", "the rate limit's burst (0: 20 ms at the rate, at least 128 KiB)", required=False,
+    Arg("--burst-kb", "KIB", "the rate limit's burst (0: a quarter second at the rate, at least 2048 KiB)", required=False,
         type=int),
     Arg("--rate-fps", "FPS", "rate limit on each direction, frames/s (0: none, the default)", required=False,
         type=int),

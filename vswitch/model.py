@@ -265,6 +265,7 @@ MAX_MACS_MAX = 1 << 24
 STORM_FPS_MAX = 100_000_000
 RATE_MBIT_MAX = 1_000_000
 BURST_KB_MAX = 1 << 20
+DEFAULT_BURST_KB = 2048
 STORM_DEFAULT_FPS = 1000  # broadcast and multicast floods a container port may send a second
 LIMIT_KEYS = ("max_macs", "storm_broadcast", "storm_multicast", "storm_unknown_unicast", "rate_mbit", "burst_kb",
               "rate_fps")
@@ -372,11 +373,12 @@ class PortPolicy:
 
     @property
     def burst_bytes(self) -> int:
-        """The policer's burst: burst_kb, or by default 20 ms at the rate but at least 128 KiB
-        (two TSO super-frames: a burst below one would hold every super-frame back)."""
+        """The policer's burst: burst_kb, or by default a quarter second at the rate but at least
+        2 MiB. TCP's TSO super-frames (64 KB each) make a sender bursty: through a 50 Mbit/s
+        policer, iperf3 measured 6 Mbit/s with 128 KiB, 23 with 512 KiB, 50 with 2 MiB."""
         if self.burst_kb:
             return self.burst_kb * 1024
-        return max(128 * 1024, int(self.rate_mbit * 1e6 / 8 * 0.020))
+        return max(DEFAULT_BURST_KB * 1024, int(self.rate_mbit * 1e6 / 8 * 0.25))
 
     def view(self) -> dict[str, Any]:
         return {"port_security": self.port_security, "allowed": list(self.allowed), "router": self.router,

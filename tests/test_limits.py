@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from typing import Any, Callable
 
 import pytest
@@ -237,5 +239,14 @@ def test_rate_limit_holds_iperf3_under_the_rate_both_ways(netns_factory, agent_f
     for what, bps in (("TCP from p1", sent), ("TCP to p1", received), ("UDP from p1", udp)):
         assert 0 < bps <= 1.1 * limit, f"{what}: {bps / 1e6:.1f} Mbit/s with a limit of {RATE_MBIT}"
     assert drops["rate_limited_rx"] > 0 and drops["rate_limited_tx"] > 0
+    # port show: the limits, and the rates the control plane sampled while iperf3 ran (once a second).
     view = lan.show("p1")
     assert view["policy"]["rate_mbit"] == RATE_MBIT
+    assert view["usage"]["peak_rx_bps"] > 0.5 * min(sent, udp) and view["usage"]["peak_tx_bps"] > 0.5 * received
+    text = lan.daemon.ctl_run("port", "show", "p1", json_output=False).stdout
+    assert re.search(rf"limit rate_mbit +{RATE_MBIT}\n", text) and "rx now / peak" in text and "drops rate_limited_rx" in text
+    # The limits as gauges, beside the counters, for use against limit.
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{lan.daemon.metrics_port}/metrics", timeout=10).read().decode()
+    assert 'vswitch_port_limit{kind="rate_bytes_per_second",network="blue",port="p1"} 6.25e+06' in metrics
+    assert 'vswitch_port_limit{kind="storm_broadcast_fps",network="blue",port="p1"} 1000.0' in metrics
+    assert 'kind="max_macs"' not in metrics  # no limit set, no gauge

@@ -330,16 +330,17 @@ cdef class Datapath:
 
     def set_port_limits(self, uint32_t idx, uint32_t max_macs=0, storm_broadcast=0, storm_multicast=0,
                         storm_unknown_unicast=0, rate_bytes=0, burst_bytes=0, rate_fps=0, rx=True,
-                        tx=True) -> None:
+                        tx=True, at_ms=None) -> None:
         """Set port idx's limits (limits.pxi; 0 is no limit): at most max_macs
         learned MACs; storm_* floods a second of each kind (a burst of a tenth
         of a second, at least one frame); a policer of rate_bytes bytes/s with
         a burst of burst_bytes and of rate_fps frames/s (a burst of a tenth of
         a second) on its frames in (rx: from the port) and out (tx). Buckets
-        start full; a change takes effect between two batches."""
+        start full, at the loop's clock now (at_ms: then, for tests that give
+        decide() its time); a change takes effect between two batches."""
         cdef sw_t *sw = self.sw
         cdef port_limits lim
-        cdef int64_t now = now_ms()
+        cdef int64_t now = now_ms() if at_ms is None else at_ms
         cdef bint free_slot
         cdef uint32_t k
         self._check_index(idx)
@@ -378,16 +379,17 @@ cdef class Datapath:
         if free_slot:
             raise LookupError(f"port index {idx} is not in use")
 
-    def port_buckets(self, uint32_t idx) -> dict:
-        """What is left in port idx's buckets now, in units (bytes or frames; below 0: a
-        debt), by name; buckets without a rate are absent."""
+    def port_buckets(self, uint32_t idx, at_ms=None) -> dict:
+        """What is left in port idx's buckets now (or at the loop's clock at_ms), in units
+        (bytes or frames; below 0: a debt), by name; buckets without a rate are absent."""
         cdef port_limits lim
         cdef int64_t now
+        cdef int64_t given = -1 if at_ms is None else at_ms
         self._check_index(idx)
         with nogil:
             pthread_mutex_lock(&self.sw.lock)
             lim = self.sw.limits[idx]
-            now = max(now_ms(), self.sw.lim_now)
+            now = max(now_ms(), self.sw.lim_now) if given < 0 else given
             pthread_mutex_unlock(&self.sw.lock)
         cdef bucket_t *buckets[7]
         buckets[:] = [&lim.storm[STORM_BROADCAST], &lim.storm[STORM_MULTICAST], &lim.storm[STORM_UNKNOWN_UNICAST],
@@ -877,12 +879,14 @@ cdef class Datapath:
 
     # ---- the decision, asked ---------------------------------------------------------
 
-    def decide(self, bytes frame, in_port=None, from_addr=None, uint32_t vni=0, bint dry_run=True) -> dict:
+    def decide(self, bytes frame, in_port=None, from_addr=None, uint32_t vni=0, bint dry_run=True,
+               at_ms=None) -> dict:
         """The loop's decision, now, for `frame` entering by port index in_port,
         or arriving in a VXLAN datagram for `vni` from IPv4 address from_addr.
 
         dry_run (trace) changes nothing: learning is predicted, no entry ages
         out. Otherwise the source is learned as the loop learns it (tests).
+        at_ms is the loop's clock to decide by (tests that model time), else now.
         Returns {"verdict": drop|port|peer|flood, "reason", "network",
         "learn": an mt_result name or None, "was": the source entry's output
         before, "lookup": None (not looked up) | {"hit": False} | {"hit":
@@ -897,6 +901,7 @@ cdef class Datapath:
         cdef ingress_t src
         cdef decision_t d
         cdef int64_t now
+        cdef int64_t given = -1 if at_ms is None else at_ms
         if (in_port is None) == (from_addr is None):
             raise ValueError("give in_port or from_addr, not both")
         if in_port is not None:
@@ -914,7 +919,7 @@ cdef class Datapath:
                 raise MemoryError()
             with nogil:
                 pthread_mutex_lock(&sw.lock)
-                now = now_ms()
+                now = now_ms() if given < 0 else given
                 if from_addr is not None:
                     state = tun_check(&sw.tun, data, length, addr, &src)
                     data += VXLAN_HLEN

@@ -35,7 +35,7 @@ from fastpath.frame cimport (DROP_MAC_PINNED, DROP_NONE, DROP_REASONS, DROP_SAME
 from fastpath.mactable cimport (MT_HIT, MT_LEARNED, MT_MOVED, MT_PINNED, MT_PINNED_KEPT, MT_REFUSED, MT_STATIC,
                                 MT_STATIC_KEPT, OUT_NONE, OUT_PEER,
                                 mac_entry, mac_key, mac_table, mt_expired, mt_learn, mt_lookup, mt_peek, mt_predict,
-                                mt_result)
+                                mt_evictee, mt_result)
 
 cdef enum verdict:
     V_DROP = 0                     # reason says why
@@ -117,7 +117,7 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const in
                  decision_t *d) noexcept nogil:
     cdef eth_info eth
     cdef drop_reason reason = parse_eth(data, length, src.mtu, &eth)
-    cdef uint64_t skey, dkey
+    cdef uint64_t skey, dkey, gone = 0
     cdef mac_entry *e
     cdef uint32_t out
     d.learned = LEARN_NONE
@@ -135,6 +135,8 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const in
     skey = mac_key(src.network, eth.src)
     if dry:
         d.learned = learn_peek(&sw.mt, skey, src.out, now, &d.was)
+        if d.learned == MT_LEARNED and d.was == OUT_NONE and sw.mt.count >= sw.mt.capacity:
+            gone = mt_evictee(&sw.mt)  # learning would evict it: the lookup after would not find it
     else:
         d.was = OUT_NONE
         d.learned = mt_learn(&sw.mt, skey, src.out, now, &d.was)
@@ -158,7 +160,7 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, const in
     dkey = mac_key(src.network, eth.dst)
     if dry:
         e = mt_peek(&sw.mt, dkey)
-        if e != NULL and mt_expired(&sw.mt, e, now):
+        if e != NULL and (mt_expired(&sw.mt, e, now) or e.key == gone):
             e = NULL
     else:
         e = mt_lookup(&sw.mt, dkey, now)

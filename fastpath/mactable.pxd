@@ -103,6 +103,7 @@ cdef uint32_t mt_sweep(mac_table *t, int64_t now_ms, uint32_t budget) noexcept n
 cdef bint mt_expired(const mac_table *t, const mac_entry *e, int64_t now_ms) noexcept nogil
 cdef mt_result mt_predict(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms, uint32_t *was) noexcept nogil
 cdef void mt_set_limit(mac_table *t, uint32_t out, uint32_t limit) noexcept nogil
+cdef uint64_t mt_evictee(const mac_table *t) noexcept nogil
 
 
 cdef class MacTable:

@@ -125,6 +125,12 @@ cdef inline bint _at_limit(const mac_table *t, uint32_t out) noexcept nogil:
     return o.limit != 0 and o.count >= o.limit
 
 
+cdef uint64_t mt_evictee(const mac_table *t) noexcept nogil:
+    """The key a new entry in a full table would take the place of (0: none; the table may not be full)."""
+    cdef uint32_t victim = _victim(t)
+    return 0 if victim == MT_NIL else t.slots[t.outs[victim].head].key
+
+
 cdef uint32_t _victim(const mac_table *t) noexcept nogil:
     """The output holding the most learned entries (the first such), MT_NIL when none holds any."""
     cdef uint32_t i, best = MT_NIL, most = 0

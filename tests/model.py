@@ -120,6 +120,36 @@ class Policy:
 
 
 @dataclass
+class Bucket:
+    """A token bucket as fastpath/limits.pxi keeps one: thousandths of a frame, refilled by
+    the clock's milliseconds; a frame passes while the bucket is above zero, charged in full."""
+
+    rate: int  # frames per second
+    burst: int = 0  # thousandths
+    tokens: int = 0
+    last_ms: int = 0
+
+    @classmethod
+    def full(cls, rate: int, now_ms: int) -> Bucket:
+        burst = max(1, rate // 10) * 1000
+        return cls(rate, burst, burst, now_ms)
+
+    def level(self, now_ms: int) -> int:
+        if now_ms <= self.last_ms:
+            return self.tokens
+        return min(self.burst, self.tokens + (now_ms - self.last_ms) * self.rate)
+
+    def take(self, now_ms: int) -> bool:
+        level = self.level(now_ms)
+        self.last_ms = max(self.last_ms, now_ms)
+        self.tokens = level if level <= 0 else level - 1000
+        return level > 0
+
+
+STORM_KINDS = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast")
+
+
+@dataclass
 class ModelSwitch:
     capacity: int
     aging_ms: int
@@ -135,6 +165,7 @@ class ModelSwitch:
     neigh: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
     answered: dict[tuple[int, str], int] = field(default_factory=dict)  # (port, "arp_suppressed"|...) -> count
     max_macs: dict[int, int] = field(default_factory=dict)  # port -> most learned entries it may hold
+    storm: dict[tuple[int, str], Bucket] = field(default_factory=dict)  # (port, storm kind) -> its bucket
     mac_limited: dict[int, int] = field(default_factory=dict)  # port -> frames whose source it could not learn
     learned: int = 0
     moved: int = 0
@@ -161,6 +192,13 @@ class ModelSwitch:
 
     def set_max_macs(self, port: int, limit: int) -> None:
         self.max_macs[port] = limit
+
+    def set_storm(self, port: int, now_ms: int, **fps: int) -> None:
+        """Storm control of a port: frames/s it may flood of each kind given (0: no limit), buckets full at now_ms."""
+        for kind in STORM_KINDS:
+            self.storm.pop((port, kind), None)
+            if fps.get(kind):
+                self.storm[(port, kind)] = Bucket.full(fps[kind], now_ms)
 
     def held(self, out: int) -> int:
         return sum(1 for e in self.fdb.values() if not e.static and e.out == out)
@@ -192,6 +230,8 @@ class ModelSwitch:
         del self.ports[port]
         self.policies.pop(port, None)
         self.max_macs.pop(port, None)
+        for kind in STORM_KINDS:
+            self.storm.pop((port, kind), None)
         for key in [k for k, e in self.fdb.items() if e.out == port]:
             del self.fdb[key]
 
@@ -278,11 +318,11 @@ class ModelSwitch:
                 return {ingress: reply}
         e = None if dst[0] & 1 else self._live((network, dst), now_ms)
         if e is None:
-            return self._flood(ingress, network, frame)
+            return self._flood(ingress, network, frame, now_ms)
         if e.out & PEER_FLAG:
             return self._vx_drop("split_horizon") if from_tunnel else {("peer", e.out & ~PEER_FLAG): frame}
         if e.out not in self.ports:
-            return self._flood(ingress, network, frame)
+            return self._flood(ingress, network, frame, now_ms)
         if e.out == ingress:
             return self._drop(ingress, "same_port")
         return {e.out: frame}
@@ -345,8 +385,15 @@ class ModelSwitch:
                 self.moved += 1
         return None
 
-    def _flood(self, ingress: int, network: int, frame: bytes) -> dict[Any, bytes]:
-        """Every other port of the network and, for a frame from a local port, every peer (head-end replication)."""
+    def _flood(self, ingress: int, network: int, frame: bytes, now_ms: int = 0) -> dict[Any, bytes]:
+        """Every other port of the network and, for a frame from a local port, every peer (head-end replication);
+        a flood from a local port with storm control passes its bucket of the frame's kind first."""
+        if not ingress & PEER_FLAG:
+            dst = frame[0:6]
+            kind = ("storm_broadcast" if dst == b"\xff" * 6 else "storm_multicast") if dst[0] & 1 else "storm_unknown_unicast"
+            bucket = self.storm.get((ingress, kind))
+            if bucket is not None and not bucket.take(now_ms):
+                return self._drop(ingress, kind)
         out: dict[Any, bytes] = {p: frame for p, (net, _) in self.ports.items() if net == network and p != ingress}
         if not ingress & PEER_FLAG:
             out.update({("peer", p): frame for p, (net, _) in self.peers.items() if net == network})

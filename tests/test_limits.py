@@ -167,6 +167,8 @@ def test_max_macs_caps_a_port_at_run_time(netns_factory, agent_factory, vswitchd
     assert len(lan["p1"].wait(token, count=40)) == 40  # refused learning, still forwarded
     view = lan.show("p3")
     assert view["macs"] == 5 and view["counters"]["mac_limited"] == 35 and view["policy"]["max_macs"] == 5
+    t = lan.daemon.ctl("trace", "--in-port", "p3", "--dst", BROADCAST, "--src", "02:00:00:00:0c:0c")
+    assert (t["action"], t["learn"]["result"]) == ("flood", "not learned: port p3 holds its max_macs")
     # Raised at run time: learning goes on.
     lan.daemon.ctl("port", "set", "p3", "--max-macs", "0")
     lan["p3"].send(*[marked_frame(s, BROADCAST, token) for s in random_macs(10, 4)])

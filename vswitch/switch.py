@@ -996,6 +996,9 @@ class Switch:
             elif d["verdict"] != "drop":
                 steps.append(f"output: {_where(hit)}")
         if d["verdict"] == "drop":
+            if d["reason"].startswith("storm_"):
+                kind = d["reason"][len("storm_"):].replace("_", " ")
+                steps.append(f"storm control of {ingress}: its {kind} floods are over their frames/s for now")
             steps.append(f"drop: {d['reason']}")
         elif d["verdict"] == "flood":
             result["action"] = "flood"
@@ -1020,7 +1023,9 @@ class Switch:
         if learn == "learned":
             return {"result": f"new entry on {ingress}"}
         if learn == "refused":
-            return {"result": "refused: MAC table full"}
+            return {"result": "refused: MAC table full of static entries"}
+        if learn == "limited":
+            return {"result": f"not learned: {ingress} holds its max_macs", **(current or {})}
         assert current is not None  # the source has an entry: hit, moved or kept
         if learn == "hit":
             return {"result": "refresh", **current}

@@ -98,8 +98,8 @@ cdef inline void _touch(mac_table *t, uint64_t i) noexcept nogil:
         _append(t, i)
 
 
-cdef inline void _relinked(mac_table *t, uint64_t frm, uint64_t to) noexcept nogil:
-    """The learned entry at slot frm now sits at slot to: its neighbours point there."""
+cdef inline void _relinked(mac_table *t, uint64_t to) noexcept nogil:
+    """The learned entry just moved to slot `to`: its neighbours (and its list's ends) point there."""
     cdef mac_entry *e = &t.slots[to]
     cdef mt_out *o = &t.outs[mt_oi(t, e.out)]
     if e.prev != MT_NIL:
@@ -174,7 +174,7 @@ cdef void _remove_at(mac_table *t, uint64_t i) noexcept nogil:
             continue
         t.slots[i] = t.slots[j]
         if (t.slots[i].flags & MT_STATIC) == 0:
-            _relinked(t, j, i)
+            _relinked(t, i)
         i = j
     t.slots[i].key = 0
     t.count -= 1

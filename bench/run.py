@@ -44,7 +44,7 @@ DEB_PACKAGES = ["iproute2", "iperf3", "iputils-ping", "openvswitch-switch"]
 SECTIONS = ("same_host", "policy", "vxlan", "api", "scale", "micro")
 POLICY_GOAL = 0.95  # policy all on against all off: the rules must be nearly free
 FLAT_RATIO = 0.7  # lookups at 1M entries at least this fraction of the rate at 1k: "flat"
-MAC_SLOT_BYTES = 24  # fastpath/mactable.pxd: mac_entry; slots = 2 x capacity, rounded up to a power of two
+MAC_SLOT_BYTES = 32  # fastpath/mactable.pxd: mac_entry (with its LRU links); slots = 2 x capacity, rounded up to a power of two
 
 
 def log(msg: str) -> None:

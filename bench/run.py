@@ -41,9 +41,10 @@ from traffic import (PING_ADAPTIVE_COUNT, PING_INTERVAL_COUNT, SATURATED_LOSS_PC
                      median_of)
 
 DEB_PACKAGES = ["iproute2", "iperf3", "iputils-ping", "openvswitch-switch"]
-SECTIONS = ("same_host", "vxlan", "api", "scale", "micro")
+SECTIONS = ("same_host", "policy", "vxlan", "api", "scale", "micro")
+POLICY_GOAL = 0.95  # policy all on against all off: the rules must be nearly free
 FLAT_RATIO = 0.7  # lookups at 1M entries at least this fraction of the rate at 1k: "flat"
-MAC_SLOT_BYTES = 24  # fastpath/mactable.pxd: mac_entry; slots = 2 x capacity, rounded up to a power of two
+MAC_SLOT_BYTES = 32  # fastpath/mactable.pxd: mac_entry (with its LRU links); slots = 2 x capacity, rounded up to a power of two
 
 
 def log(msg: str) -> None:
@@ -95,6 +96,23 @@ def topology(name: str, setups: list[Any], runs: int, seconds: float,
             entry["runs"] = raw
             entry["median"] = {kind: median_of(got) for kind, got in raw.items()}
     return {"setups": entries, "ratios": report.ratios(entries)}
+
+
+def policy_ratios(setups: list[dict[str, Any]]) -> dict[str, Any]:
+    """Policy on ÷ off, figure by figure: the ratio of medians and the median of the round-by-round ratios."""
+    off, on = (next((s for s in setups if s["key"] == f"vswitch_policy_{k}"), {}) for k in ("off", "on"))
+    return {key: {"ratio": report.ratio(on, off, key), "paired": report.paired_ratio(on, off, key)}
+            for key in ("tcp", "pps", "pps_flows", "cpu", "cpu_flows")}
+
+
+def policy_report(section: dict[str, Any]) -> str:
+    lines = ["| figure | off | on | on ÷ off | paired |", "|---|---|---|---|---|"]
+    off, on = (next((s for s in section["setups"] if s["key"] == f"vswitch_policy_{k}"), {}) for k in ("off", "on"))
+    for key, r in section["on_over_off"].items():
+        a, b = report.figure(off, key), report.figure(on, key)
+        fmt = (lambda v: "-" if v is None else f"{v:.3g}")
+        lines.append(f"| {report.label_of(key)} | {fmt(a)} | {fmt(b)} | {fmt(r['ratio'])} | {fmt(r['paired'])} |")
+    return "\n".join(lines) + f"\n\nGoal: on ÷ off >= {POLICY_GOAL} for TCP and 64 B frames/s (higher is better)."
 
 
 def mac_table_flatness(micro: dict[str, Any], caches: dict[str, str]) -> str:
@@ -193,6 +211,11 @@ def main() -> int:
             log("same host: two containers through one switch")
             res["same_host"] = topology("same_host", topologies.same_host(), runs, seconds,
                                         api if "api" in only else None)
+        if "policy" in only:
+            log("the cost of port policy: same host, every rule off, then all on")
+            res["policy"] = topology("policy", topologies.policy(), runs, seconds)
+            res["policy"]["on_over_off"] = policy_ratios(res["policy"]["setups"])
+            log("    " + policy_report(res["policy"]).replace("\n", "\n    "))
         if "vxlan" in only:
             log("two hosts over VXLAN")
             res["vxlan"] = topology("vxlan", topologies.vxlan(), runs, seconds)
@@ -216,6 +239,8 @@ def main() -> int:
         out_dir.mkdir(parents=True, exist_ok=True)
         res["plots"] = report.plots(res, out_dir)
         md = report.markdown(res)
+        if "policy" in res:
+            md += "\n## The cost of port policy (same host)\n\n" + policy_report(res["policy"]) + "\n"
         write_results(out_dir, res, md)
     except (KeyboardInterrupt, BenchError) as e:
         return abandoned("bench", e, log)

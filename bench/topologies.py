@@ -70,11 +70,12 @@ def toml(header: str, items: dict[str, object]) -> str:
     return header + "\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in items.items()) + "\n"
 
 
-def port_toml(name: str, ns: Netns, i: int | None = None, ifname: str = "eth0") -> str:
+def port_toml(name: str, ns: Netns, i: int | None = None, ifname: str = "eth0",
+              extra: dict[str, object] | None = None) -> str:
     items: dict[str, object] = {"name": name, "netns": ns.name, "network": "bench", "ifname": ifname}
     if i is not None:
         items |= {"mac": MACS[i], "ip": f"{NET}{i}/{PREFIX}"}
-    return toml("[[port]]", items)
+    return toml("[[port]]", items | (extra or {}))
 
 
 def free_tcp_port() -> int:
@@ -125,10 +126,11 @@ def start_vswitchd(lab: Lab, name: str, config: str, host: Netns | None = None,
 
 
 def vswitch_same_host(lab: Lab, io_mode: str | None = None, switch: dict[str, object] | None = None,
-                      checkout: Checkout = THIS) -> Topo:
+                      checkout: Checkout = THIS, ports: dict[str, object] | None = None) -> Topo:
+    """`ports`: settings both ports get (port policy and limits)."""
     c1, c2 = containers(lab)
     config = (toml("[switch]", switch or {}) + toml("[[network]]", {"name": "bench"})
-              + port_toml("c1", c1, 1) + port_toml("c2", c2, 2))
+              + port_toml("c1", c1, 1, extra=ports) + port_toml("c2", c2, 2, extra=ports))
     proc, sock = start_vswitchd(lab, "vswitchd", config, io_mode=io_mode, checkout=checkout)
     for c in (c1, c2):
         c.ip("link", "set", "eth0", "up")
@@ -258,6 +260,20 @@ def same_host() -> list[Setup]:
         Setup("ovs_tso", "OVS userspace, TSO on", lambda lab: ovs_same_host(lab, tso=True)),
         Setup("linux_bridge", "Linux bridge + veth", linux_bridge_same_host),
     ]
+
+
+# The cost of port policy: every rule off, against port security, storm control at its defaults
+# and a rate limit no figure reaches (100 Gbit/s, 100 M frames/s) all on.
+POLICY_OFF = {"port_security": False, "storm_broadcast": 0, "storm_multicast": 0}
+POLICY_ON = {"storm_unknown_unicast": 1000, "rate_mbit": 100_000, "rate_fps": 100_000_000}
+
+
+def policy() -> list[Setup]:
+    """vswitch in its default I/O mode with every port rule off, then all on."""
+    mode = default_io_mode()
+    return [Setup(f"vswitch_policy_{name}", f"vswitch, {IO_MODE_NAMES[mode]}, policy {name}",
+                  lambda lab, ports=ports: vswitch_same_host(lab, mode, ports=ports), mode)
+            for name, ports in (("off", POLICY_OFF), ("on", POLICY_ON))]
 
 
 def vxlan() -> list[Setup]:

@@ -15,11 +15,12 @@ cdef enum:  # port counters: PC_COUNT per port, in one flat array
     PC_TX_ERRORS                   # writes to this port that failed
     PC_ARP_SUPPRESSED              # ARP requests from this port the switch answered itself
     PC_ND_SUPPRESSED               # neighbour solicitations likewise
+    PC_MAC_LIMITED                 # frames whose source MAC was not learned: the port holds its max_macs
     PC_DROPS                       # DROP_REASONS counters follow, by frame.drop_reason
     PC_CAPTURE_DROPS = PC_DROPS + DROP_REASONS   # mirrored frames the capture reader was too slow for
     PC_COUNT
 PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "flooded", "tx_errors", "arp_suppressed",
-                      "nd_suppressed")
+                      "nd_suppressed", "mac_limited")
 assert len(PORT_COUNTER_NAMES) == PC_DROPS
 
 cdef enum:  # tunnel peer counters: PE_COUNT per peer

@@ -19,7 +19,7 @@ from libc.string cimport memset
 
 from fastpath.frame cimport DROP_REASONS
 from fastpath.mactable cimport (MT_STATIC, OUT_NONE, OUT_PEER, mac_entry, mac_key, mt_delete, mt_expired, mt_flush,
-                                mt_free, mt_init, mt_peek, mt_pin, mt_set_static)
+                                mt_free, mt_init, mt_oi, mt_peek, mt_pin, mt_set_limit, mt_set_static)
 from fastpath.posix_io cimport (EFD_CLOEXEC, EFD_NONBLOCK, close, errno, eventfd, pthread_mutex_destroy,
                                 pthread_mutex_init, pthread_mutex_lock, pthread_mutex_unlock, read, write)
 from fastpath.vxlan cimport VX_DROPS, VXLAN_IP_OVERHEAD
@@ -37,6 +37,7 @@ from fastpath.vxlan import VX_DROP_NAMES
 include "counters.pxi"
 include "core.pxi"
 include "policy.pxi"
+include "limits.pxi"
 include "neigh.pxi"
 include "vlan.pxi"
 include "decide.pxi"
@@ -96,7 +97,8 @@ cdef class Datapath:
             raise MemoryError("cannot allocate the datapath")
         sw.stop_efd = sw.notify_efd = -1
         sw.tun.rx_fd = sw.tun.tx_fd = -1
-        mt_init(&sw.mt, mac_table_size, <int64_t>(mac_aging_s * 1000), int.from_bytes(os.urandom(8), "little"))
+        mt_init(&sw.mt, mac_table_size, <int64_t>(mac_aging_s * 1000), int.from_bytes(os.urandom(8), "little"),
+                max_ports, max_peers)
         # Visit the whole slot array about once per aging period.
         sw.sweep_budget = <uint32_t>max(64, (sw.mt.mask + 1) * SWEEP_INTERVAL_MS // max(1, sw.mt.aging_ms) + 1)
         sw.busy_poll_ns = <int64_t>busy_poll_us * 1000
@@ -104,11 +106,12 @@ cdef class Datapath:
         sw.max_networks = max_networks
         sw.ports = <port_t *>calloc(max_ports, sizeof(port_t))
         sw.policy = <port_policy *>calloc(max_ports, sizeof(port_policy))
+        sw.limits = <port_limits *>calloc(max_ports, sizeof(port_limits))
         sw.pctr = <uint64_t *>calloc(<size_t>max_ports * PC_COUNT, sizeof(uint64_t))
         sw.net_head = <int32_t *>malloc((max_networks + 1) * sizeof(int32_t))
         sw.vlan.trunks = <trunk_t **>calloc(max_ports, sizeof(trunk_t *))
         sw.vlan.trunk_head = -1
-        if (not (sw.ports and sw.policy and sw.pctr and sw.net_head and sw.vlan.trunks)
+        if (not (sw.ports and sw.policy and sw.limits and sw.pctr and sw.net_head and sw.vlan.trunks)
                 or neigh_init(&sw.neigh, neigh_table_size, int.from_bytes(os.urandom(8), "little")) < 0
                 or tun_init(&sw.tun, max_peers, max_networks) < 0
                 or out_init(&sw.out, kernel_takes_udp_superframes() if gro_udp is None else bool(gro_udp)) < 0):
@@ -150,6 +153,7 @@ cdef class Datapath:
             free(sw.vlan.trunks)
         free(sw.ports)
         free(sw.policy)
+        free(sw.limits)
         free(sw.pctr)
         free(sw.net_head)
         tun_free(&sw.tun)
@@ -326,6 +330,8 @@ cdef class Datapath:
                 p.cap_fd = -1
                 p.cap_dir = 0
                 memset(&sw.policy[idx], 0, sizeof(port_policy))  # no policy until the control plane sets one
+                memset(&sw.limits[idx], 0, sizeof(port_limits))
+                mt_set_limit(&sw.mt, idx, 0)
                 memset(&sw.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
                 rc = sw.eng.port_up(sw.engine, idx)
                 if rc == 0:
@@ -399,6 +405,86 @@ cdef class Datapath:
             pthread_mutex_unlock(&sw.lock)
         if free_slot:
             raise LookupError(f"port index {idx} is not in use")
+
+    def set_port_limits(self, uint32_t idx, uint32_t max_macs=0, storm_broadcast=0, storm_multicast=0,
+                        storm_unknown_unicast=0, rate_bytes=0, burst_bytes=0, rate_fps=0, rx=True,
+                        tx=True, at_ms=None) -> None:
+        """Set port idx's limits (limits.pxi; 0 is no limit): at most max_macs
+        learned MACs; storm_* floods a second of each kind (a burst of a tenth
+        of a second, at least one frame); a policer of rate_bytes bytes/s with
+        a burst of burst_bytes and of rate_fps frames/s (a burst of a tenth of
+        a second) on its frames in (rx: from the port) and out (tx). Buckets
+        start full, at the loop's clock now (at_ms: then, for tests that give
+        decide() its time); a change takes effect between two batches."""
+        cdef sw_t *sw = self.sw
+        cdef port_limits lim
+        cdef int64_t now = now_ms() if at_ms is None else at_ms
+        cdef bint free_slot
+        cdef uint32_t k
+        self._check_index(idx)
+        storms = (int(storm_broadcast), int(storm_multicast), int(storm_unknown_unicast))
+        rate_bytes, burst_bytes, rate_fps = int(rate_bytes), int(burst_bytes), int(rate_fps)
+        for name, v in (("storm_broadcast", storms[0]), ("storm_multicast", storms[1]),
+                        ("storm_unknown_unicast", storms[2]), ("rate_bytes", rate_bytes),
+                        ("burst_bytes", burst_bytes), ("rate_fps", rate_fps)):
+            if v < 0 or v > (1 << 40):
+                raise ValueError(f"{name} must be in [0, {1 << 40}], got {v}")
+        if rate_bytes and not burst_bytes:
+            raise ValueError("a byte rate needs a burst")
+        memset(&lim, 0, sizeof(port_limits))
+        for k in range(STORM_KINDS):
+            if storms[k]:
+                bucket_set(&lim.storm[k], storms[k], max(1, storms[k] // 10), now)
+                lim.flags |= LIM_STORM
+        if rate_bytes or rate_fps:
+            if rx:
+                lim.flags |= LIM_RATE_RX
+            if tx:
+                lim.flags |= LIM_RATE_TX
+            if rate_bytes:
+                bucket_set(&lim.rx_bytes, rate_bytes, burst_bytes, now)
+                bucket_set(&lim.tx_bytes, rate_bytes, burst_bytes, now)
+            if rate_fps:
+                bucket_set(&lim.rx_frames, rate_fps, max(1, rate_fps // 10), now)
+                bucket_set(&lim.tx_frames, rate_fps, max(1, rate_fps // 10), now)
+        with nogil:
+            pthread_mutex_lock(&sw.lock)
+            free_slot = sw.ports[idx].state == PORT_FREE
+            if not free_slot:
+                sw.limits[idx] = lim
+                mt_set_limit(&sw.mt, idx, max_macs)
+            pthread_mutex_unlock(&sw.lock)
+        if free_slot:
+            raise LookupError(f"port index {idx} is not in use")
+
+    def port_buckets(self, uint32_t idx, at_ms=None) -> dict:
+        """What is left in port idx's buckets now (or at the loop's clock at_ms), in units
+        (bytes or frames; below 0: a debt), by name; buckets without a rate are absent."""
+        cdef port_limits lim
+        cdef int64_t now
+        cdef int64_t given = -1 if at_ms is None else at_ms
+        self._check_index(idx)
+        with nogil:
+            pthread_mutex_lock(&self.sw.lock)
+            lim = self.sw.limits[idx]
+            now = max(now_ms(), self.sw.lim_now) if given < 0 else given
+            pthread_mutex_unlock(&self.sw.lock)
+        cdef bucket_t *buckets[7]
+        buckets[:] = [&lim.storm[STORM_BROADCAST], &lim.storm[STORM_MULTICAST], &lim.storm[STORM_UNKNOWN_UNICAST],
+                      &lim.rx_bytes, &lim.rx_frames, &lim.tx_bytes, &lim.tx_frames]
+        names = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast", "rx_bytes", "rx_frames", "tx_bytes",
+                 "tx_frames")
+        out = {}
+        for i in range(7):
+            if buckets[i].rate:
+                out[names[i]] = bucket_level(buckets[i], now) / 1000.0
+        return out
+
+    def port_macs(self, uint32_t idx) -> tuple:
+        """(learned MACs port idx holds, its max_macs; 0: no limit)."""
+        self._check_index(idx)
+        cdef uint32_t oi = mt_oi(&self.sw.mt, idx)
+        return self.sw.mt.outs[oi].count, self.sw.mt.outs[oi].limit
 
     def fdb_pin(self, uint16_t network, mac, uint32_t idx) -> None:
         """Pin a port's own MAC to it: a static entry that no frame from
@@ -575,6 +661,8 @@ cdef class Datapath:
             "moved": self.sw.mt.moved,
             "aged": self.sw.mt.aged,
             "refused": self.sw.mt.refused,
+            "evicted": self.sw.mt.evicted,
+            "limited": self.sw.mt.limited,
         }
 
     def fdb_entries(self, uint16_t network=0, out=None) -> list:
@@ -720,12 +808,14 @@ cdef class Datapath:
 
     # ---- the decision, asked ---------------------------------------------------------
 
-    def decide(self, bytes frame, in_port=None, from_addr=None, uint32_t vni=0, bint dry_run=True) -> dict:
+    def decide(self, bytes frame, in_port=None, from_addr=None, uint32_t vni=0, bint dry_run=True,
+               at_ms=None) -> dict:
         """The loop's decision, now, for `frame` entering by port index in_port,
         or arriving in a VXLAN datagram for `vni` from IPv4 address from_addr.
 
         dry_run (trace) changes nothing: learning is predicted, no entry ages
         out. Otherwise the source is learned as the loop learns it (tests).
+        at_ms is the loop's clock to decide by (tests that model time), else now.
         Returns {"verdict": drop|port|peer|flood, "reason", "network",
         "learn": an mt_result name or None, "was": the source entry's output
         before, "lookup": None (not looked up) | {"hit": False} | {"hit":
@@ -735,9 +825,10 @@ cdef class Datapath:
         itself, out of in_port) also has "answer": {"kind": "arp"|"nd", "mac"}."""
         if (in_port is None) == (from_addr is None):
             raise ValueError("give in_port or from_addr, not both")
+        cdef int64_t at = -1 if at_ms is None else at_ms
         if in_port is not None:
             self._check_index(in_port)
-            return decision_asked(self.sw, frame, False, in_port, 0, dry_run)
+            return decision_asked(self.sw, frame, False, in_port, 0, dry_run, at)
         addr = int.from_bytes(ipaddress.IPv4Address(from_addr).packed, "little")
         return decision_asked(self.sw, b"\x08\0\0\0" + vni.to_bytes(3, "big") + b"\0" + frame, True, 0, addr,
-                              dry_run)
+                              dry_run, at)

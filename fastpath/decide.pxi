@@ -25,6 +25,8 @@
 # The flood set is every up port of the network but the ingress and, for a
 # frame from a local port only, every peer of the network (head-end
 # replication): flood_port() and flood_peers() say so for output and trace.
+# A flood from a local port with storm control passes its storm bucket first
+# (limits.pxi), or is dropped by its kind (storm_broadcast, ...).
 #
 # With `dry` set (trace), nothing changes: learning is predicted with a peek,
 # the lookup does not age entries out, no event is written.
@@ -34,7 +36,8 @@ from fastpath.frame cimport (DROP_MAC_PINNED, DROP_NONE, DROP_REASONS, DROP_SAME
                              mac_is_group, parse_eth)
 from fastpath.mactable cimport (MT_HIT, MT_LEARNED, MT_MOVED, MT_PINNED, MT_PINNED_KEPT, MT_REFUSED, MT_STATIC,
                                 MT_STATIC_KEPT, OUT_NONE, OUT_PEER,
-                                mac_entry, mac_key, mac_table, mt_expired, mt_learn, mt_lookup, mt_peek, mt_result)
+                                mac_entry, mac_key, mac_table, mt_expired, mt_learn, mt_lookup, mt_peek, mt_predict,
+                                mt_evictee, mt_result)
 
 cdef enum verdict:
     V_DROP = 0                     # reason says why
@@ -49,7 +52,7 @@ cdef enum:
     # behind a peer goes nowhere, and is no error; no port counts it.
     DROP_SPLIT_HORIZON = DROP_REASONS
     LEARN_NONE = 0xFF              # decision.learned of a frame dropped before learning
-LEARN_RESULTS = ("hit", "learned", "moved", "refused", "static_kept", "pinned_kept")   # by mt_result
+LEARN_RESULTS = ("hit", "learned", "moved", "refused", "static_kept", "pinned_kept", "limited")   # by mt_result
 
 cdef struct ingress_t:
     uint32_t out                   # what its sources are learned on: a port index, or OUT_PEER | peer index
@@ -100,30 +103,32 @@ cdef void flood_set(const sw_t *sw, const ingress_t *src, uint32_t *ports, uint3
 
 cdef mt_result learn_peek(mac_table *t, uint64_t key, uint32_t out, int64_t now, uint32_t *was) noexcept nogil:
     """What mt_learn(t, key, out, now) would return, changing nothing."""
-    cdef mac_entry *e = mt_peek(t, key)
-    was[0] = OUT_NONE
-    if e == NULL:
-        return MT_REFUSED if t.count >= t.capacity else MT_LEARNED
-    was[0] = e.out
-    if e.flags & MT_STATIC:
-        if e.out == out:
-            return MT_HIT
-        return MT_PINNED_KEPT if e.flags & MT_PINNED else MT_STATIC_KEPT
-    if now - e.last_seen_ms >= t.aging_ms:
-        return MT_LEARNED
-    return MT_HIT if e.out == out else MT_MOVED
+    return mt_predict(t, key, out, now, was)
+
+
+cdef inline void storm_step(sw_t *sw, const uint8_t *data, const ingress_t *src, int64_t now, bint dry,
+                            decision_t *d) noexcept nogil:
+    """A flood from a local port with storm control (limits.pxi) may be dropped instead."""
+    cdef drop_reason r
+    if (src.out & OUT_PEER) == 0 and sw.limits[src.out].flags & LIM_STORM:
+        r = storm_check(&sw.limits[src.out], data, now, dry)
+        if r != DROP_NONE:
+            d.verdict = V_DROP
+            d.reason = r
 
 
 cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, ingress_t *src, int64_t now, bint dry,
                  decision_t *d) noexcept nogil:
     cdef eth_info eth
     cdef drop_reason reason = parse_eth(data, length, src.mtu, &eth)
-    cdef uint64_t skey, dkey
+    cdef uint64_t skey, dkey, gone = 0
     cdef mac_entry *e
     cdef uint32_t out
     d.learned = LEARN_NONE
     d.hit = 0
     d.untag = 0
+    if not dry:
+        sw.lim_now = now
     if reason == DROP_NONE and (eth.tagged or src.network == 0):
         reason = vlan_ingress(sw, data, &eth, src)
         d.untag = eth.tagged
@@ -136,6 +141,8 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, ingress_
     skey = mac_key(src.network, eth.src)
     if dry:
         d.learned = learn_peek(&sw.mt, skey, src.out, now, &d.was)
+        if d.learned == MT_LEARNED and d.was == OUT_NONE and sw.mt.count >= sw.mt.capacity:
+            gone = mt_evictee(&sw.mt)  # learning would evict it: the lookup after would not find it
     else:
         d.was = OUT_NONE
         d.learned = mt_learn(&sw.mt, skey, src.out, now, &d.was)
@@ -156,11 +163,12 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, ingress_
             d.out = src.out
         else:
             d.verdict = V_FLOOD
+            storm_step(sw, data, src, now, dry, d)
         return
     dkey = mac_key(src.network, eth.dst)
     if dry:
         e = mt_peek(&sw.mt, dkey)
-        if e != NULL and mt_expired(&sw.mt, e, now):
+        if e != NULL and (mt_expired(&sw.mt, e, now) or e.key == gone):
             e = NULL
     else:
         e = mt_lookup(&sw.mt, dkey, now)
@@ -193,3 +201,5 @@ cdef inline void decide(sw_t *sw, const uint8_t *data, uint32_t length, ingress_
         d.out = out
     else:
         d.verdict = V_FLOOD
+    if d.verdict == V_FLOOD:
+        storm_step(sw, data, src, now, dry, d)

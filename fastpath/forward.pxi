@@ -5,7 +5,8 @@
 # into the batch's buffers, which the engine reads into again next.
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
-from fastpath.frame cimport DROP_BAD_VNET, VNET_GSO_NONE, parse_vnet
+from fastpath.frame cimport DROP_BAD_VNET, DROP_RATE_LIMITED_RX, VNET_GSO_NONE, parse_vnet
+from fastpath.mactable cimport MT_LIMITED
 
 cdef inline void forward_frame(sw_t *sw, frame_t *f, int64_t now) noexcept nogil:
     cdef uint32_t idx = f.in_port
@@ -23,10 +24,16 @@ cdef inline void forward_frame(sw_t *sw, frame_t *f, int64_t now) noexcept nogil
     src.out = idx
     src.network = p.network
     src.mtu = p.mtu
+    if sw.limits[idx].flags & LIM_RATE_RX and not police(&sw.limits[idx].rx_bytes, &sw.limits[idx].rx_frames,
+                                                         f.data, f.len, &f.vi, now):
+        c[PC_DROPS + DROP_RATE_LIMITED_RX] += 1
+        return
     if f.vi.gso_type != VNET_GSO_NONE:
         sw.stats[LS_SUPERFRAMES_IN] += 1
         src.mtu = FRAME_ROOM  # a TSO super-frame is as long as 64 KB: the MTU bounds its segments
     decide(sw, f.data, f.len, &src, now, False, &d)
+    if d.learned == MT_LIMITED:
+        c[PC_MAC_LIMITED] += 1
     if d.verdict == V_DROP:
         c[PC_DROPS + d.reason] += 1
         return

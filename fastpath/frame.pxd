@@ -37,7 +37,13 @@ cdef enum drop_reason:
     DROP_VLAN_UNKNOWN = 17         # a tag whose VID the trunk port does not carry
     DROP_VLAN_UNTAGGED = 18        # an untagged (or VID 0) frame on a trunk port without a native network
     DROP_VLAN_STACKED = 19         # stacked tags (QinQ): an 802.1ad outer tag, or a tag behind the tag
-    DROP_REASONS = 20
+    # Port limits (limits.pxi)
+    DROP_STORM_BROADCAST = 20      # a broadcast the port floods over its storm limit
+    DROP_STORM_MULTICAST = 21      # a multicast likewise
+    DROP_STORM_UNKNOWN_UNICAST = 22   # a unicast to an unknown destination likewise
+    DROP_RATE_LIMITED_RX = 23      # a frame from the port over its rate limit
+    DROP_RATE_LIMITED_TX = 24      # a frame to the port over its rate limit
+    DROP_REASONS = 25
 
 # The virtio-net header that leads each frame on a TAP opened with
 # IFF_VNET_HDR (virtio spec 5.1.6, struct virtio_net_hdr; 12 bytes with

@@ -8,7 +8,8 @@ from fastpath.inet cimport csum_add, csum_store
 
 DROP_NAMES = ("none", "runt", "too_big", "src_multicast", "vlan_tagged", "same_port", "tunnel_mtu", "bad_vnet_hdr",
               "gso_unsupported", "spoofed_mac", "spoofed_ip", "spoofed_arp", "spoofed_nd", "ra_guard", "dhcp_guard",
-              "mac_pinned", "mtu_exceeded", "vlan_unknown", "vlan_untagged", "vlan_stacked")
+              "mac_pinned", "mtu_exceeded", "vlan_unknown", "vlan_untagged", "vlan_stacked", "storm_broadcast",
+              "storm_multicast", "storm_unknown_unicast", "rate_limited_rx", "rate_limited_tx")
 assert len(DROP_NAMES) == DROP_REASONS
 
 

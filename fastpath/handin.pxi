@@ -112,9 +112,11 @@ cdef list handin_datagrams(sw_t *sw, uint32_t addr, list datagrams):
         free(reasons)
 
 
-cdef dict decision_asked(sw_t *sw, bytes datagram, bint from_tunnel, uint32_t idx, uint32_t addr, bint dry_run):
+cdef dict decision_asked(sw_t *sw, bytes datagram, bint from_tunnel, uint32_t idx, uint32_t addr, bint dry_run,
+                         int64_t at_ms):
     """decide() for a frame entering by port idx, or for a VXLAN datagram
-    (header first) from addr, now; as Datapath.decide describes."""
+    (header first) from addr, at the loop's clock at_ms (-1: now); as
+    Datapath.decide describes."""
     cdef const uint8_t *data = datagram
     cdef uint32_t length = len(datagram), i, nports = 0, npeers = 0
     cdef int state = 0        # a vx_drop for a datagram, PORT_* + 0x100 for a port not up
@@ -128,7 +130,7 @@ cdef dict decision_asked(sw_t *sw, bytes datagram, bint from_tunnel, uint32_t id
             raise MemoryError()
         with nogil:
             pthread_mutex_lock(&sw.lock)
-            now = now_ms()
+            now = now_ms() if at_ms < 0 else at_ms
             if from_tunnel:
                 state = tun_check(&sw.tun, data, length, addr, &src)
                 data += VXLAN_HLEN

@@ -20,29 +20,125 @@ cdef inline uint64_t _home(const mac_table *t, uint64_t key) noexcept nogil:
     return _mix(key ^ t.seed) & t.mask
 
 
-cdef int mt_init(mac_table *t, uint32_t capacity, int64_t aging_ms, uint64_t seed) except -1:
+cdef int mt_init(mac_table *t, uint32_t capacity, int64_t aging_ms, uint64_t seed, uint32_t nports,
+                 uint32_t npeers) except -1:
     cdef uint64_t nslots = 16
+    cdef uint32_t i
     if capacity < 1:
         raise ValueError("MAC table capacity must be at least 1")
     while nslots < 2 * <uint64_t>capacity:
         nslots <<= 1
     t.slots = <mac_entry *>calloc(nslots, sizeof(mac_entry))
-    if t.slots == NULL:
+    t.outs = <mt_out *>calloc(<size_t>nports + npeers + 1, sizeof(mt_out))
+    if t.slots == NULL or t.outs == NULL:
+        free(t.slots)
+        free(t.outs)
+        t.slots = NULL
+        t.outs = NULL
         raise MemoryError(f"cannot allocate a MAC table of {nslots} slots")
+    for i in range(nports + npeers + 1):
+        t.outs[i].head = t.outs[i].tail = MT_NIL
+    t.nports = nports
+    t.npeers = npeers
+    t.nlearned = 0
     t.mask = nslots - 1
     t.seed = seed
     t.count = 0
     t.capacity = capacity
     t.aging_ms = aging_ms
     t.sweep_pos = 0
-    t.learned = t.moved = t.aged = t.refused = 0
+    t.learned = t.moved = t.aged = t.refused = t.evicted = t.limited = 0
     return 0
 
 
 cdef void mt_free(mac_table *t) noexcept nogil:
     free(t.slots)
+    free(t.outs)
     t.slots = NULL
+    t.outs = NULL
     t.count = 0
+
+
+# ---- the per-output lists of learned entries (least recently seen first) ----
+
+cdef inline void _unlink(mac_table *t, uint64_t i) noexcept nogil:
+    cdef mac_entry *e = &t.slots[i]
+    cdef mt_out *o = &t.outs[mt_oi(t, e.out)]
+    if e.prev != MT_NIL:
+        t.slots[e.prev].next = e.next
+    else:
+        o.head = e.next
+    if e.next != MT_NIL:
+        t.slots[e.next].prev = e.prev
+    else:
+        o.tail = e.prev
+    o.count -= 1
+    t.nlearned -= 1
+
+
+cdef inline void _append(mac_table *t, uint64_t i) noexcept nogil:
+    """Put the learned entry at slot i last (most recently seen) in its output's list."""
+    cdef mac_entry *e = &t.slots[i]
+    cdef mt_out *o = &t.outs[mt_oi(t, e.out)]
+    e.next = MT_NIL
+    e.prev = o.tail
+    if o.tail != MT_NIL:
+        t.slots[o.tail].next = <uint32_t>i
+    else:
+        o.head = <uint32_t>i
+    o.tail = <uint32_t>i
+    o.count += 1
+    t.nlearned += 1
+
+
+cdef inline void _touch(mac_table *t, uint64_t i) noexcept nogil:
+    """The learned entry at slot i was just seen: last in its list. Free when it is already last."""
+    if t.outs[mt_oi(t, t.slots[i].out)].tail != i:
+        _unlink(t, i)
+        _append(t, i)
+
+
+cdef inline void _relinked(mac_table *t, uint64_t to) noexcept nogil:
+    """The learned entry just moved to slot `to`: its neighbours (and its list's ends) point there."""
+    cdef mac_entry *e = &t.slots[to]
+    cdef mt_out *o = &t.outs[mt_oi(t, e.out)]
+    if e.prev != MT_NIL:
+        t.slots[e.prev].next = <uint32_t>to
+    else:
+        o.head = <uint32_t>to
+    if e.next != MT_NIL:
+        t.slots[e.next].prev = <uint32_t>to
+    else:
+        o.tail = <uint32_t>to
+
+
+cdef void mt_set_limit(mac_table *t, uint32_t out, uint32_t limit) noexcept nogil:
+    """At most `limit` learned entries for output out (0: no limit). Entries
+    it holds beyond a new limit stay until they age or are flushed."""
+    cdef uint32_t oi = mt_oi(t, out)
+    if oi < t.nports + t.npeers:
+        t.outs[oi].limit = limit
+
+
+cdef inline bint _at_limit(const mac_table *t, uint32_t out) noexcept nogil:
+    cdef const mt_out *o = &t.outs[mt_oi(t, out)]
+    return o.limit != 0 and o.count >= o.limit
+
+
+cdef uint64_t mt_evictee(const mac_table *t) noexcept nogil:
+    """The key a new entry in a full table would take the place of (0: none; the table may not be full)."""
+    cdef uint32_t victim = _victim(t)
+    return 0 if victim == MT_NIL else t.slots[t.outs[victim].head].key
+
+
+cdef uint32_t _victim(const mac_table *t) noexcept nogil:
+    """The output holding the most learned entries (the first such), MT_NIL when none holds any."""
+    cdef uint32_t i, best = MT_NIL, most = 0
+    for i in range(t.nports + t.npeers + 1):
+        if t.outs[i].count > most:
+            most = t.outs[i].count
+            best = i
+    return best
 
 
 cdef bint mt_expired(const mac_table *t, const mac_entry *e, int64_t now_ms) noexcept nogil:
@@ -62,6 +158,8 @@ cdef void _remove_at(mac_table *t, uint64_t i) noexcept nogil:
     # Backward-shift deletion: pull later members of the probe chain into the
     # hole so that every entry stays reachable from its home slot.
     cdef uint64_t j = i, home
+    if (t.slots[i].flags & MT_STATIC) == 0:
+        _unlink(t, i)
     while True:
         j = (j + 1) & t.mask
         if t.slots[j].key == 0:
@@ -75,6 +173,8 @@ cdef void _remove_at(mac_table *t, uint64_t i) noexcept nogil:
         elif i < home or home <= j:
             continue
         t.slots[i] = t.slots[j]
+        if (t.slots[i].flags & MT_STATIC) == 0:
+            _relinked(t, i)
         i = j
     t.slots[i].key = 0
     t.count -= 1
@@ -84,6 +184,7 @@ cdef mt_result mt_learn(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms
     """Learn that key was seen on out; on MT_MOVED, *moved_from (if not NULL)
     gets the output the entry named before."""
     cdef uint64_t i = _home(t, key)
+    cdef uint32_t victim
     cdef mac_entry *e
     while t.slots[i].key != 0:
         e = &t.slots[i]
@@ -95,30 +196,78 @@ cdef mt_result mt_learn(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms
             if now_ms - e.last_seen_ms >= t.aging_ms:
                 # Expired but not yet swept: it ages out and is learned anew.
                 t.aged += 1
+                if e.out != out:
+                    if _at_limit(t, out):
+                        _remove_at(t, i)
+                        t.limited += 1
+                        return MT_LIMITED
+                    _unlink(t, i)
+                    e.out = out
+                    _append(t, i)
+                else:
+                    _touch(t, i)
                 t.learned += 1
-                e.out = out
                 e.last_seen_ms = now_ms
                 return MT_LEARNED
-            e.last_seen_ms = now_ms
             if e.out != out:
+                if _at_limit(t, out):
+                    t.limited += 1
+                    return MT_LIMITED
                 if moved_from != NULL:
                     moved_from[0] = e.out
+                _unlink(t, i)
                 e.out = out
+                _append(t, i)
+                e.last_seen_ms = now_ms
                 t.moved += 1
                 return MT_MOVED
+            e.last_seen_ms = now_ms
+            _touch(t, i)
             return MT_HIT
         i = (i + 1) & t.mask
+    if _at_limit(t, out):
+        t.limited += 1
+        return MT_LIMITED
     if t.count >= t.capacity:
-        t.refused += 1
-        return MT_REFUSED
+        victim = _victim(t)
+        if victim == MT_NIL:
+            t.refused += 1
+            return MT_REFUSED
+        _remove_at(t, t.outs[victim].head)
+        t.evicted += 1
+        # The shift may have moved the probe chain: find the free slot again.
+        i = _home(t, key)
+        while t.slots[i].key != 0:
+            i = (i + 1) & t.mask
     e = &t.slots[i]
     e.key = key
     e.out = out
     e.flags = 0
     e.last_seen_ms = now_ms
+    _append(t, i)
     t.count += 1
     t.learned += 1
     return MT_LEARNED
+
+
+cdef mt_result mt_predict(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms, uint32_t *was) noexcept nogil:
+    """What mt_learn(t, key, out, now_ms) would return, changing nothing."""
+    cdef mac_entry *e = _find(t, key)
+    was[0] = OUT_NONE
+    if e == NULL:
+        if _at_limit(t, out):
+            return MT_LIMITED
+        return MT_REFUSED if t.count >= t.capacity and t.nlearned == 0 else MT_LEARNED
+    was[0] = e.out
+    if e.flags & MT_STATIC:
+        if e.out == out:
+            return MT_HIT
+        return MT_PINNED_KEPT if e.flags & MT_PINNED else MT_STATIC_KEPT
+    if e.out != out and _at_limit(t, out):
+        return MT_LIMITED
+    if now_ms - e.last_seen_ms >= t.aging_ms:
+        return MT_LEARNED
+    return MT_HIT if e.out == out else MT_MOVED
 
 
 cdef mac_entry *mt_lookup(mac_table *t, uint64_t key, int64_t now_ms) noexcept nogil:
@@ -137,16 +286,27 @@ cdef mac_entry *mt_peek(mac_table *t, uint64_t key) noexcept nogil:
 
 
 cdef int mt_set_static(mac_table *t, uint64_t key, uint32_t out, int64_t now_ms) noexcept nogil:
-    """Install or overwrite a static entry. Returns -1 when the table is full."""
+    """Install or overwrite a static entry. When the table is full it takes a
+    learned entry's place, as learning does; -1 when every entry is static."""
     cdef uint64_t i = _home(t, key)
+    cdef uint32_t victim
     while t.slots[i].key != 0:
         if t.slots[i].key == key:
             break
         i = (i + 1) & t.mask
     if t.slots[i].key == 0:
         if t.count >= t.capacity:
-            return -1
+            victim = _victim(t)
+            if victim == MT_NIL:
+                return -1
+            _remove_at(t, t.outs[victim].head)
+            t.evicted += 1
+            i = _home(t, key)
+            while t.slots[i].key != 0:
+                i = (i + 1) & t.mask
         t.count += 1
+    elif (t.slots[i].flags & MT_STATIC) == 0:
+        _unlink(t, i)
     t.slots[i].key = key
     t.slots[i].out = out
     t.slots[i].flags = MT_STATIC
@@ -225,18 +385,18 @@ def format_mac(uint64_t key) -> str:
     return ":".join(f"{(key >> (40 - 8 * i)) & 0xff:02x}" for i in range(6))
 
 
-RESULTS = ("hit", "learned", "moved", "refused", "static_kept", "pinned_kept")
+RESULTS = ("hit", "learned", "moved", "refused", "static_kept", "pinned_kept", "limited")
 
 
 cdef class MacTable:
     """Python face of the C table, for tests and benchmarks (times are injected)."""
 
-    def __cinit__(self, uint32_t capacity, double aging_s, seed=None):
+    def __cinit__(self, uint32_t capacity, double aging_s, seed=None, uint32_t nports=1024, uint32_t npeers=1024):
         if aging_s <= 0:
             raise ValueError("aging time must be positive")
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        mt_init(&self.t, capacity, <int64_t>(aging_s * 1000), seed)
+        mt_init(&self.t, capacity, <int64_t>(aging_s * 1000), seed, nports, npeers)
 
     def __dealloc__(self):
         mt_free(&self.t)
@@ -267,6 +427,22 @@ cdef class MacTable:
         if mt_set_static(&self.t, mac_key(network, m), out, now_ms) < 0:
             raise OverflowError("MAC table is full")
 
+    def set_limit(self, uint32_t out, uint32_t limit) -> None:
+        """At most `limit` learned entries for output out (0: no limit)."""
+        mt_set_limit(&self.t, out, limit)
+
+    def learned_by(self, uint32_t out) -> list:
+        """The learned entries of output out as MACs, least recently seen first (its list, walked)."""
+        cdef uint32_t i = self.t.outs[mt_oi(&self.t, out)].head
+        macs = []
+        while i != MT_NIL:
+            macs.append(format_mac(self.t.slots[i].key))
+            i = self.t.slots[i].next
+        return macs
+
+    def held(self, uint32_t out) -> int:
+        return self.t.outs[mt_oi(&self.t, out)].count
+
     def delete(self, uint16_t network, mac) -> bool:
         cdef bytes m = parse_mac(mac)
         return mt_delete(&self.t, mac_key(network, m))
@@ -295,6 +471,8 @@ cdef class MacTable:
             "moved": self.t.moved,
             "aged": self.t.aged,
             "refused": self.t.refused,
+            "evicted": self.t.evicted,
+            "limited": self.t.limited,
         }
 
     def bench_lookup(self, uint16_t network, uint32_t n_keys, uint64_t rounds, int64_t now_ms) -> int:

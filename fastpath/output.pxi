@@ -13,13 +13,13 @@
 #   gro_flush    with the next ones of its flow (gro): a run goes out as one
 #                super-frame, gathered from its frames' buffers with one
 #                writev, a frame left alone as it came.
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy, memset
 
-from fastpath.frame cimport (DROP_GSO_UNSUPPORTED, DROP_MTU_EXCEEDED, DROP_TUNNEL_MTU, ETH_ALEN, ETH_HLEN, ETH_P_8021AD,
-                             ETH_P_8021Q, VLAN_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE, VNET_GSO_TCPV4, VNET_GSO_TCPV6,
-                             VNET_HLEN, complete_csum, load_be16, parse_vnet)
+from fastpath.frame cimport (DROP_GSO_UNSUPPORTED, DROP_MTU_EXCEEDED, DROP_RATE_LIMITED_TX, DROP_TUNNEL_MTU, ETH_ALEN,
+                             ETH_HLEN, ETH_P_8021AD, ETH_P_8021Q, VLAN_HLEN, VNET_F_NEEDS_CSUM, VNET_GSO_NONE,
+                             VNET_GSO_TCPV4, VNET_GSO_TCPV6, VNET_HLEN, complete_csum, load_be16, parse_vnet)
 from fastpath.gro cimport GRO_MAX_HDR, GRO_MAX_SEGS, gro_append, gro_candidate, gro_finish, gro_pair, gro_state
 from fastpath.posix_io cimport CLOCK_REALTIME, clock_gettime, iovec, timespec, writev
 
@@ -171,6 +171,10 @@ cdef void out_write(sw_t *sw, uint32_t idx, frame_t *f) noexcept nogil:
     if not out_fits(q, f):
         sw.pctr[<size_t>idx * PC_COUNT + PC_DROPS + DROP_MTU_EXCEEDED] += 1
         return
+    if sw.limits[idx].flags & LIM_RATE_TX and not police(&sw.limits[idx].tx_bytes, &sw.limits[idx].tx_frames,
+                                                         f.data, f.len, &f.vi, sw.lim_now):
+        sw.pctr[<size_t>idx * PC_COUNT + PC_DROPS + DROP_RATE_LIMITED_TX] += 1
+        return
     if q.vnet:
         # The header goes back in front of the frame (tunnel headers may
         # have been written over that headroom since it was read).
@@ -250,7 +254,7 @@ cdef bint gro_take(sw_t *sw, frame_t *f, uint32_t out) noexcept nogil:
 cdef void gro_flush(sw_t *sw) noexcept nogil:
     """Send the pending run (gathered with one writev), or the frame held for one."""
     cdef output_t *o = &sw.out
-    cdef uint32_t out, length
+    cdef uint32_t out, length, nseg, hdr
     cdef int n
     cdef write_result r
     cdef iovec mirror[1 + GRO_MAX_SEGS]
@@ -262,9 +266,17 @@ cdef void gro_flush(sw_t *sw) noexcept nogil:
     if o.gro.len == 0:
         return
     out = o.gro.out
+    nseg = max(o.gro.nseg, 1)
+    hdr = o.gro.hdr_len
     sw.stats[LS_GRO_RUNS] += 1
     n = gro_finish(&o.gro, &length)
     if sw.ports[out].state != PORT_UP:
+        return
+    # Egress policing charges a run as its frames came: each with its own headers.
+    if sw.limits[out].flags & LIM_RATE_TX and not police_cost(
+            &sw.limits[out].tx_bytes, &sw.limits[out].tx_frames, <int64_t>length + <int64_t>(nseg - 1) * hdr, nseg,
+            sw.lim_now):
+        sw.pctr[<size_t>out * PC_COUNT + PC_DROPS + DROP_RATE_LIMITED_TX] += 1
         return
     r = sw.eng.writev(sw.engine, out, o.gro.iov, n, VNET_HLEN + length)
     if r == WR_DONE:

@@ -3,7 +3,8 @@
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memset
 
-from fastpath.mactable cimport OUT_NONE, key_network, mac_entry, mac_table, mt_expired, mt_flush, mt_sweep
+from fastpath.mactable cimport (OUT_NONE, key_network, mac_entry, mac_table, mt_expired, mt_flush, mt_set_limit,
+                                mt_sweep)
 from fastpath.posix_io cimport CLOCK_MONOTONIC, clock_gettime, pthread_mutex_t, timespec, write
 
 cdef struct sw_t:
@@ -11,6 +12,8 @@ cdef struct sw_t:
     port_t *ports
     port_policy *policy            # one per port (policy.pxi)
     vlan_t vlan                    # trunk ports (vlan.pxi)
+    port_limits *limits            # one per port (limits.pxi)
+    int64_t lim_now                # the loop's clock (ms) as the latest decision read it: egress policing's
     uint64_t *pctr                 # PC_COUNT per port
     int32_t *net_head              # first port of each network, -1: none
     uint32_t max_ports
@@ -92,6 +95,8 @@ cdef void sw_remove_port(sw_t *sw, uint32_t idx) noexcept nogil:
         link = &sw.ports[link[0]].next_in_net
     sw.ports[idx].next_in_net = -1
     memset(&sw.policy[idx], 0, sizeof(port_policy))
+    memset(&sw.limits[idx], 0, sizeof(port_limits))
+    mt_set_limit(&sw.mt, idx, 0)
     mt_flush(&sw.mt, 0, idx, True)
     sw.ports[idx].cap_fd = -1
     sw.ports[idx].cap_dir = 0

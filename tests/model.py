@@ -34,6 +34,7 @@ class Entry:
     last_seen_ms: int
     static: bool = False
     pinned: bool = False  # a port's own MAC: a frame carrying it from elsewhere is dropped
+    seen: int = 0  # when it was last learned or refreshed, in table operations: least recently seen is least
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,36 @@ class Policy:
 
 
 @dataclass
+class Bucket:
+    """A token bucket as fastpath/limits.pxi keeps one: thousandths of a frame, refilled by
+    the clock's milliseconds; a frame passes while the bucket is above zero, charged in full."""
+
+    rate: int  # frames per second
+    burst: int = 0  # thousandths
+    tokens: int = 0
+    last_ms: int = 0
+
+    @classmethod
+    def full(cls, rate: int, now_ms: int) -> Bucket:
+        burst = max(1, rate // 10) * 1000
+        return cls(rate, burst, burst, now_ms)
+
+    def level(self, now_ms: int) -> int:
+        if now_ms <= self.last_ms:
+            return self.tokens
+        return min(self.burst, self.tokens + (now_ms - self.last_ms) * self.rate)
+
+    def take(self, now_ms: int) -> bool:
+        level = self.level(now_ms)
+        self.last_ms = max(self.last_ms, now_ms)
+        self.tokens = level if level <= 0 else level - 1000
+        return level > 0
+
+
+STORM_KINDS = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast")
+
+
+@dataclass
 class ModelSwitch:
     capacity: int
     aging_ms: int
@@ -140,9 +171,15 @@ class ModelSwitch:
     # (network, packed IPv4 or IPv6 address) -> MAC: the addresses the switch answers ARP and ND for
     neigh: dict[tuple[int, bytes], bytes] = field(default_factory=dict)
     answered: dict[tuple[int, str], int] = field(default_factory=dict)  # (port, "arp_suppressed"|...) -> count
+    max_macs: dict[int, int] = field(default_factory=dict)  # port -> most learned entries it may hold
+    storm: dict[tuple[int, str], Bucket] = field(default_factory=dict)  # (port, storm kind) -> its bucket
+    mac_limited: dict[int, int] = field(default_factory=dict)  # port -> frames whose source it could not learn
     learned: int = 0
     moved: int = 0
     refused: int = 0
+    evicted: int = 0
+    limited: int = 0
+    clock: int = 0  # counts learning operations: orders entries by when they were last seen
 
     def add_port(self, port: int, network: int, mtu: int = 1500) -> None:
         self.ports[port] = (network, mtu)
@@ -156,12 +193,58 @@ class ModelSwitch:
         self.policies[port] = policy
 
     def pin(self, port: int, mac: bytes, network: int | None = None) -> None:
-        self.fdb[(network or self.ports[port][0], mac)] = Entry(port, 0, static=True, pinned=True)
+        self.set_static(network or self.ports[port][0], mac, port, pinned=True)
+
+    def set_static(self, network: int, mac: bytes, out: int, pinned: bool = False) -> None:
+        """A static entry; in a full table it takes the place of a learned one, as learning does."""
+        if (network, mac) not in self.fdb and len(self.fdb) >= self.capacity:
+            if not self._evict():
+                raise OverflowError("the MAC table is full")
+        self.fdb[(network, mac)] = Entry(out, 0, static=True, pinned=pinned)
+
+    def set_max_macs(self, port: int, limit: int) -> None:
+        self.max_macs[port] = limit
+
+    def set_storm(self, port: int, now_ms: int, **fps: int) -> None:
+        """Storm control of a port: frames/s it may flood of each kind given (0: no limit), buckets full at now_ms."""
+        for kind in STORM_KINDS:
+            self.storm.pop((port, kind), None)
+            if fps.get(kind):
+                self.storm[(port, kind)] = Bucket.full(fps[kind], now_ms)
+
+    def held(self, out: int) -> int:
+        return sum(1 for e in self.fdb.values() if not e.static and e.out == out)
+
+    def _at_limit(self, out: int) -> bool:
+        limit = 0 if out & PEER_FLAG else self.max_macs.get(out, 0)
+        return limit != 0 and self.held(out) >= limit
+
+    def _evict(self) -> bool:
+        """Remove the least recently seen learned entry of the output holding the most
+        (the first of those, ports before peers, by index); False when none is learned."""
+        counts: dict[int, int] = {}
+        for e in self.fdb.values():
+            if not e.static:
+                counts[e.out] = counts.get(e.out, 0) + 1
+        if not counts:
+            return False
+        victim = min(counts, key=lambda o: (-counts[o], bool(o & PEER_FLAG), o & ~PEER_FLAG))
+        key = min((k for k, e in self.fdb.items() if not e.static and e.out == victim), key=lambda k: self.fdb[k].seen)
+        del self.fdb[key]
+        self.evicted += 1
+        return True
+
+    def _tick(self) -> int:
+        self.clock += 1
+        return self.clock
 
     def remove_port(self, port: int) -> None:
         del self.ports[port]
         self.trunks.pop(port, None)
         self.policies.pop(port, None)
+        self.max_macs.pop(port, None)
+        for kind in STORM_KINDS:
+            self.storm.pop((port, kind), None)
         for key in [k for k, e in self.fdb.items() if e.out == port]:
             del self.fdb[key]
 
@@ -288,8 +371,11 @@ class ModelSwitch:
         """Learn the source on ingress (a port, or PEER_FLAG | peer), then look the destination up."""
         dst, src = frame[0:6], frame[6:12]
         from_tunnel = bool(ingress & PEER_FLAG)
-        if self._learn((network, src), ingress, now_ms) == "pinned_kept":
+        learned = self._learn((network, src), ingress, now_ms)
+        if learned == "pinned_kept":
             return self._vx_drop("mac_pinned") if from_tunnel else self._drop(ingress, "mac_pinned")
+        if learned == "limited":
+            self.mac_limited[ingress] = self.mac_limited.get(ingress, 0) + 1
         if dst[0] & 1 and not from_tunnel:
             reply = self._answer(network, frame)
             if reply is not None:
@@ -298,11 +384,11 @@ class ModelSwitch:
                 return {ingress: self._egress(ingress, network, reply)}
         e = None if dst[0] & 1 else self._live((network, dst), now_ms)
         if e is None:
-            return self._flood(ingress, network, frame)
+            return self._flood(ingress, network, frame, now_ms)
         if e.out & PEER_FLAG:
             return self._vx_drop("split_horizon") if from_tunnel else {("peer", e.out & ~PEER_FLAG): frame}
         if e.out not in self.ports:
-            return self._flood(ingress, network, frame)
+            return self._flood(ingress, network, frame, now_ms)
         if e.out == ingress:
             return self._drop(ingress, "same_port")
         if not self._carries(e.out, network):
@@ -346,21 +432,36 @@ class ModelSwitch:
     def _learn(self, key: tuple[int, bytes], port: int, now_ms: int) -> str | None:
         e = self._live(key, now_ms)
         if e is None:
-            if len(self.fdb) >= self.capacity:
+            if self._at_limit(port):
+                self.limited += 1
+                return "limited"
+            if len(self.fdb) >= self.capacity and not self._evict():
                 self.refused += 1
                 return None
-            self.fdb[key] = Entry(port, now_ms)
+            self.fdb[key] = Entry(port, now_ms, seen=self._tick())
             self.learned += 1
         elif e.static:
             return "pinned_kept" if e.pinned and e.out != port else None
         else:
+            if e.out != port and self._at_limit(port):
+                self.limited += 1
+                return "limited"
             e.last_seen_ms = now_ms
+            e.seen = self._tick()
             if e.out != port:
                 e.out = port
                 self.moved += 1
+        return None
 
-    def _flood(self, ingress: int, network: int, frame: bytes) -> dict[Any, bytes]:
-        """Every other port of the network and, for a frame from a local port, every peer (head-end replication)."""
+    def _flood(self, ingress: int, network: int, frame: bytes, now_ms: int = 0) -> dict[Any, bytes]:
+        """Every other port of the network and, for a frame from a local port, every peer (head-end replication);
+        a flood from a local port with storm control passes its bucket of the frame's kind first."""
+        if not ingress & PEER_FLAG:
+            dst = frame[0:6]
+            kind = ("storm_broadcast" if dst == b"\xff" * 6 else "storm_multicast") if dst[0] & 1 else "storm_unknown_unicast"
+            bucket = self.storm.get((ingress, kind))
+            if bucket is not None and not bucket.take(now_ms):
+                return self._drop(ingress, kind)
         out: dict[Any, bytes] = {p: self._egress(p, network, frame) for p in self.ports
                                  if self._carries(p, network) and p != ingress}
         if not ingress & PEER_FLAG:

@@ -152,14 +152,15 @@ def test_static_entry_pins_the_output(rig):
     assert [(e[1], e[2], e[3]) for e in rig.dp.fdb_entries(1) if e[3]] == [("02:00:00:00:00:05", c, True)]
 
 
-def test_table_full_still_forwards(rig):
+def test_table_full_evicts_and_still_forwards(rig):
     small = LoopRig(mac_table_size=2, io_mode=rig.dp.io_mode)
     try:
         a, b = small.add_port(1), small.add_port(1)
         for i in range(1, 5):
             small.send(a, eth(BROADCAST, mac(i)))
         assert small.dp.fdb_counters()["entries"] == 2
-        assert small.dp.fdb_counters()["refused"] == 2
+        assert small.dp.fdb_counters()["evicted"] == 2
+        assert sorted(e[1] for e in small.dp.fdb_entries()) == [mac(3).hex(":"), mac(4).hex(":")]
         assert len(small.recv_all(b)) == 4
     finally:
         small.close()

@@ -24,6 +24,7 @@ VID some trunk carries, one none does, 4095) or with stacked tags.
 """
 import ipaddress
 import socket
+import time
 
 import pytest
 from hypothesis import HealthCheck, event, given, settings
@@ -31,7 +32,7 @@ from hypothesis import strategies as st
 
 from loop_rig import LoopRig
 from fastpath import PEER_FLAG, Datapath
-from model import Entry, ModelSwitch, Policy
+from model import STORM_KINDS, ModelSwitch, Policy
 from rawframes import BROADCAST, arp, eth, mac, neighbour_solicitation
 
 MACS = [mac(i) for i in range(1, 9)]
@@ -90,16 +91,31 @@ def policies(draw):
                     dhcp_server=draw(st.integers(0, 3)) == 0, macs=frozenset(own),
                     ip4=frozenset(draw(st.lists(st.sampled_from(IP4S[:2]), max_size=2))),
                     ip6=frozenset(draw(st.lists(st.sampled_from(IP6S[:2]), max_size=2))))
-    return policy, own[0] if draw(st.booleans()) else None
+    max_macs = draw(st.sampled_from([0, 0, 0, 1, 2]))
+    # Storm control: frames/s per kind, low enough that buckets run dry and refill within a scenario.
+    storm = {k: draw(st.sampled_from([0, 1, 1, 2, 10, 30])) for k in STORM_KINDS}
+    return policy, own[0] if draw(st.booleans()) else None, (max_macs, storm)
+
+
+def apply_limits(dp: Datapath, model: ModelSwitch, port: int, limits: tuple[int, dict[str, int]],
+                 at_ms: int | None) -> None:
+    max_macs, storm = limits
+    if at_ms is None:
+        storm = {}
+    dp.set_port_limits(port, max_macs=max_macs, at_ms=at_ms, **storm)
+    model.set_max_macs(port, max_macs)
+    model.set_storm(port, at_ms or 0, **storm)
 
 
 def apply_policy(dp: Datapath, model: ModelSwitch, port: int, network: int, policy: Policy, pin: bytes | None,
-                 pinned: set) -> None:
-    """Give port its policy in both; pin its MAC (in network, 0: nowhere) unless another port of the network
-    already has it."""
+                 limits: tuple[int, dict[str, int]], pinned: set, at_ms: int | None = None) -> None:
+    """Give port its policy and limits in both; pin its MAC (in network, 0: nowhere) unless another port of the
+    network already has it. Storm control only with at_ms: the model's clock, which decide() is then given (the
+    loop's clock is real)."""
     dp.set_port_policy(port, policy.security, policy.router, policy.dhcp_server, sorted(policy.macs),
                        [ipaddress.ip_address(a) for a in sorted(policy.ip4 | policy.ip6)])
     model.set_policy(port, policy)
+    apply_limits(dp, model, port, limits, at_ms)
     if pin is not None and network and (network, pin) not in pinned:
         pinned.add((network, pin))
         dp.fdb_pin(network, pin, port)
@@ -269,7 +285,7 @@ def test_compiled_loop_matches_model(io_mode, scenario):
             if (networks[p], m) in pinned:
                 continue
             rig.dp.fdb_set_static(networks[p], m, p)
-            model.fdb[(networks[p], m)] = Entry(p, 0, static=True)
+            model.set_static(networks[p], m, p)
         for in_port, frame in seq:
             expected = {p: [f] for p, f in model.forward(in_port, frame).items()}
             rig.send(in_port, frame)
@@ -281,10 +297,12 @@ def test_compiled_loop_matches_model(io_mode, scenario):
             drops = {r: n for r, n in rig.dp.port_counters(p)["drops"].items() if n}
             assert drops == {r: n for (q, r), n in model.drops.items() if q == p}
         assert answered(rig.dp, ports) == model.answered
+        assert {p: n for p in ports if (n := rig.dp.port_counters(p)["mac_limited"])} == model.mac_limited
         event(f"requests answered by the switch: {'some' if model.answered else 'none'}")
         event(f"copies refused by an output's MTU: {'some' if any(r == 'mtu_exceeded' for _, r in model.drops) else 'none'}")
         c = rig.dp.fdb_counters()
-        assert (c["learned"], c["moved"], c["refused"]) == (model.learned, model.moved, model.refused)
+        assert (c["learned"], c["moved"], c["refused"], c["evicted"], c["limited"]) == (
+            model.learned, model.moved, model.refused, model.evicted, model.limited)
     finally:
         rig.close()
 
@@ -316,7 +334,8 @@ def tunnel_scenarios(draw):
                             max_size=3, unique_by=lambda t: t[0]))
     trunks = draw(trunks_st())
     n_ports = len(networks) + len(trunks)
-    seq = draw(st.lists(ingress_frames(n_ports), min_size=1, max_size=40))
+    seq = draw(st.lists(st.tuples(ingress_frames(n_ports), st.sampled_from([0, 0, 0, 0, 1, 30, 100, 700])),
+                        min_size=1, max_size=40))
     pols = draw(st.lists(policies(), min_size=n_ports, max_size=n_ports))
     return networks, trunks, capacity, peers, statics, draw(neighbours_st()), seq, pols
 
@@ -351,9 +370,13 @@ def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, sce
             assert dp.add_port(pairs[p][1].fileno(), 0, trunk=tagged, native=native) == p
             model.add_trunk(p, tagged, native)
         pinned: set = set()
+        # The model's clock starts at the loop's (CLOCK_MONOTONIC): fdb_entries() ages entries by that one.
+        clock = time.monotonic_ns() // 1_000_000
         for p, net in enumerate(networks + [trunk_pin_network(t) for t in trunks]):
             if len(pinned) < capacity - 2:
-                apply_policy(dp, model, p, net, *pols[p], pinned)
+                apply_policy(dp, model, p, net, *pols[p], pinned, at_ms=clock)
+            else:
+                apply_limits(dp, model, p, pols[p][2], clock)
         for net in (1, 2, 3):
             dp.set_network_vni(net, VNI_BASE + net)
             model.vnis[net] = VNI_BASE + net
@@ -370,36 +393,41 @@ def test_compiled_decision_matches_model_for_ports_and_tunnel_peers(io_mode, sce
             if (net, m) in pinned:
                 continue
             dp.fdb_set_static(net, m, out)
-            model.fdb[(net, m)] = Entry(out, 0, static=True)
+            model.set_static(net, m, out)
         port_drops: dict[tuple[int, str], int] = {}
         vx_drops: dict[str, int] = {}
-        for step in seq:
+        for step, elapsed_ms in seq:
+            clock += elapsed_ms  # time is an input: the model and the decision read the same clock
             # Trace asks the same decision dry: it must foresee the loop's and change nothing.
             asked = {"in_port": step[1]} if step[0] == "port" else {"from_addr": step[1], "vni": step[2]}
-            before = (sorted(e[:4] for e in dp.fdb_entries()), dp.fdb_counters(), dp.events(0)[1])
-            dry = dp.decide(step[-1], **asked)
-            assert (sorted(e[:4] for e in dp.fdb_entries()), dp.fdb_counters(), dp.events(0)[1]) == before
+            before = (sorted(e[:4] for e in dp.fdb_entries()), dp.fdb_counters(), dp.events(0)[1],
+                      [dp.port_buckets(p, at_ms=clock) for p in range(len(networks) + len(trunks))])
+            dry = dp.decide(step[-1], **asked, at_ms=clock)
+            assert (sorted(e[:4] for e in dp.fdb_entries()), dp.fdb_counters(), dp.events(0)[1],
+                    [dp.port_buckets(p, at_ms=clock) for p in range(len(networks) + len(trunks))]) == before
             if step[0] == "port":
                 _, in_port, frame = step
-                expected = model.forward(in_port, frame)
-                d = dp.decide(frame, in_port=in_port, dry_run=False)
+                expected = model.forward(in_port, frame, clock)
+                d = dp.decide(frame, in_port=in_port, dry_run=False, at_ms=clock)
                 if d["verdict"] == "drop":
                     port_drops[(in_port, d["reason"])] = port_drops.get((in_port, d["reason"]), 0) + 1
             else:
                 _, remote, vni, frame = step
-                expected = model.forward_tunnel(remote, vni, frame)
-                d = dp.decide(frame, from_addr=remote, vni=vni, dry_run=False)
+                expected = model.forward_tunnel(remote, vni, frame, clock)
+                d = dp.decide(frame, from_addr=remote, vni=vni, dry_run=False, at_ms=clock)
                 if d["verdict"] == "drop":
                     vx_drops[d["reason"]] = vx_drops.get(d["reason"], 0) + 1
             assert outputs(d) == {k: True for k in expected}, f"{step}: {d}"
             assert (dry["verdict"], dry["reason"], dry["learn"], outputs(dry)) == (
                 d["verdict"], d["reason"], d["learn"], outputs(d)), f"{step}: trace said {dry}, the loop did {d}"
         fdb = {(net, bytes.fromhex(m.replace(":", "")), out, static) for net, m, out, static, _ in dp.fdb_entries()}
-        assert fdb == model.fdb_snapshot()
+        assert fdb == model.fdb_snapshot(clock)
         assert port_drops == model.drops
+        event(f"storm drops: {'some' if any(r.startswith('storm_') for _, r in model.drops) else 'none'}")
         assert vx_drops == model.vx_drops
         c = dp.fdb_counters()
-        assert (c["learned"], c["moved"], c["refused"]) == (model.learned, model.moved, model.refused)
+        assert (c["learned"], c["moved"], c["refused"], c["evicted"], c["limited"]) == (
+            model.learned, model.moved, model.refused, model.evicted, model.limited)
     finally:
         for sock in [*vtep, *(s for pair in pairs for s in pair)]:
             sock.close()

@@ -65,16 +65,89 @@ def test_sweep_removes_expired_entries_within_budget():
     assert [e[1] for e in t.entries()] == [A]
 
 
-def test_capacity_limit_refuses_and_counts():
+def test_full_table_evicts_from_the_biggest_holder_least_recently_seen_first():
+    t = MacTable(6, aging_s=300)
+    t.learn(1, A, 2, 0)  # port 2's only entry
+    for i in range(5):
+        assert t.learn(1, f"02:00:00:00:00:{i:02x}", 1, 10 + i) == "learned"
+    t.learn(1, "02:00:00:00:00:00", 1, 20)  # seen again: now port 1's most recent
+    assert t.learned_by(1) == [f"02:00:00:00:00:{i:02x}" for i in (1, 2, 3, 4, 0)]
+    # Full: a new MAC, from either port, takes the place of port 1's oldest.
+    assert t.learn(1, B, 2, 30) == "learned"
+    assert t.lookup(1, "02:00:00:00:00:01", 31) is None
+    assert t.learn(1, "02:00:00:00:00:09", 1, 32) == "learned"
+    assert t.lookup(1, "02:00:00:00:00:02", 33) is None
+    assert t.lookup(1, A, 34) == 2 and t.lookup(1, B, 34) == 2
+    assert len(t) == 6 and t.counters()["evicted"] == 2 and t.counters()["refused"] == 0
+    assert (t.held(1), t.held(2)) == (4, 2)
+
+
+def test_only_static_entries_make_a_full_table_refuse():
     t = MacTable(4, aging_s=300)
     for i in range(4):
-        assert t.learn(1, f"02:00:00:00:00:{i:02x}", 1, 0) == "learned"
+        t.add_static(1, f"02:00:00:00:00:{i:02x}", 1)
     assert t.learn(1, A, 1, 0) == "refused"
-    assert t.learn(1, B, 1, 0) == "refused"
-    assert len(t) == 4 and t.counters()["refused"] == 2
+    assert len(t) == 4 and t.counters()["refused"] == 1
     assert t.lookup(1, A, 0) is None
-    # An existing entry still refreshes and moves when full.
-    assert t.learn(1, "02:00:00:00:00:00", 2, 1) == "moved"
+
+
+def test_a_static_entry_takes_a_learned_entrys_place_when_full():
+    t = MacTable(2, aging_s=300)
+    t.learn(1, A, 1, 0)
+    t.learn(1, B, 1, 1)
+    t.add_static(1, "02:00:00:00:00:77", 3)
+    assert t.lookup(1, A, 2) is None and t.lookup(1, B, 2) == 1 and t.lookup(1, "02:00:00:00:00:77", 2) == 3
+
+
+def test_limit_refuses_new_macs_and_moves_but_refreshes():
+    t = MacTable(64, aging_s=300)
+    t.set_limit(1, 2)
+    assert t.learn(1, A, 1, 0) == "learned"
+    assert t.learn(1, B, 1, 0) == "learned"
+    assert t.learn(1, "02:00:00:00:00:0c", 1, 0) == "limited"
+    assert t.learn(1, A, 1, 5) == "hit"
+    t.learn(1, "02:00:00:00:00:0d", 2, 0)
+    assert t.learn(1, "02:00:00:00:00:0d", 1, 6) == "limited"  # no move onto a port at its limit
+    assert t.lookup(1, "02:00:00:00:00:0d", 7) == 2
+    assert t.counters()["limited"] == 2 and t.held(1) == 2
+    t.delete(1, B)
+    assert t.learn(1, "02:00:00:00:00:0c", 1, 8) == "learned"
+    t.set_limit(1, 0)
+    assert t.learn(1, "02:00:00:00:00:0e", 1, 9) == "learned"
+
+
+def test_lists_and_counts_stay_true_under_churn():
+    """Learning, moves, deletes, sweeps and flushes in a small table: each
+    output's list walks exactly its learned entries, oldest first."""
+    import random
+    rnd = random.Random(7)
+    t = MacTable(40, aging_s=1, seed=1)
+    now = 0
+    for step in range(20000):
+        now += rnd.randrange(3)
+        m = f"02:00:00:00:{rnd.randrange(2):02x}:{rnd.randrange(90):02x}"
+        op = rnd.randrange(20)
+        if op < 14:
+            t.learn(1, m, rnd.randrange(4), now)
+        elif op < 16:
+            t.delete(1, m)
+        elif op < 17:
+            t.sweep(now, 8)
+        elif op < 18 and sum(1 for e in t.entries() if e[3]) < 30:
+            t.add_static(1, m, 3, now)
+        elif op < 19:
+            t.flush(out=rnd.randrange(4))
+        else:
+            t.lookup(1, m, now)
+        if step % 500 == 0 or step > 19900:
+            learned = [(e[2], e[1], e[4]) for e in t.entries() if not e[3]]
+            for out in range(4):
+                mine = sorted(((seen, m) for o, m, seen in learned if o == out))
+                walked = t.learned_by(out)
+                assert len(walked) == t.held(out) == len(mine)
+                assert sorted(walked) == sorted(m for _, m in mine)
+                seen = {m: s for _, m, s in learned}
+                assert [seen[m] for m in walked] == sorted(seen[m] for m in walked)
 
 
 def test_memory_is_fixed_at_start():

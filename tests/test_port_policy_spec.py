@@ -13,7 +13,8 @@ BASE = {"name": "c1", "network": "blue", "netns": "c1"}
 
 def test_defaults_are_on_for_containers_and_off_for_host_ports() -> None:
     assert PortSpec.parse(BASE).policy == PortPolicy(port_security=True)
-    assert PortSpec.parse({"name": "gw", "network": "blue", "host": True}).policy == PortPolicy(port_security=False)
+    assert PortSpec.parse({"name": "gw", "network": "blue", "host": True}).policy == PortPolicy(
+        port_security=False, storm_broadcast=0, storm_multicast=0)
     # An older file has none of the keys, and is written back without them.
     assert PortSpec.parse(BASE).to_dict() == {**BASE, "ifname": "eth0"}
 

@@ -169,7 +169,8 @@ def test_bad_frames_are_dropped_and_counted(lan: Lan) -> None:
     assert c["drops"] == {"runt": 0, "too_big": 1, "src_multicast": 1, "vlan_tagged": 1, "same_port": 1, "tunnel_mtu": 0, "bad_vnet_hdr": 0,
                           "gso_unsupported": 0, "spoofed_mac": 0, "spoofed_ip": 0, "spoofed_arp": 0, "spoofed_nd": 0,
                           "ra_guard": 0, "dhcp_guard": 0, "mac_pinned": 0, "mtu_exceeded": 0, "vlan_unknown": 0,
-                          "vlan_untagged": 0, "vlan_stacked": 0}
+                          "vlan_untagged": 0, "vlan_stacked": 0, "storm_broadcast": 0, "storm_multicast": 0,
+                          "storm_unknown_unicast": 0, "rate_limited_rx": 0, "rate_limited_tx": 0}
     assert (c["rx_packets"], c["flooded"], c["tx_packets"]) == (6, 2, 0)
     assert ("blue", "01:00:5e:00:00:01") not in lan.fdb()
 

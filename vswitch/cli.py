@@ -104,9 +104,34 @@ def render_port(port: dict[str, Any]) -> str:
     if pol:
         lines += [("port_security", "on" if pol.get("port_security") else "off"), ("allowed", pol.get("allowed") or None),
                   ("router", pol.get("router")), ("dhcp_server", pol.get("dhcp_server"))]
-    drops = {r: n for r, n in ((port.get("counters") or {}).get("drops") or {}).items() if n}
+    lines += [(f"limit {k}", pol[k] or "none") for k in LIMIT_FIELDS if k in pol]
+    if "macs" in port:
+        lines.append(("macs learned", port["macs"]))
+    usage = port.get("usage") or {}
+    if usage:
+        for way, what in (("rx", "from the port"), ("tx", "to the port")):
+            lines.append((f"{way} now / peak", f"{_rate(usage.get(f'{way}_bps'), 'bit/s')}, {_rate(usage.get(f'{way}_fps'), 'frames/s')}"
+                          f" / {_rate(usage.get(f'peak_{way}_bps'), 'bit/s')}, {_rate(usage.get(f'peak_{way}_fps'), 'frames/s')}"
+                          f" ({what}, peak over {usage.get('window_s', 0):.0f} s)"))
+    counters = port.get("counters") or {}
+    if counters.get("mac_limited"):
+        lines.append(("mac_limited", counters["mac_limited"]))
+    drops = {r: n for r, n in (counters.get("drops") or {}).items() if n}
     lines += [(f"drops {r}", n) for r, n in sorted(drops.items())]
     return table(("FIELD", "VALUE"), lines)
+
+
+LIMIT_FIELDS = ("max_macs", "storm_broadcast", "storm_multicast", "storm_unknown_unicast", "rate_mbit", "burst_kb",
+                "rate_fps")
+
+
+def _rate(value: Any, unit: str) -> str:
+    """1234567 -> '1.23 M' + unit: rates read at a glance."""
+    v = float(value or 0)
+    for scale, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if v >= scale:
+            return f"{v / scale:.2f} {prefix}{unit}"
+    return f"{v:.0f} {unit}"
 
 
 def render_peers(peers: list[dict[str, Any]], indent: str = "") -> str:
@@ -424,6 +449,14 @@ def _label(value: str) -> tuple[str, str]:
     return key, text
 
 
+def _number(value: str) -> int | float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    return int(number) if number.is_integer() else number
+
+
 def _on_off(value: str) -> bool:
     if value not in ("on", "off"):
         raise argparse.ArgumentTypeError(f"{value!r} is not on or off")
@@ -437,8 +470,23 @@ POLICY_ARGS = (
         action="append"),
     Arg("--router", "on|off", "may send IPv6 router advertisements (RA guard off)", required=False, type=_on_off),
     Arg("--dhcp-server", "on|off", "may send DHCP server replies (DHCP guard off)", required=False, type=_on_off),
+    Arg("--max-macs", "N", "most MACs the port may have learned (0: no limit, the default)", required=False,
+        type=int),
+    Arg("--storm-broadcast", "FPS", "broadcast frames/s the port may flood (0: no limit; default 1000, host ports 0)",
+        required=False, type=int),
+    Arg("--storm-multicast", "FPS", "multicast frames/s the port may flood (0: no limit; default 1000, host ports 0)",
+        required=False, type=int),
+    Arg("--storm-unknown-unicast", "FPS", "frames/s to unknown unicast destinations the port may flood "
+        "(0: no limit, the default)", required=False, type=int),
+    Arg("--rate-mbit", "MBIT", "rate limit on each direction, Mbit/s (0: none, the default)", required=False,
+        type=_number),
+    Arg("--burst-kb", "KIB", "the rate limit's burst (0: a quarter second at the rate, at least 2048 KiB)", required=False,
+        type=int),
+    Arg("--rate-fps", "FPS", "rate limit on each direction, frames/s (0: none, the default)", required=False,
+        type=int),
 )
-POLICY_BODY = ("port_security", "allow", "router", "dhcp_server")
+POLICY_BODY = ("port_security", "allow", "router", "dhcp_server", "max_macs", "storm_broadcast", "storm_multicast",
+               "storm_unknown_unicast", "rate_mbit", "burst_kb", "rate_fps")
 
 
 def _trunk(value: str) -> dict[str, int]:
@@ -584,7 +632,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         ("port", "show"),
-        "one port: addresses, routes, labels and state",
+        "one port: addresses, routes, labels, state, limits, rates (now and the last minute's peak) and drops",
         lambda c, ns: c.request("GET", f"/v1/ports/{_seg(ns.name)}"),
         render_port,
         args=(Arg("name", "NAME", "port name"),),

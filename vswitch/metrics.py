@@ -30,6 +30,8 @@ PORT_COUNTERS = (
      "ARP requests from the port the switch answered itself (not flooded)."),
     ("nd_suppressed", "vswitch_port_nd_suppressed_total",
      "Neighbour solicitations from the port the switch answered itself (not flooded)."),
+    ("mac_limited", "vswitch_port_mac_limited_total",
+     "Frames from the port whose source MAC was not learned: the port holds its max_macs (forwarding went on)."),
     ("capture_dropped", "vswitch_port_capture_dropped_total",
      "Frame copies a capture of the port dropped because its reader fell behind (forwarding went on)."),
 )
@@ -46,7 +48,21 @@ FDB_COUNTERS = (
     ("learned", "vswitch_fdb_learned_total", "MAC addresses learned."),
     ("moved", "vswitch_fdb_moved_total", "Learned MAC addresses that moved to another port."),
     ("aged", "vswitch_fdb_aged_total", "Learned entries that expired."),
-    ("refused", "vswitch_fdb_refused_total", "Source MACs not learned because the table was full."),
+    ("refused", "vswitch_fdb_refused_total", "Source MACs not learned because the table was full of static entries."),
+    ("evicted", "vswitch_fdb_evicted_total",
+     "Learned entries removed to make room in a full table: the least recently seen of the output holding the most."),
+    ("limited", "vswitch_fdb_limited_total", "Source MACs not learned because their port holds its max_macs."),
+)
+
+# A port's limits as gauges (kind label), in the units the metric conventions use: so a dashboard
+# can set use against limit. Only limits that are set are exported; 0 (no limit) is left out.
+PORT_LIMITS = (
+    ("max_macs", "max_macs", 1),
+    ("storm_broadcast", "storm_broadcast_fps", 1),
+    ("storm_multicast", "storm_multicast_fps", 1),
+    ("storm_unknown_unicast", "storm_unknown_unicast_fps", 1),
+    ("rate_mbit", "rate_bytes_per_second", 1e6 / 8),
+    ("rate_fps", "rate_fps", 1),
 )
 
 # The datapath's I/O modes once auto is resolved: one series each in vswitch_datapath_io_mode.
@@ -110,6 +126,12 @@ class SwitchCollector(Collector):
         )
         up = GaugeMetricFamily("vswitch_port_up", "1 while the port's fd is healthy.", labels=["port", "network"])
         mtu = GaugeMetricFamily("vswitch_port_mtu_bytes", "The port's MTU.", labels=["port", "network"])
+        limit = GaugeMetricFamily(
+            "vswitch_port_limit", "A port's limit, by kind: max_macs (MACs), storm_*_fps and rate_fps (frames/s, "
+            "each direction for rate_fps), rate_bytes_per_second (each direction); unset limits are absent.",
+            labels=["port", "network", "kind"])
+        macs = GaugeMetricFamily("vswitch_port_macs", "MACs the port has learned (its own pinned MAC not counted).",
+                                 labels=["port", "network"])
         for p in ports:
             labels = [p["name"], p["network"] or ""]  # a trunk port is in no one network
             c = p["counters"]
@@ -119,8 +141,14 @@ class SwitchCollector(Collector):
                 drops.add_metric(labels + [reason], n)
             up.add_metric(labels, 1 if p["state"] == "up" else 0)
             mtu.add_metric(labels, p["mtu"])
+            pol = p.get("policy") or {}
+            for key, kind, scale in PORT_LIMITS:
+                if pol.get(key):
+                    limit.add_metric(labels + [kind], pol[key] * scale)
+            if "macs" in p:
+                macs.add_metric(labels, p["macs"])
         yield from families.values()
-        yield from (drops, up, mtu)
+        yield from (drops, up, mtu, limit, macs)
 
     def _fdb_metrics(self, fdb: dict) -> Iterator:
         yield GaugeMetricFamily("vswitch_fdb_entries", "Entries in the MAC table.", value=fdb["entries"])

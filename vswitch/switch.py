@@ -21,6 +21,7 @@ import os
 import select
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
@@ -38,6 +39,7 @@ from .neighframes import arp_request, neighbour_solicitation
 from .netns import netns_identity, netns_path, resolve_netns
 from .portpolicy import datapath_sources
 from .tap import TSO_OFFLOADS, TapPort, open_tap, reconfigure_tap
+from .usage import UsageMeter
 
 log = logging.getLogger("vswitch.switch")
 
@@ -47,6 +49,7 @@ UDP_GRO = 104
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348)
 DEFAULT_MTU = 1500
 NETNS_CHECK_INTERVAL_S = 0.5
+USAGE_INTERVAL_S = 1.0  # how often port counters are sampled for port show's rates
 # Where a host port's interface lives: vswitchd's own namespace (the main thread's,
 # whichever thread opens it).
 HOST_NETNS = "/proc/self/ns/net"
@@ -127,6 +130,8 @@ class Switch:
         self.cluster: Any = None  # the ClusterAgent when this switch is a cluster node (API, metrics)
         self._watch_thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self.usage = UsageMeter()
+        self._usage_at = 0.0
         self._wake_r, self._wake_w = os.pipe()  # wakes the port watcher at stop
         self._events = EventLog(self._out_name)
         self._event_seq = 0
@@ -481,6 +486,9 @@ class Switch:
         macs, ips = datapath_sources(port.spec, port.tap.mac)
         try:
             self._dp.set_port_policy(port.index, pol.port_security, pol.router, pol.dhcp_server, macs, ips)
+            self._dp.set_port_limits(port.index, pol.max_macs, pol.storm_broadcast, pol.storm_multicast,
+                                     pol.storm_unknown_unicast, int(pol.rate_mbit * 1e6 / 8),
+                                     pol.burst_bytes if pol.rate_mbit else 0, pol.rate_fps)
         except ValueError as e:
             raise InvalidArgument(f"port {port.spec.name!r}: {e}") from e
         if pin:
@@ -628,6 +636,8 @@ class Switch:
             "host": s.host,
             "masquerade": s.masquerade,
             "policy": s.policy.view(),  # type: ignore[union-attr]
+            "macs": self._dp.port_macs(port.index)[0],
+            "usage": self.usage.view(s.name),
         }
 
     def _watch_ports(self) -> None:
@@ -658,6 +668,17 @@ class Switch:
                 if gone:
                     self._changed()
             self._log_events()
+            self._sample_usage()
+
+    def _sample_usage(self) -> None:
+        """Every port's counters, about once a second, for the rates port show gives."""
+        now = time.monotonic()
+        if now - self._usage_at < USAGE_INTERVAL_S:
+            return
+        self._usage_at = now
+        with self._lock:
+            counters = {name: self._dp.port_counters(p.index) for name, p in self._ports.items()}
+        self.usage.sample(counters, now)
 
     def _log_events(self) -> None:
         events, self._event_seq, lost = self._dp.events(self._event_seq)
@@ -1036,6 +1057,9 @@ class Switch:
             elif d["verdict"] != "drop":
                 steps.append(f"output: {_where(hit)}" + (f" (802.1Q tag {tags[hit['port']]})" if hit.get("port") in tags else ""))
         if d["verdict"] == "drop":
+            if d["reason"].startswith("storm_"):
+                kind = d["reason"][len("storm_"):].replace("_", " ")
+                steps.append(f"storm control of {ingress}: its {kind} floods are over their frames/s for now")
             steps.append(f"drop: {d['reason']}")
         elif d["verdict"] == "flood":
             result["action"] = "flood"
@@ -1060,7 +1084,9 @@ class Switch:
         if learn == "learned":
             return {"result": f"new entry on {ingress}"}
         if learn == "refused":
-            return {"result": "refused: MAC table full"}
+            return {"result": "refused: MAC table full of static entries"}
+        if learn == "limited":
+            return {"result": f"not learned: {ingress} holds its max_macs", **(current or {})}
         assert current is not None  # the source has an entry: hit, moved or kept
         if learn == "hit":
             return {"result": "refresh", **current}

@@ -143,3 +143,21 @@ def test_bad_limits_are_refused_and_change_nothing(rig):
     assert set(rig.dp.port_buckets(a)) == {"storm_broadcast"}
     with pytest.raises(LookupError):
         rig.dp.set_port_limits(63, storm_broadcast=5)
+
+
+def test_a_gro_run_to_a_policed_port_is_charged_as_the_frames_it_was_made_of(rig):
+    from test_gro import tcp_segments
+    segs = tcp_segments(10, 1000, 1000)
+    b = rig.add_port(1, vnet_hdr=True)
+    burst = 1 << 20
+    rig.dp.set_port_limits(b, rate_bytes=1, burst_bytes=burst, rx=False)
+    rig.dp.fdb_set_static(1, segs[0][:6], b)
+    # Queued before the port attaches: the loop reads them as one batch, and GRO makes one run of them.
+    a = rig.add_port(1, waiting=tuple(segs))
+    rig.wait_frames(len(segs), timeout=30)
+    got = rig.recv_all(b)
+    assert len(got) == 1 and rig.dp.loop_stats()["offload"]["gro_superframes"] == 1
+    left = rig.dp.port_buckets(b)["tx_bytes"]
+    # Charged for every frame's bytes as it came, headers included (a few bytes may have refilled meanwhile).
+    assert burst - sum(len(s) for s in segs) <= left <= burst - sum(len(s) for s in segs) + 5
+    assert rig.dp.port_counters(a)["drops"]["rate_limited_rx"] == 0

@@ -3,7 +3,7 @@
 # the lock and turned into Python objects after it, so the loop never waits
 # for Python.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 
 from fastpath.mactable cimport MT_STATIC, key_network, mac_key
@@ -122,3 +122,86 @@ cdef void policy_from(port_policy *pol, bint security, bint router, bint dhcp_se
     for i, a in enumerate(v6):
         memcpy(pol.ip6[i], <const char *>a, 16)
     pol.nmacs, pol.nip4, pol.nip6 = len(macs), len(v4), len(v6)
+
+
+cdef trunk_t *trunk_table(sw_t *sw, dict trunk, uint16_t native) except NULL:
+    """A trunk port's table, checked: networks in range, VIDs 1..4094 and
+    each once, the native network not also tagged."""
+    cdef trunk_t *t
+    vids = {}
+    for net, vid in trunk.items():
+        if not 1 <= net <= sw.max_networks:
+            raise ValueError(f"network id {net} is out of range [1, {sw.max_networks}]")
+        if not 1 <= vid <= 4094:
+            raise ValueError(f"VLAN ID {vid} is out of range [1, 4094]")
+        if vid in vids:
+            raise ValueError(f"VLAN ID {vid} is given to networks {vids[vid]} and {net}")
+        vids[vid] = net
+    if native > sw.max_networks:
+        raise ValueError(f"network id {native} is out of range [1, {sw.max_networks}]")
+    if native and native in trunk:
+        raise ValueError(f"network {native} is native and tagged ({trunk[native]}) at once")
+    t = <trunk_t *>calloc(1, sizeof(trunk_t) + (sw.max_networks + 1) * sizeof(uint16_t))
+    if t == NULL:
+        raise MemoryError()
+    t.net_vid = <uint16_t *>(t + 1)
+    for vid, net in vids.items():
+        t.vid_net[vid] = net
+        t.net_vid[net] = vid
+    if native:
+        t.vid_net[0] = native
+        t.net_vid[native] = VID_UNTAGGED
+    return t
+
+
+cdef object trunk_of(sw_t *sw, uint32_t idx):
+    """({network: VID}, native) of port idx if it is a trunk port, else None."""
+    cdef trunk_t *t = sw.vlan.trunks[idx]
+    if t == NULL:
+        return None
+    return ({n: t.net_vid[n] for n in range(1, sw.max_networks + 1)
+             if t.net_vid[n] and t.net_vid[n] != VID_UNTAGGED}, t.vid_net[0])
+
+
+cdef void limits_from(port_limits *lim, tuple storms, int64_t rate_bytes, int64_t burst_bytes, int64_t rate_fps,
+                      bint rx, bint tx, int64_t now) except *:
+    """Fill lim (limits.pxi) from the control plane's terms, refusing what does not fit:
+    storms are the storm_* frames/s of each kind (0: no limit); buckets start full at now."""
+    cdef uint32_t k
+    for name, v in (("storm_broadcast", storms[0]), ("storm_multicast", storms[1]),
+                    ("storm_unknown_unicast", storms[2]), ("rate_bytes", rate_bytes),
+                    ("burst_bytes", burst_bytes), ("rate_fps", rate_fps)):
+        if v < 0 or v > (1 << 40):
+            raise ValueError(f"{name} must be in [0, {1 << 40}], got {v}")
+    if rate_bytes and not burst_bytes:
+        raise ValueError("a byte rate needs a burst")
+    memset(lim, 0, sizeof(port_limits))
+    for k in range(STORM_KINDS):
+        if storms[k]:
+            bucket_set(&lim.storm[k], storms[k], max(1, storms[k] // 10), now)
+            lim.flags |= LIM_STORM
+    if rate_bytes or rate_fps:
+        if rx:
+            lim.flags |= LIM_RATE_RX
+        if tx:
+            lim.flags |= LIM_RATE_TX
+        if rate_bytes:
+            bucket_set(&lim.rx_bytes, rate_bytes, burst_bytes, now)
+            bucket_set(&lim.tx_bytes, rate_bytes, burst_bytes, now)
+        if rate_fps:
+            bucket_set(&lim.rx_frames, rate_fps, max(1, rate_fps // 10), now)
+            bucket_set(&lim.tx_frames, rate_fps, max(1, rate_fps // 10), now)
+
+
+cdef dict bucket_levels(port_limits *lim, int64_t now):
+    """What is left in each of lim's buckets with a rate at now, in units (below 0: a debt), by name."""
+    cdef bucket_t *buckets[7]
+    buckets[:] = [&lim.storm[STORM_BROADCAST], &lim.storm[STORM_MULTICAST], &lim.storm[STORM_UNKNOWN_UNICAST],
+                  &lim.rx_bytes, &lim.rx_frames, &lim.tx_bytes, &lim.tx_frames]
+    names = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast", "rx_bytes", "rx_frames", "tx_bytes",
+             "tx_frames")
+    out = {}
+    for i in range(7):
+        if buckets[i].rate:
+            out[names[i]] = bucket_level(buckets[i], now) / 1000.0
+    return out

@@ -223,51 +223,30 @@ cdef class Datapath:
         is given network 0: its frames' tags say theirs (vlan.pxi)."""
         cdef sw_t *sw = self.sw
         cdef uint32_t idx
-        cdef port_t *p
         cdef int rc = 0
         cdef trunk_t *t = NULL
-        if trunk is not None:
-            if network != 0:
-                raise ValueError("a trunk port is in no one network: give network 0")
-            t = self._trunk_table(trunk, native)
-        elif network < 1 or network > sw.max_networks:
+        if trunk is not None and network != 0:
+            raise ValueError("a trunk port is in no one network: give network 0")
+        if trunk is None and (network < 1 or network > sw.max_networks):
             raise ValueError(f"network id {network} is out of range [1, {sw.max_networks}]")
-        try:
-            idx = self._add_port(fd, network, mtu, vnet_hdr, t)
-        except BaseException:
+        if mtu < 68 or mtu > FRAME_ROOM - 18:
+            raise ValueError(f"MTU {mtu} is out of range [68, {FRAME_ROOM - 18}]")
+        os.set_blocking(fd, False)
+        if trunk is not None:
+            t = trunk_table(sw, trunk, native)
+        # All under the lock happens without the GIL: a thread holding the lock while it
+        # waits for the GIL (up to the 5 ms switch interval) would stall the loop as long.
+        with nogil:
+            pthread_mutex_lock(&sw.lock)
+            rc = sw_add_port(sw, fd, network, mtu, vnet_hdr, t, &idx)
+            pthread_mutex_unlock(&sw.lock)
+        if rc != 0:
             free(t)
-            raise
+        if rc < 0:
+            raise OverflowError(f"all {sw.max_ports} ports are in use")
+        if rc > 0:
+            raise OSError(rc, f"epoll_ctl(ADD) of fd {fd} failed: {os.strerror(rc)}")
         return idx
-
-    cdef trunk_t *_trunk_table(self, dict trunk, uint16_t native) except NULL:
-        """A trunk port's table, checked: networks in range, VIDs 1..4094 and
-        each once, the native network not also tagged."""
-        cdef sw_t *sw = self.sw
-        cdef trunk_t *t
-        vids = {}
-        for net, vid in trunk.items():
-            if not 1 <= net <= sw.max_networks:
-                raise ValueError(f"network id {net} is out of range [1, {sw.max_networks}]")
-            if not 1 <= vid <= 4094:
-                raise ValueError(f"VLAN ID {vid} is out of range [1, 4094]")
-            if vid in vids:
-                raise ValueError(f"VLAN ID {vid} is given to networks {vids[vid]} and {net}")
-            vids[vid] = net
-        if native > sw.max_networks:
-            raise ValueError(f"network id {native} is out of range [1, {sw.max_networks}]")
-        if native and native in trunk:
-            raise ValueError(f"network {native} is native and tagged ({trunk[native]}) at once")
-        t = <trunk_t *>calloc(1, sizeof(trunk_t) + (sw.max_networks + 1) * sizeof(uint16_t))
-        if t == NULL:
-            raise MemoryError()
-        t.net_vid = <uint16_t *>(t + 1)
-        for vid, net in vids.items():
-            t.vid_net[vid] = net
-            t.net_vid[net] = vid
-        if native:
-            t.vid_net[0] = native
-            t.net_vid[native] = VID_UNTAGGED
-        return t
 
     def set_trunk(self, uint32_t idx, dict trunk, uint16_t native=0) -> None:
         """Change what trunk port idx carries (as add_port takes it). Its FDB
@@ -278,7 +257,7 @@ cdef class Datapath:
         cdef bint ok
         cdef uint32_t net
         self._check_index(idx)
-        t = self._trunk_table(trunk, native)
+        t = trunk_table(self.sw, trunk, native)
         with nogil:
             pthread_mutex_lock(&sw.lock)
             ok = sw.ports[idx].state != PORT_FREE and sw.ports[idx].trunk
@@ -294,59 +273,8 @@ cdef class Datapath:
 
     def port_trunk(self, uint32_t idx):
         """({network: VID}, native) of a trunk port, None for an access port."""
-        cdef trunk_t *t
         self._check_index(idx)
-        t = self.sw.vlan.trunks[idx]
-        if t == NULL:
-            return None
-        return ({n: t.net_vid[n] for n in range(1, self.sw.max_networks + 1)
-                 if t.net_vid[n] and t.net_vid[n] != VID_UNTAGGED}, t.vid_net[0])
-
-    cdef uint32_t _add_port(self, int fd, uint16_t network, uint32_t mtu, bint vnet_hdr, trunk_t *t) except? 0xFFFFFFFF:
-        cdef sw_t *sw = self.sw
-        cdef uint32_t idx
-        cdef port_t *p
-        cdef int rc = 0
-        if mtu < 68 or mtu > FRAME_ROOM - 18:
-            raise ValueError(f"MTU {mtu} is out of range [68, {FRAME_ROOM - 18}]")
-        os.set_blocking(fd, False)
-        # All under the lock happens without the GIL: a thread holding the lock while it
-        # waits for the GIL (up to the 5 ms switch interval) would stall the loop as long.
-        with nogil:
-            pthread_mutex_lock(&sw.lock)
-            for idx in range(sw.max_ports):
-                if sw.ports[idx].state == PORT_FREE:
-                    break
-            else:
-                rc = -1
-            if rc == 0:
-                p = &sw.ports[idx]
-                p.gen += 1
-                p.fd = fd
-                p.mtu = mtu
-                p.network = network
-                p.vnet = vnet_hdr
-                p.trunk = 0
-                p.cap_fd = -1
-                p.cap_dir = 0
-                memset(&sw.policy[idx], 0, sizeof(port_policy))  # no policy until the control plane sets one
-                memset(&sw.limits[idx], 0, sizeof(port_limits))
-                mt_set_limit(&sw.mt, idx, 0)
-                memset(&sw.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
-                rc = sw.eng.port_up(sw.engine, idx)
-                if rc == 0:
-                    p.state = PORT_UP
-                    if t != NULL:
-                        vlan_set_trunk(sw, idx, t)
-                    else:
-                        p.next_in_net = sw.net_head[network]
-                        sw.net_head[network] = idx
-            pthread_mutex_unlock(&sw.lock)
-        if rc < 0:
-            raise OverflowError(f"all {sw.max_ports} ports are in use")
-        if rc > 0:
-            raise OSError(rc, f"epoll_ctl(ADD) of fd {fd} failed: {os.strerror(rc)}")
-        return idx
+        return trunk_of(self.sw, idx)
 
     def remove_port(self, uint32_t idx) -> None:
         """Detach a port and forget every FDB entry (learned or static) that names it.
@@ -418,35 +346,10 @@ cdef class Datapath:
         decide() its time); a change takes effect between two batches."""
         cdef sw_t *sw = self.sw
         cdef port_limits lim
-        cdef int64_t now = now_ms() if at_ms is None else at_ms
         cdef bint free_slot
-        cdef uint32_t k
         self._check_index(idx)
-        storms = (int(storm_broadcast), int(storm_multicast), int(storm_unknown_unicast))
-        rate_bytes, burst_bytes, rate_fps = int(rate_bytes), int(burst_bytes), int(rate_fps)
-        for name, v in (("storm_broadcast", storms[0]), ("storm_multicast", storms[1]),
-                        ("storm_unknown_unicast", storms[2]), ("rate_bytes", rate_bytes),
-                        ("burst_bytes", burst_bytes), ("rate_fps", rate_fps)):
-            if v < 0 or v > (1 << 40):
-                raise ValueError(f"{name} must be in [0, {1 << 40}], got {v}")
-        if rate_bytes and not burst_bytes:
-            raise ValueError("a byte rate needs a burst")
-        memset(&lim, 0, sizeof(port_limits))
-        for k in range(STORM_KINDS):
-            if storms[k]:
-                bucket_set(&lim.storm[k], storms[k], max(1, storms[k] // 10), now)
-                lim.flags |= LIM_STORM
-        if rate_bytes or rate_fps:
-            if rx:
-                lim.flags |= LIM_RATE_RX
-            if tx:
-                lim.flags |= LIM_RATE_TX
-            if rate_bytes:
-                bucket_set(&lim.rx_bytes, rate_bytes, burst_bytes, now)
-                bucket_set(&lim.tx_bytes, rate_bytes, burst_bytes, now)
-            if rate_fps:
-                bucket_set(&lim.rx_frames, rate_fps, max(1, rate_fps // 10), now)
-                bucket_set(&lim.tx_frames, rate_fps, max(1, rate_fps // 10), now)
+        limits_from(&lim, (int(storm_broadcast), int(storm_multicast), int(storm_unknown_unicast)), int(rate_bytes),
+                    int(burst_bytes), int(rate_fps), rx, tx, now_ms() if at_ms is None else at_ms)
         with nogil:
             pthread_mutex_lock(&sw.lock)
             free_slot = sw.ports[idx].state == PORT_FREE
@@ -469,16 +372,7 @@ cdef class Datapath:
             lim = self.sw.limits[idx]
             now = max(now_ms(), self.sw.lim_now) if given < 0 else given
             pthread_mutex_unlock(&self.sw.lock)
-        cdef bucket_t *buckets[7]
-        buckets[:] = [&lim.storm[STORM_BROADCAST], &lim.storm[STORM_MULTICAST], &lim.storm[STORM_UNKNOWN_UNICAST],
-                      &lim.rx_bytes, &lim.rx_frames, &lim.tx_bytes, &lim.tx_frames]
-        names = ("storm_broadcast", "storm_multicast", "storm_unknown_unicast", "rx_bytes", "rx_frames", "tx_bytes",
-                 "tx_frames")
-        out = {}
-        for i in range(7):
-            if buckets[i].rate:
-                out[names[i]] = bucket_level(buckets[i], now) / 1000.0
-        return out
+        return bucket_levels(&lim, now)
 
     def port_macs(self, uint32_t idx) -> tuple:
         """(learned MACs port idx holds, its max_macs; 0: no limit)."""

@@ -84,6 +84,45 @@ cdef void sw_port_down(sw_t *sw, uint32_t idx) noexcept nogil:
     write(sw.notify_efd, &one, sizeof(one))
 
 
+cdef int sw_add_port(sw_t *sw, int fd, uint16_t network, uint32_t mtu, bint vnet_hdr, trunk_t *t,
+                     uint32_t *out) noexcept nogil:
+    """Take a free port slot for fd (under the lock): 0 with its index in *out,
+    -1 when every slot is in use, or the engine's errno. A trunk port (t, which
+    it then owns) is in no network's list: its tags say its frames' networks."""
+    cdef uint32_t idx
+    cdef port_t *p
+    cdef int rc
+    for idx in range(sw.max_ports):
+        if sw.ports[idx].state == PORT_FREE:
+            break
+    else:
+        return -1
+    p = &sw.ports[idx]
+    p.gen += 1
+    p.fd = fd
+    p.mtu = mtu
+    p.network = network
+    p.vnet = vnet_hdr
+    p.trunk = 0
+    p.cap_fd = -1
+    p.cap_dir = 0
+    memset(&sw.policy[idx], 0, sizeof(port_policy))  # no policy until the control plane sets one
+    memset(&sw.limits[idx], 0, sizeof(port_limits))
+    mt_set_limit(&sw.mt, idx, 0)
+    memset(&sw.pctr[<size_t>idx * PC_COUNT], 0, PC_COUNT * sizeof(uint64_t))
+    rc = sw.eng.port_up(sw.engine, idx)
+    if rc != 0:
+        return rc
+    p.state = PORT_UP
+    if t != NULL:
+        vlan_set_trunk(sw, idx, t)
+    else:
+        p.next_in_net = sw.net_head[network]
+        sw.net_head[network] = idx
+    out[0] = idx
+    return 0
+
+
 cdef void sw_remove_port(sw_t *sw, uint32_t idx) noexcept nogil:
     """Take port idx out of its network and forget every FDB entry naming it."""
     cdef int32_t *link = &sw.net_head[sw.ports[idx].network]

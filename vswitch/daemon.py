@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__, reconcile
+from .allocator import keep_large_blocks_mapped
 from .api import ApiServer
 from .clusterconfig import load_cluster
 from .config import load_config
@@ -199,6 +200,7 @@ def reapply_config(path: Path | None, switch: Switch, store: StateStore, io_mode
 
 
 def run(args: argparse.Namespace) -> int:
+    keep_large_blocks_mapped()  # first thing: see allocator.py
     failure_errno = loop_failure_hook_errno()
     cluster_settings = load_cluster(args.config, getattr(args, "etcd", None))
     store = StateStore(args.state_dir)

@@ -53,7 +53,7 @@ def main() -> int:
     if args.memdebug:
         args.memdebug = args.memdebug.resolve()
         os.environ["VSWITCH_MEMDEBUG"] = str(args.memdebug)  # the daemon inherits it
-    samples: list[tuple[str, int, int]] = []
+    samples: list[tuple[str, int, int, int]] = []
     with Lab("churnrss") as lab:
         site = Site(lab, args.io_mode)
         site.add_container("c1", "blue", "02:00:00:09:00:01", "10.9.0.1/24")
@@ -76,6 +76,10 @@ def main() -> int:
         def rss() -> int:
             p = site.process()
             return p["rss_kib"] - p["buffers_rss_kib"]
+
+        def total_rss() -> int:
+            # Without the largest mapping is blind to a malloc heap that outgrows the frame buffers' touched pages.
+            return site.process()["rss_kib"]
 
         def capture() -> None:
             stream = site.client.stream("/v1/ports/c1/capture", idle_timeout=5)  # type: ignore[union-attr]
@@ -152,21 +156,22 @@ def main() -> int:
                 op()
             for block in range(args.blocks):
                 time.sleep(SETTLE_S)
-                r0, t = rss(), time.monotonic()
+                r0, t0, t = rss(), total_rss(), time.monotonic()
                 for i in range(args.rounds):
                     op()
                     if args.samples and i % SAMPLE_EVERY == 0:
-                        samples.append((name, block * args.rounds + i, rss()))
+                        samples.append((name, block * args.rounds + i, total_rss(), rss()))
                 time.sleep(SETTLE_S)
-                r1 = rss()
-                print(f"{name:8} block {block + 1}: {time.monotonic() - t:5.1f} s, RSS without frame buffers "
+                r1, t1 = rss(), total_rss()
+                print(f"{name:8} block {block + 1}: {time.monotonic() - t:5.1f} s, RSS {t0} -> {t1} KiB "
+                      f"({(t1 - t0) * 1024 / args.rounds:+.0f} B a round); without frame buffers "
                       f"{r0} -> {r1} KiB ({(r1 - r0) * 1024 / args.rounds:+.0f} B a round)", flush=True)
             if args.memdebug:
                 memdebug_report(name)
     if args.samples:
         with args.samples.open("w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(("op", "round", "rss_kib_without_buffers"))
+            w.writerow(("op", "round", "rss_kib", "rss_kib_without_buffers"))
             w.writerows(samples)
     return 0
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import __version__, reconcile
+from .allocator import keep_large_blocks_mapped
 from .api import ApiServer
 from .clusterconfig import load_cluster
 from .config import load_config
@@ -53,6 +54,7 @@ DEFAULT_METRICS = "127.0.0.1:9477"
 EXIT_LOOP_FAILED = 70  # EX_SOFTWARE: the forwarding loop died
 FIRST_TURN_TIMEOUT_S = 10.0
 TEST_LOOP_FAILURE_ENV = "VSWITCH_TEST_LOOP_FAILURE"
+MEMDEBUG_ENV = "VSWITCH_MEMDEBUG"  # a directory: see memdebug.py
 
 
 def parse_hostport(value: str) -> tuple[str, int]:
@@ -198,6 +200,7 @@ def reapply_config(path: Path | None, switch: Switch, store: StateStore, io_mode
 
 
 def run(args: argparse.Namespace) -> int:
+    keep_large_blocks_mapped()  # first thing: see allocator.py
     failure_errno = loop_failure_hook_errno()
     cluster_settings = load_cluster(args.config, getattr(args, "etcd", None))
     store = StateStore(args.state_dir)
@@ -225,6 +228,11 @@ def run(args: argparse.Namespace) -> int:
     api.bind()  # refuses to go on while another vswitchd answers on the socket
 
     signals = _Signals()
+    memdebug_dir = os.environ.get(MEMDEBUG_ENV)
+    if memdebug_dir:
+        from .memdebug import install  # a debugging aid: never imported unless asked for
+
+        install(memdebug_dir)
     if failure_errno is not None:
         log.warning("test hook on: SIGUSR2 makes the forwarding loop fail with %s", errno.errorcode.get(failure_errno, failure_errno))
         signal.signal(signal.SIGUSR2, lambda *_: switch.inject_loop_failure(failure_errno))

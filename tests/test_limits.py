@@ -33,6 +33,7 @@ from tests.harness.agent import Agent
 from tests.harness.frames import marked_frame, new_token
 from tests.harness.lan import IFNAME, Host, port_mac
 from tests.harness.lan import Lan as LanBase
+from tests.harness.lan import attached_host
 from tests.harness.netns import Netns
 from tests.harness.wait import wait_until
 
@@ -73,10 +74,7 @@ def make_lan(netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns]
     daemon = vswitchd_factory(config)
     hosts = {}
     for port, ns in namespaces.items():
-        assert ns.link_is_up(IFNAME)
-        agent = agent_factory(ns)
-        agent.sniff_start(IFNAME)
-        hosts[port] = Host(port, "blue", ns, agent)
+        hosts[port] = attached_host(port, "blue", ns, agent_factory)
     return Lan(daemon, hosts, (netns_factory, agent_factory))
 
 

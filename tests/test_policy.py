@@ -20,8 +20,9 @@ from scapy.packet import Packet
 
 from tests.harness.agent import Agent
 from tests.harness.frames import _mark, new_token
-from tests.harness.lan import IFNAME, Host, port_mac
+from tests.harness.lan import IFNAME, port_mac
 from tests.harness.lan import Lan as LanBase
+from tests.harness.lan import attached_host
 from tests.harness.netns import Netns
 from tests.harness.wait import wait_until
 
@@ -59,10 +60,7 @@ def lan(netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns], Age
     daemon = vswitchd_factory(config)
     hosts = {}
     for port, ns in namespaces.items():
-        assert ns.link_is_up(IFNAME)
-        agent = agent_factory(ns)
-        agent.sniff_start(IFNAME)
-        hosts[port] = Host(port, "blue", ns, agent)
+        hosts[port] = attached_host(port, "blue", ns, agent_factory)
     return Lan(daemon, hosts)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import ROOT, BenchError, Lab, interrupt_on_signals
-from machine import loadavg, machine_info
+from machine import loadavg, machine_info, write_results
 from topologies import NET, Topo, containers, port_toml, reachable, start_vswitchd, toml
 from traffic import IPERF_PORT, Runner, start_server
 
@@ -88,9 +88,7 @@ def main() -> int:
         r = res["ratio"][k]
         lines.append(f"| {k.replace('_', ' ')} | {v:.1f} | {r:.3f} | {'met' if r >= GOAL else 'missed'} |")
     md = "\n".join(lines) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
-    (out / "results.md").write_text(md)
+    write_results(out, res, md)
     print(md)
     return 0
 

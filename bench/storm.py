@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lab import ROOT, VENV_PY, BenchError, Lab, interrupt_on_signals
-from machine import loadavg, machine_info
+from machine import loadavg, machine_info, write_results
 from topologies import NET, PREFIX, Topo, containers, port_toml, reachable, start_vswitchd, toml
 from traffic import Runner, start_server
 
@@ -119,10 +118,8 @@ def main() -> int:
         print(f"storm: {e}", file=sys.stderr)
         return 1
     res["machine"]["loadavg_end"] = loadavg()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     md = markdown(res)
-    (out / "results.md").write_text(md)
+    write_results(out, res, md)
     print(md)
     return 0
 

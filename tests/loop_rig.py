@@ -8,6 +8,9 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
+
+import pytest
 
 from fastpath import Datapath
 
@@ -80,3 +83,11 @@ class LoopRig:
         self._thread.join(timeout=5)
         for s in list(self.ends.values()) + list(self._switch_ends.values()):
             s.close()
+
+
+@pytest.fixture
+def rig(io_mode: str) -> Iterator[LoopRig]:
+    """A LoopRig in the io_mode under test, closed after the test."""
+    r = LoopRig(io_mode=io_mode)
+    yield r
+    r.close()

@@ -32,6 +32,8 @@ import pytest
 from tests.harness.agent import Agent
 from tests.harness.frames import marked_frame, new_token
 from tests.harness.lan import IFNAME, Host, port_mac
+from tests.harness.lan import Lan as LanBase
+from tests.harness.lan import attached_host
 from tests.harness.netns import Netns
 from tests.harness.wait import wait_until
 
@@ -42,14 +44,10 @@ BEHIND_P4 = ["02:00:00:00:0b:01", "02:00:00:00:0b:02"]  # hosts behind a nested 
 TABLE = 64
 
 
-class Lan:
+class Lan(LanBase):
     def __init__(self, daemon: Any, hosts: dict[str, Host], factories: tuple) -> None:
-        self.daemon = daemon
-        self.hosts = hosts
+        super().__init__(daemon, hosts)
         self.factories = factories
-
-    def __getitem__(self, port: str) -> Host:
-        return self.hosts[port]
 
     def add(self, port: str, *options: str) -> Host:
         netns_factory, agent_factory = self.factories
@@ -60,13 +58,6 @@ class Lan:
         agent.sniff_start(IFNAME)
         self.hosts[port] = Host(port, "blue", ns, agent)
         return self.hosts[port]
-
-    def fence(self, sender: Host) -> None:
-        token = new_token("fence")
-        sender.send(sender.frame(BROADCAST, token))
-        for host in self.hosts.values():
-            if host is not sender:
-                assert host.wait(token) != [], f"fence from {sender.port} never reached {host.port}"
 
     def show(self, port: str) -> dict[str, Any]:
         return self.daemon.ctl("port", "show", port)
@@ -83,10 +74,7 @@ def make_lan(netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns]
     daemon = vswitchd_factory(config)
     hosts = {}
     for port, ns in namespaces.items():
-        assert ns.link_is_up(IFNAME)
-        agent = agent_factory(ns)
-        agent.sniff_start(IFNAME)
-        hosts[port] = Host(port, "blue", ns, agent)
+        hosts[port] = attached_host(port, "blue", ns, agent_factory)
     return Lan(daemon, hosts, (netns_factory, agent_factory))
 
 

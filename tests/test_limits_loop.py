@@ -13,20 +13,13 @@ import time
 
 import pytest
 
-from loop_rig import LoopRig
+from loop_rig import LoopRig, rig  # noqa: F401  (fixture)
 from rawframes import BROADCAST, eth, mac
 
 pytestmark = pytest.mark.io_modes
 
 MCAST = b"\x01\x00\x5e\x00\x00\x07"
 GSO_TCPV4 = 1
-
-
-@pytest.fixture
-def rig(io_mode):
-    r = LoopRig(io_mode=io_mode)
-    yield r
-    r.close()
 
 
 def storm(rig: LoopRig, src: int, frames: list[bytes]) -> float:

@@ -7,10 +7,11 @@ import textwrap
 
 import pytest
 
+from tests.harness.daemon import free_port
 from tests.harness.hosts import lab  # noqa: F401  (fixture)
 from tests.harness.tcp import tcp_transfer
 
-from loop_rig import LoopRig
+from loop_rig import LoopRig, rig  # noqa: F401  (fixture)
 from rawframes import BROADCAST, eth, mac, ones_sum, partial_udp
 
 VNET_F_NEEDS_CSUM = 1
@@ -35,13 +36,6 @@ def udp_frame_with_partial_csum(payload: bytes) -> tuple[bytes, bytes]:
     full_csum = ~ones_sum(src + dst + struct.pack("!BBH", 0, 17, udp_len) + struct.pack("!HHHH", 1000, 2000, udp_len, 0) + payload) & 0xFFFF
     full = eth(mac(2), mac(1), ethertype=0x0800) + ip + struct.pack("!HHHH", 1000, 2000, udp_len, full_csum or 0xFFFF) + payload
     return partial_udp(full)[1], full
-
-
-@pytest.fixture
-def rig(io_mode):
-    r = LoopRig(io_mode=io_mode)
-    yield r
-    r.close()
 
 
 def test_vnet_frames_pass_between_vnet_ports_header_and_all(rig):
@@ -417,6 +411,15 @@ class Vtep:
             reads += 1
         return reads
 
+    def delivered(self) -> list[bytes]:
+        """The frames waiting at the port's end, each with its vnet header."""
+        out = []
+        while True:
+            try:
+                out.append(self.end.recv(1 << 17))
+            except BlockingIOError:
+                return out
+
     def close(self) -> None:
         del self.dp
         for s in self.socks:
@@ -431,10 +434,7 @@ def test_a_superframe_crosses_the_tunnel_whole_as_one_gathered_write():
     the datagrams where they were read: the payload whole, the headers those
     of the first segment with the run's length, a partial checksum."""
     import os
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.1", 0))
-    vxlan_port = probe.getsockname()[1]
-    probe.close()
+    vxlan_port = free_port(socket.SOCK_DGRAM, "127.0.0.1")
     a = b = None
     try:
         a, b = Vtep("127.0.0.1", vxlan_port, "127.0.0.2"), Vtep("127.0.0.2", vxlan_port, "127.0.0.1")
@@ -446,12 +446,7 @@ def test_a_superframe_crosses_the_tunnel_whole_as_one_gathered_write():
         frame = frame[:VNET_HLEN] + eth(mac(2), mac(1), ethertype=0x0800) + frame[VNET_HLEN + 14:-len(payload)] + payload
         a.dp.forward(a.port, [frame])
         reads = b.poll_until_read()
-        out = []
-        while True:
-            try:
-                out.append(b.end.recv(1 << 17))
-            except BlockingIOError:
-                break
+        out = b.delivered()
         # The two trains (44 segments and 2: an IPv4 datagram's limit) arrive
         # in one receive unless the kernel queued the second late; every
         # receive's run leaves as one write.
@@ -482,10 +477,7 @@ def test_a_udp_gro_run_decided_once_still_counts_a_short_last_datagram():
     one's decision; a last datagram too short for a VXLAN and an Ethernet
     header is still counted as truncated, never delivered, even when the
     buffer holds matching bytes past its end from an earlier run."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    probe.bind(("127.0.0.2", 0))
-    vxlan_port = probe.getsockname()[1]
-    probe.close()
+    vxlan_port = free_port(socket.SOCK_DGRAM, "127.0.0.2")
     b = peer = None
     try:
         b = Vtep("127.0.0.2", vxlan_port, "127.0.0.1")
@@ -499,18 +491,10 @@ def test_a_udp_gro_run_decided_once_still_counts_a_short_last_datagram():
                          ("127.0.0.2", vxlan_port))
             b.poll_until_read()
 
-        def delivered() -> list[bytes]:
-            out = []
-            while True:
-                try:
-                    out.append(b.end.recv(1 << 17))
-                except BlockingIOError:
-                    return out
-
         train(datagram)  # six whole datagrams: the buffer now holds them
-        assert delivered() == [vnet() + datagram[8:]] * 6
+        assert b.delivered() == [vnet() + datagram[8:]] * 6
         train(datagram[:10])  # the same, but the last cut to 10 bytes
-        assert delivered() == [vnet() + datagram[8:]] * 5
+        assert b.delivered() == [vnet() + datagram[8:]] * 5
         assert b.dp.vxlan_drops()["truncated"] == 1
         assert b.dp.loop_stats()["offload"]["udp_gro_datagrams"] == 12
     finally:

@@ -20,7 +20,9 @@ from scapy.packet import Packet
 
 from tests.harness.agent import Agent
 from tests.harness.frames import _mark, new_token
-from tests.harness.lan import IFNAME, Host, port_mac
+from tests.harness.lan import IFNAME, port_mac
+from tests.harness.lan import Lan as LanBase
+from tests.harness.lan import attached_host
 from tests.harness.netns import Netns
 from tests.harness.wait import wait_until
 
@@ -32,21 +34,7 @@ ADDRS = {"p1": ("10.9.0.1", "fd09::1"), "p2": ("10.9.0.2", "fd09::2"), "p3": ("1
          "p4": ("10.9.0.4", "fd09::4")}
 
 
-class Lan:
-    def __init__(self, daemon: Any, hosts: dict[str, Host]) -> None:
-        self.daemon = daemon
-        self.hosts = hosts
-
-    def __getitem__(self, port: str) -> Host:
-        return self.hosts[port]
-
-    def fence(self, sender: Host) -> None:
-        token = new_token("fence")
-        sender.send(sender.frame(BROADCAST, token))
-        for host in self.hosts.values():
-            if host is not sender:
-                assert host.wait(token) != [], f"fence from {sender.port} never reached {host.port}"
-
+class Lan(LanBase):
     def drops(self, port: str) -> dict[str, int]:
         return {r: n for r, n in self.daemon.ctl("port", "show", port)["counters"]["drops"].items() if n}
 
@@ -72,10 +60,7 @@ def lan(netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns], Age
     daemon = vswitchd_factory(config)
     hosts = {}
     for port, ns in namespaces.items():
-        assert ns.link_is_up(IFNAME)
-        agent = agent_factory(ns)
-        agent.sniff_start(IFNAME)
-        hosts[port] = Host(port, "blue", ns, agent)
+        hosts[port] = attached_host(port, "blue", ns, agent_factory)
     return Lan(daemon, hosts)
 
 

@@ -13,7 +13,8 @@ from typing import Any, Callable
 import pytest
 
 from tests.harness.agent import Agent
-from tests.harness.lan import IFNAME, Host, port_mac
+from tests.harness.lan import IFNAME, Host, attached_host, port_mac
+from tests.harness.lan import Lan as LanBase
 from tests.harness.frames import new_token
 from tests.harness.netns import Netns
 from tests.harness.wait import wait_until
@@ -29,22 +30,7 @@ STATION = "02:00:00:00:0a:0a"
 TOPOLOGY = {"p1": "blue", "p2": "blue", "p3": "blue", "p4": "red"}
 
 
-class Lan:
-    def __init__(self, daemon: Any, hosts: dict[str, Host]) -> None:
-        self.daemon = daemon
-        self.hosts = hosts
-
-    def __getitem__(self, port: str) -> Host:
-        return self.hosts[port]
-
-    def fence(self, sender: Host) -> None:
-        """Broadcast from `sender` and wait until every other port of its network has it."""
-        token = new_token("fence")
-        sender.send(sender.frame(BROADCAST, token))
-        for host in self.hosts.values():
-            if host is not sender and host.network == sender.network:
-                assert host.wait(token) != [], f"fence from {sender.port} never reached {host.port}"
-
+class Lan(LanBase):
     def counters(self) -> dict[str, dict[str, Any]]:
         return self.daemon.ctl("stats")["ports"]
 
@@ -67,13 +53,8 @@ def lan(netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns], Age
     daemon = vswitchd_factory(config)
     hosts = {}
     for port, net in TOPOLOGY.items():
-        ns = namespaces[port]
-        # A ready daemon has attached every TAP: the interface is up with carrier.
-        assert ns.link_is_up(IFNAME), f"{IFNAME} of {port} is not up: {ns.link(IFNAME)}"
-        assert ns.link(IFNAME)["address"] == port_mac(port)
-        agent = agent_factory(ns)
-        agent.sniff_start(IFNAME)
-        hosts[port] = Host(port, net, ns, agent)
+        hosts[port] = attached_host(port, net, namespaces[port], agent_factory)
+        assert hosts[port].ns.link(IFNAME)["address"] == port_mac(port)
     return Lan(daemon, hosts)
 
 

@@ -16,7 +16,6 @@ frame was handled (and counted).
 """
 from __future__ import annotations
 
-import json
 import subprocess
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -28,7 +27,7 @@ from scapy.packet import Raw
 from tests.harness.agent import Agent
 from tests.harness.frames import has_token, marked_frame, new_token
 from tests.harness.netns import Netns
-from tests.harness.wait import wait_until
+from tests.harness.tcp import iperf3_64mib
 
 pytestmark = [pytest.mark.root, pytest.mark.io_modes]
 
@@ -309,29 +308,10 @@ def test_tcp_through_the_trunk_with_offloads(vlan_kernel: None, site: Site) -> N
     b1, t1 = site["b1"], site["t1"]
     add_vlan_subinterfaces(t1.ns)
     before = site.daemon.api("GET", "/v1/stats")[1]["loop"]["offload"]
-    server = subprocess.Popen(["ip", "netns", "exec", t1.ns.name, "iperf3", "-s", "-1", "-B",
-                               f"{SUBNET['blue']}.{TRUNK_HOST}"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        wait_until(lambda: ":5201" in t1.ns.exec("ss", "-ltnH").stdout, timeout=10, message="iperf3 never listened")
-        for reverse in ((), ("-R",)):
-            if reverse:  # -1: the server serves one test; start it again for the other direction
-                server.wait(timeout=30)
-                server = subprocess.Popen(["ip", "netns", "exec", t1.ns.name, "iperf3", "-s", "-1", "-B",
-                                           f"{SUBNET['blue']}.{TRUNK_HOST}"], stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE)
-                wait_until(lambda: ":5201" in t1.ns.exec("ss", "-ltnH").stdout, timeout=10, message="iperf3 never listened")
-            proc = b1.ns.exec("iperf3", "-c", f"{SUBNET['blue']}.{TRUNK_HOST}", "-n", "64M", "-J", *reverse,
-                              check=False, timeout=120)
-            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
-            result = json.loads(proc.stdout)
-            sent, received = result["end"]["sum_sent"]["bytes"], result["end"]["sum_received"]["bytes"]
-            assert sent >= 64 << 20 and received >= 0.9 * sent, result["end"]
-            print(f"iperf3 through the trunk{' (reverse)' if reverse else ''}: "
-                  f"{result['end']['sum_received']['bits_per_second'] / 1e9:.2f} Gbit/s")
-    finally:
-        if server.poll() is None:
-            server.terminate()
-            server.wait(timeout=10)
+    for reverse in (False, True):
+        end = iperf3_64mib(b1.ns, t1.ns, f"{SUBNET['blue']}.{TRUNK_HOST}", reverse)
+        print(f"iperf3 through the trunk{' (reverse)' if reverse else ''}: "
+              f"{end['sum_received']['bits_per_second'] / 1e9:.2f} Gbit/s")
     after = site.daemon.api("GET", "/v1/stats")[1]["loop"]["offload"]
     assert after["superframes_in"] > before["superframes_in"], (before, after)
     assert after["superframes_out"] > before["superframes_out"], (before, after)
@@ -444,25 +424,10 @@ def test_tcp_across_two_trunks_and_a_linux_bridge(
     assert [tag_of(f) for f in agent.wait_frames("eth0", has_token(token))] == [10], "the frame crossed the bridge untagged"
 
     before = daemon.api("GET", "/v1/stats")[1]
-    for reverse in ((), ("-R",)):
-        server = subprocess.Popen(["ip", "netns", "exec", c2_ns.name, "iperf3", "-s", "-1", "-B", f"{SUBNET['blue']}.2"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            wait_until(lambda: ":5201" in c2_ns.exec("ss", "-ltnH").stdout, timeout=10, message="iperf3 never listened")
-            proc = b1_ns.exec("iperf3", "-c", f"{SUBNET['blue']}.2", "-n", "64M", "-J", *reverse, check=False,
-                              timeout=120)
-            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
-            result = json.loads(proc.stdout)
-            # All 64 MiB sent, and the receiver's count (read as the sender ends) close behind: a
-            # tag or offload bug would have left TCP stalled on bad segments, or iperf3 failed.
-            sent, received = result["end"]["sum_sent"]["bytes"], result["end"]["sum_received"]["bytes"]
-            assert sent >= 64 << 20 and received >= 0.9 * sent, result["end"]
-            print(f"iperf3 b1 {'<-' if reverse else '->'} c2 across two trunks: "
-                  f"{result['end']['sum_received']['bits_per_second'] / 1e9:.2f} Gbit/s")
-        finally:
-            if server.poll() is None:
-                server.terminate()
-            server.wait(timeout=10)
+    for reverse in (False, True):
+        end = iperf3_64mib(b1_ns, c2_ns, f"{SUBNET['blue']}.2", reverse)
+        print(f"iperf3 b1 {'<-' if reverse else '->'} c2 across two trunks: "
+              f"{end['sum_received']['bits_per_second'] / 1e9:.2f} Gbit/s")
     after = daemon.api("GET", "/v1/stats")[1]
     offload = {k: after["loop"]["offload"][k] - before["loop"]["offload"][k] for k in ("superframes_in", "superframes_out")}
     assert offload["superframes_in"] > 0 and offload["superframes_out"] > 0, offload

@@ -12,7 +12,7 @@ import struct
 import pytest
 
 from fastpath import Datapath
-from loop_rig import LoopRig
+from loop_rig import LoopRig, rig  # noqa: F401  (fixture)
 from rawframes import BROADCAST, eth, mac, ones_sum
 from test_offloads import GSO_TCPV4, VNET_F_NEEDS_CSUM, tcp_superframe, udp_frame_with_partial_csum, vnet
 
@@ -30,13 +30,6 @@ def tagged_vnet(hdr: bytes) -> bytes:
     flags, gso, hdr_len, gso_size, start, offset, nbuf = struct.unpack("<BBHHHHH", hdr)
     return struct.pack("<BBHHHHH", flags, gso, hdr_len + 4 if hdr_len else 0, gso_size, start + 4 if start else 0,
                        offset, nbuf)
-
-
-@pytest.fixture
-def rig(io_mode):
-    r = LoopRig(io_mode=io_mode)
-    yield r
-    r.close()
 
 
 def test_a_superframe_leaves_a_trunk_tagged_with_its_offsets_moved(rig):

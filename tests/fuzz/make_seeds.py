@@ -17,6 +17,8 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from targets import VNET_HLEN, record  # noqa: E402
 
+from vswitch.neighframes import _sum as ones_sum  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 A, B, C = "02:00:00:00:00:0a", "02:00:00:00:00:0b", "02:00:00:00:00:0c"
 BCAST = "ff:ff:ff:ff:ff:ff"
@@ -24,15 +26,6 @@ BCAST = "ff:ff:ff:ff:ff:ff"
 
 def vnet(flags=0, gso=0, hdr_len=0, gso_size=0, cs=0, co=0) -> bytes:
     return struct.pack("<BBHHHHH", flags, gso, hdr_len, gso_size, cs, co, 0)
-
-
-def ones(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 def partial(frame: bytes, l2: int = 14) -> tuple[bytes, bytes]:
@@ -45,7 +38,7 @@ def partial(frame: bytes, l2: int = 14) -> tuple[bytes, bytes]:
         ihl, proto, addrs = 40, ip[6], ip[8:40]
     l4_len = len(ip) - ihl
     co = 16 if proto == 6 else 6
-    pseudo = ones(addrs + struct.pack("!BBH", 0, proto, l4_len))
+    pseudo = ones_sum(addrs + struct.pack("!BBH", 0, proto, l4_len))
     at = l2 + ihl + co
     return vnet(1, 0, 0, 0, l2 + ihl, co), frame[:at] + struct.pack("!H", pseudo) + frame[at + 2:]
 

@@ -306,9 +306,13 @@ _rig: Rig | None = None
 
 
 def rig() -> Rig:
+    """The shared Rig, as an input starts: no MAC entries (static ones too),
+    nothing waiting at its ports."""
     global _rig
     if _rig is None:
         _rig = Rig()
+    _rig.dp.fdb_flush(0, None, True)
+    _rig.drain()
     return _rig
 
 
@@ -333,8 +337,6 @@ def fuzz_decide(data: bytes) -> None:
     dp = r.dp
     n_ports = len(r.PORTS)
     ops = [(h[0], body) for h, body in records(data, 1)]
-    dp.fdb_flush(0, None, True)
-    r.drain()
     i = 0
     while i < len(ops):
         op, body = ops[i]
@@ -403,8 +405,6 @@ def fuzz_vxlan(data: bytes) -> None:
     r = rig()
     dp = r.dp
     recs = [(h[0], body) for h, body in records(data, 1)]
-    dp.fdb_flush(0, None, True)
-    r.drain()
     i = 0
     while i < len(recs):
         sender, first = recs[i]

@@ -18,10 +18,10 @@ START_DEADLINE_S = 30.0
 CTL_TIMEOUT_S = 30.0
 
 
-def free_port(kind: socket.SocketKind = socket.SOCK_STREAM) -> int:
+def free_port(kind: socket.SocketKind = socket.SOCK_STREAM, addr: str = "127.0.0.1") -> int:
     """A loopback port free right now (another process could still take it before use)."""
     with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((addr, 0))
         return s.getsockname()[1]
 
 

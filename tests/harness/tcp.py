@@ -1,9 +1,14 @@
 """A TCP transfer between two namespaces, checked end to end."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
+from typing import Any
+
+from tests.harness.netns import Netns
+from tests.harness.wait import wait_until
 
 SERVER = textwrap.dedent("""
     import hashlib, socket, sys
@@ -38,3 +43,26 @@ def tcp_transfer(client_ns: str, server_ns: str, server_ip: str, nbytes: int) ->
         server.kill()
         server.wait()
     assert (int(n), digest) == (nbytes, client.stdout.strip())
+
+
+def iperf3_64mib(client: Netns, server: Netns, server_ip: str, reverse: bool = False) -> dict[str, Any]:
+    """Move 64 MiB over TCP with iperf3 from client to server_ip (in server),
+    or the other way when reverse, and check that all of it was sent and the
+    receiver's count (read as the sender ends) is close behind: a tag or
+    offload bug leaves TCP stalled on bad segments, or iperf3 failed.
+    Returns iperf3's "end" section."""
+    proc = subprocess.Popen(["ip", "netns", "exec", server.name, "iperf3", "-s", "-1", "-B", server_ip],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: ":5201" in server.exec("ss", "-ltnH").stdout, timeout=10, message="iperf3 never listened")
+        run = client.exec("iperf3", "-c", server_ip, "-n", "64M", "-J", *(("-R",) if reverse else ()), check=False,
+                          timeout=120)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr
+        end = json.loads(run.stdout)["end"]
+        sent, received = end["sum_sent"]["bytes"], end["sum_received"]["bytes"]
+        assert sent >= 64 << 20 and received >= 0.9 * sent, end
+        return end
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(timeout=10)

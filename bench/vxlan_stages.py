@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from fastpath import Datapath  # noqa: E402
-from rawframes import BROADCAST, eth, mac, ones_sum  # noqa: E402
+from rawframes import BROADCAST, eth, mac, ones_sum, recv_waiting  # noqa: E402
 
 UDP_SEGMENT, UDP_GRO = 103, 104
 SO_RCVBUFFORCE, SO_SNDBUFFORCE = 33, 32
@@ -94,12 +94,7 @@ class Vtep:
         return s
 
     def drain(self) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                out.append(self.end.recv(1 << 17))
-            except BlockingIOError:
-                return out
+        return recv_waiting(self.end)
 
     def close(self) -> None:
         del self.dp  # the datapath lets go of the fds before they close

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from fastpath import Datapath
+from rawframes import recv_waiting
 
 
 class LoopRig:
@@ -68,12 +69,7 @@ class LoopRig:
         self.wait_frames(before + 1)
 
     def recv_all(self, idx: int) -> list[bytes]:
-        out = []
-        while True:
-            try:
-                out.append(self.ends[idx].recv(70000))
-            except BlockingIOError:
-                return out
+        return recv_waiting(self.ends[idx])
 
     def drain(self) -> dict[int, list[bytes]]:
         return {idx: self.recv_all(idx) for idx in self.ends}

@@ -1,6 +1,7 @@
 """Small frame builders for the no-root tests (bytes, no scapy needed)."""
 from __future__ import annotations
 
+import socket
 import struct
 
 BROADCAST = b"\xff" * 6
@@ -68,3 +69,13 @@ def neighbour_solicitation(src: bytes, ip_src: str, target: str, dst: bytes | No
     icmp = icmp[:2] + struct.pack("!H", csum) + icmp[4:]
     ip6 = struct.pack("!IHBB", 0x60000000, len(icmp), 58, hop_limit) + s + group
     return eth(dst or group_mac, src, ip6 + icmp, ethertype=0x86DD)
+
+
+def recv_waiting(sock: socket.socket, size: int = 1 << 17) -> list[bytes]:
+    """Every message waiting on a non-blocking socket, in order."""
+    out = []
+    while True:
+        try:
+            out.append(sock.recv(size))
+        except BlockingIOError:
+            return out

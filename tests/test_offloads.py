@@ -12,7 +12,7 @@ from tests.harness.hosts import lab  # noqa: F401  (fixture)
 from tests.harness.tcp import tcp_transfer
 
 from loop_rig import LoopRig, rig  # noqa: F401  (fixture)
-from rawframes import BROADCAST, eth, mac, ones_sum, partial_udp
+from rawframes import BROADCAST, eth, mac, ones_sum, partial_udp, recv_waiting
 
 VNET_F_NEEDS_CSUM = 1
 VNET_HLEN = 12
@@ -413,12 +413,7 @@ class Vtep:
 
     def delivered(self) -> list[bytes]:
         """The frames waiting at the port's end, each with its vnet header."""
-        out = []
-        while True:
-            try:
-                out.append(self.end.recv(1 << 17))
-            except BlockingIOError:
-                return out
+        return recv_waiting(self.end)
 
     def close(self) -> None:
         del self.dp

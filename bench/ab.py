@@ -1,6 +1,7 @@
 """Two builds of vswitch side by side, B against A: `make bench-ab A=DIR B=DIR` (as root).
 
     .venv/bin/python bench/ab.py --a DIR --b DIR [--rounds N] [--seconds S] [--only same_host,vxlan]
+                                 [--modes uring,poll] [--kinds tcp,udp,udp_flows,ping_adaptive]
                                  [--threshold T] [--out DIR]
 
 Each DIR is a vswitch checkout with its own .venv and fastpath built in place
@@ -20,6 +21,8 @@ throughput at ≥ T× A's, CPU and latency at ≤ 1/T×) and the median of the
 round-by-round ratios, in results.md and results.json under --out (default
 bench/results/ab-<date>-<time>/). Sections: same_host (two containers through
 one vswitchd; the default) and vxlan (two hosts over VXLAN).
+--modes and --kinds narrow a run to the I/O modes and figures in question,
+so one figure can be given many more rounds (the others are not compared).
 Everything it creates is removed on exit, Ctrl-C included.
 Exit status: 0 when B meets the threshold on every figure, 3 when it misses
 one, 1 when a figure could not be measured.
@@ -70,7 +73,7 @@ def schedule(rounds: int, modes: tuple[str, ...]) -> Iterator[tuple[int, str, in
 
 
 def section(name: str, checkouts: dict[str, Checkout], modes: tuple[str, ...], rounds: int,
-            seconds: float) -> dict[str, Any]:
+            seconds: float, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
     """Every round of one topology: per mode and side, one record per round, in round order."""
     records: dict[str, dict[str, list[dict[str, Any]]]] = {m: {s: [] for s in SIDES} for m in modes}
     started = time.monotonic()
@@ -83,7 +86,7 @@ def section(name: str, checkouts: dict[str, Checkout], modes: tuple[str, ...], r
         t0 = time.monotonic()
         try:
             rec["runs"], _ = measure_fresh(f"{name[:2]}{side}{mode[0]}", SECTIONS[name](mode, checkouts[side]),
-                                           seconds, log, KINDS)
+                                           seconds, log, kinds)
         except BenchError as e:
             rec["error"] = str(e)
             log(f"    not measured: {e}")
@@ -100,6 +103,9 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=3.0, help="length of each TCP and UDP run (3)")
     ap.add_argument("--only", default="same_host", help=f"comma-separated subset of {','.join(SECTIONS)} "
                     "(same_host)")
+    ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)} (both)")
+    ap.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}, "
+                    "taken in that order on each topology (all)")
     ap.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                     help=f"the least B/A a throughput may come to; CPU and latency at most its inverse "
                     f"({DEFAULT_THRESHOLD})")
@@ -110,6 +116,11 @@ def main() -> int:
     if unknown or not only:
         ap.error(f"--only: unknown section(s) {', '.join(sorted(unknown)) or '(none given)'}; "
                  f"choose from {','.join(SECTIONS)}")
+    asked_modes, kinds = args.modes.split(","), tuple(k for k in KINDS if k in args.kinds.split(","))
+    if set(asked_modes) - set(MODES) or not asked_modes:
+        ap.error(f"--modes: choose from {','.join(MODES)}")
+    if set(args.kinds.split(",")) - set(KINDS) or not kinds:
+        ap.error(f"--kinds: choose from {','.join(KINDS)}")
     if args.rounds < 1:
         ap.error("--rounds: at least 1")
     if args.seconds < 1.0:
@@ -132,11 +143,13 @@ def main() -> int:
     try:
         install_packages(DEB_PACKAGES, log)
         why = uring_unavailable()
-        modes = tuple(m for m in MODES if not (m == "uring" and why))
+        modes = tuple(m for m in MODES if m in asked_modes and not (m == "uring" and why))
+        if not modes:
+            raise BenchError(f"no I/O mode left to measure: io_uring is unavailable here ({why})")
         res: dict[str, Any] = {
             "started_utc": now.isoformat(timespec="seconds"), "rounds": args.rounds, "seconds": args.seconds,
             "threshold": args.threshold, "ping": f"ping -A -c {PING_ADAPTIVE_COUNT}",
-            "io_modes": list(modes), "io_uring_unavailable": why or None,
+            "io_modes": list(modes), "kinds": list(kinds) if kinds != KINDS else None, "io_uring_unavailable": why or None,
             "sides": {side: {"dir": str(c.root), "version": c.version(), "imports": builds[side]}
                       for side, c in checkouts.items()},
             "tool": {"dir": str(THIS.root), "version": THIS.version()},
@@ -155,8 +168,8 @@ def main() -> int:
             f"runs of {args.seconds:g} s, modes {', '.join(topologies.IO_MODE_NAMES[m] for m in modes)}")
         for name in only:
             log(f"{ab_report.TITLES[name]}")
-            res[name] = section(name, checkouts, modes, args.rounds, args.seconds)
-            res[name]["figures"] = ab_report.compare(res[name]["modes"], args.threshold)
+            res[name] = section(name, checkouts, modes, args.rounds, args.seconds, kinds)
+            res[name]["figures"] = ab_report.compare(res[name]["modes"], args.threshold, kinds)
         res["verdict"] = ab_report.verdict([f for name in only for f in res[name]["figures"]], args.threshold)
         run_ended(res, started)
         md = ab_report.markdown(res, only)

@@ -40,12 +40,16 @@ def meets(ratio: float | None, higher: bool, threshold: float) -> bool | None:
     return ratio >= threshold if higher else ratio <= 1 / threshold
 
 
-def compare(modes: dict[str, dict[str, list[dict[str, Any]]]], threshold: float) -> list[dict[str, Any]]:
-    """Per I/O mode and figure: both sides' medians, B/A of the medians, the median of the
-    round-by-round ratios (rounds where both sides were measured) and the verdict."""
+def compare(modes: dict[str, dict[str, list[dict[str, Any]]]], threshold: float,
+            kinds: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+    """Per I/O mode and figure (of the kinds measured, all if None): both sides' medians, B/A of the
+    medians, the median of the round-by-round ratios (rounds where both sides were measured) and
+    the verdict."""
     rows = []
     for mode, sides in modes.items():
         for key, (kind, field), label, higher in [f for f in FIGURES if f[0] in COMPARED] + INFORMATIONAL:
+            if kinds is not None and kind not in kinds:
+                continue
             a, b = values(sides["A"], kind, field), values(sides["B"], kind, field)
             med_a, med_b = median(a), median(b)
             ratio = med_b / med_a if med_a and med_b is not None else None
@@ -129,6 +133,9 @@ def markdown(res: dict[str, Any], sections: list[str]) -> str:
            f"≤ {1 / t:.3f}× (1/{t:g}). \"Round by round\" is the median of the ratios within each round, whose two "
            "runs were taken close together; where it disagrees with the verdict, the figure is within this run's "
            "noise.", ""]
+    if res.get("kinds"):  # set only when narrowed
+        out += [f"Narrowed to the figures of {', '.join(res['kinds'])}, taken in that order on each topology; "
+                "nothing else was measured or compared.", ""]
     if res.get("io_uring_unavailable"):
         out += [f"The io_uring mode was not measured: {res['io_uring_unavailable']}", ""]
     for name in sections:

@@ -149,7 +149,8 @@ def main() -> int:
         res: dict[str, Any] = {
             "started_utc": now.isoformat(timespec="seconds"), "rounds": args.rounds, "seconds": args.seconds,
             "threshold": args.threshold, "ping": f"ping -A -c {PING_ADAPTIVE_COUNT}",
-            "io_modes": list(modes), "kinds": list(kinds) if kinds != KINDS else None, "io_uring_unavailable": why or None,
+            "io_modes": list(modes), "io_uring_unavailable": why or None,
+            "kinds": list(kinds) if kinds != KINDS else None,
             "sides": {side: {"dir": str(c.root), "version": c.version(), "imports": builds[side]}
                       for side, c in checkouts.items()},
             "tool": {"dir": str(THIS.root), "version": THIS.version()},

@@ -160,7 +160,7 @@ fuzz-coverage: deps test-deps $(EDITABLE_STAMP)
 		--out $(BUILD)/fuzz/coverage.md
 
 test: deps test-deps build
-	$(PYTEST) tests
+	$(PYTEST) --durations=15 tests
 
 demo: deps test-deps build
 	bash tools/demo.sh

@@ -5,8 +5,10 @@ Three containers on one vswitchd: c1 sends TCP to c2 (iperf3) while c3
 sends broadcast frames as fast as it can (ready-made frames through a
 packet socket, PACKET_QDISC_BYPASS, a send per frame from Python). Each
 setting is measured without the storm, then with it; the figure is the
-neighbours' TCP with the storm against without, and how many storm frames
-a second the switch flooded to them (c3's flooded counter over the storm).
+neighbours' TCP with the storm against without, how many storm frames a
+second the sender offered (those its TAP's full queue refused included),
+the switch read (c3's rx_packets over the storm) and flooded to them (c3's
+flooded counter), and how often the switch paused c3 (fastpath/pause.pxi).
 The issue's goal: with the defaults, neighbours keep at least half their
 no-storm TCP. Results go to bench/results/storm-<date>/ (json and md).
 """
@@ -34,15 +36,15 @@ s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 s.setsockopt(263, 20, 1)  # SOL_PACKET, PACKET_QDISC_BYPASS: straight to the TAP
 s.bind(("eth0", 0))
 frame = b"\\xff" * 6 + bytes.fromhex(sys.argv[1].replace(":", "")) + b"\\x88\\xb5" + bytes(46)
-end, n = time.monotonic() + float(sys.argv[2]), 0
+end, n, refused = time.monotonic() + float(sys.argv[2]), 0, 0
 while time.monotonic() < end:
     for _ in range(256):
         try:
             s.send(frame)
             n += 1
-        except OSError:  # ENOBUFS: the TAP's queue is full; go on offering
-            pass
-print(n, flush=True)
+        except OSError:  # ENOBUFS: the TAP's queue is full and dropped it; go on offering
+            refused += 1
+print(n, refused, flush=True)
 """
 
 
@@ -76,11 +78,14 @@ def measure(storm_control: bool, seconds: float) -> dict[str, Any]:
         storm.wait(seconds + 30)
         if not lab.output("storm").strip():
             raise BenchError(f"the storm sender printed nothing: {lab.log_tail('storm')}")
-        sent = int(lab.output("storm").split()[0])
+        sent, refused = (int(v) for v in lab.output("storm").split()[:2])
         return {"storm_control": storm_control, "tcp_gbit_s_quiet": quiet, "tcp_gbit_s_storm": stormy,
                 "ratio": stormy / quiet if quiet else None, "storm_frames_sent": sent,
-                "storm_fps_offered": sent / (seconds + 2),
+                "storm_frames_refused": refused,
+                "storm_fps_offered": (sent + refused) / (seconds + 2),
+                "storm_fps_read": (after["rx_packets"] - before["rx_packets"]) / window,
                 "storm_fps_flooded": (after["flooded"] - before["flooded"]) / window,
+                "storm_pauses": after.get("paused", 0) - before.get("paused", 0),
                 "storm_dropped": after["drops"]["storm_broadcast"] - before["drops"]["storm_broadcast"]}
 
 
@@ -89,11 +94,11 @@ def markdown(res: dict[str, Any]) -> str:
              f"{res['machine']['cpu']}, {res['machine']['cores']} cores; one TCP run of {res['seconds']:g} s each; "
              f"load average at the end {res['machine']['loadavg_end']}.", "",
              "| storm control | TCP quiet Gbit/s | TCP in storm Gbit/s | in storm ÷ quiet | storm frames/s offered "
-             "| flooded to neighbours /s |", "|---|---|---|---|---|---|"]
+             "| read by the switch /s | flooded to neighbours /s | pauses |", "|---|---|---|---|---|---|---|---|"]
     for r in res["runs"]:
         lines.append(f"| {'on (defaults)' if r['storm_control'] else 'off'} | {r['tcp_gbit_s_quiet']:.2f} | "
                      f"{r['tcp_gbit_s_storm']:.2f} | {r['ratio']:.2f} | {r['storm_fps_offered']:.0f} | "
-                     f"{r['storm_fps_flooded']:.0f} |")
+                     f"{r['storm_fps_read']:.0f} | {r['storm_fps_flooded']:.0f} | {r['storm_pauses']} |")
     on = next(r for r in res["runs"] if r["storm_control"])
     lines += ["", f"Goal (defaults: neighbours keep at least half their no-storm TCP): "
               f"{'met' if on['ratio'] >= 0.5 else 'missed'} ({on['ratio']:.2f})."]

@@ -141,10 +141,11 @@ def test_storm_limits_set_to_zero_during_a_storm_resume_reading_at_once(netns_fa
         lan.daemon.ctl("port", "set", "p1", "--storm-broadcast", "0")
         changed = time.monotonic()
         pauses = counters(lan, "p1")["paused"]
-        # Read on at the storm's pace: far more flooded than the old limit allows in the whole storm.
-        wait_until(lambda: counters(lan, "p1")["flooded"] > 20 * STORM_FPS * (time.monotonic() - storm.started + 1),
+        # Read on at the storm's pace: three times what the old limit allowed over the whole storm.
+        # (Its neighbours are not checked here: with no storm control they are flooded, as they would be.)
+        wait_until(lambda: counters(lan, "p1")["flooded"]
+                   > 3 * (STORM_FPS * (time.monotonic() - storm.started) + STORM_FPS // 10 + 1),
                    timeout=30, message="the storm was not flooded once its limit was lifted")
-        neighbour_unicast_passes(lan)
     finally:
         storm.stop()
     assert counters(lan, "p1")["paused"] == pauses, "paused again with no storm limit"

@@ -24,7 +24,8 @@ from typing import Any
 
 from lab import ROOT, VENV_PY, BenchError, Lab, interrupt_on_signals
 from machine import loadavg, machine_info, write_results
-from topologies import NET, PREFIX, Topo, containers, port_toml, reachable, start_vswitchd, toml
+from topologies import (NET, PREFIX, Topo, containers, default_io_mode, port_toml, reachable, start_vswitchd,
+                        toml)
 from traffic import Runner, start_server
 
 from vswitch.client import Client
@@ -48,7 +49,7 @@ print(n, refused, flush=True)
 """
 
 
-def build(lab: Lab, storm_control: bool) -> tuple[Topo, Any, Client]:
+def build(lab: Lab, storm_control: bool, io_mode: str | None) -> tuple[Topo, Any, Client]:
     c1, c2 = containers(lab)
     c3 = lab.netns("c3")
     off = {} if storm_control else {"storm_broadcast": 0, "storm_multicast": 0}
@@ -57,7 +58,7 @@ def build(lab: Lab, storm_control: bool) -> tuple[Topo, Any, Client]:
         config += port_toml(name, ns, i)[:-1] + "".join(f"{k} = {v}\n" for k, v in off.items()) + "\n"
     config += toml("[[port]]", {"name": "c3", "netns": c3.name, "network": "bench", "ifname": "eth0",
                                 "mac": ATTACKER_MAC, "ip": f"{NET}3/{PREFIX}", **off})
-    proc, sock = start_vswitchd(lab, "vswitchd", config)
+    proc, sock = start_vswitchd(lab, "vswitchd", config, io_mode=io_mode)
     for c in (c1, c2, c3):
         c.ip("link", "set", "eth0", "up")
     topo = Topo(c1, c2, f"{NET}2", [proc.pid], api_socket=sock)
@@ -65,9 +66,9 @@ def build(lab: Lab, storm_control: bool) -> tuple[Topo, Any, Client]:
     return topo, c3, Client(sock, timeout=5.0)
 
 
-def measure(storm_control: bool, seconds: float) -> dict[str, Any]:
+def measure(storm_control: bool, seconds: float, io_mode: str | None) -> dict[str, Any]:
     with Lab("st") as lab:
-        topo, c3, client = build(lab, storm_control)
+        topo, c3, client = build(lab, storm_control, io_mode)
         runner = Runner(lab, topo, start_server(lab, topo))
         quiet = runner.tcp(seconds)["gbit_s"]
         before, t0 = client.request("GET", "/v1/ports/c3")["counters"], time.monotonic()
@@ -91,7 +92,8 @@ def measure(storm_control: bool, seconds: float) -> dict[str, Any]:
 
 def markdown(res: dict[str, Any]) -> str:
     lines = [f"# Broadcast storm against neighbours' TCP, {res['date']}", "",
-             f"{res['machine']['cpu']}, {res['machine']['cores']} cores; one TCP run of {res['seconds']:g} s each; "
+             f"{res['machine']['cpu']}, {res['machine']['cores']} cores; I/O mode {res.get('io_mode', 'auto')}; "
+             f"one TCP run of {res['seconds']:g} s each; "
              f"load average at the end {res['machine']['loadavg_end']}.", "",
              "| storm control | TCP quiet Gbit/s | TCP in storm Gbit/s | in storm ÷ quiet | storm frames/s offered "
              "| read by the switch /s | flooded to neighbours /s | pauses |", "|---|---|---|---|---|---|---|---|"]
@@ -108,6 +110,7 @@ def markdown(res: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--io-mode", choices=("poll", "uring"), help="the datapath's I/O mode (default: vswitchd's auto)")
     ap.add_argument("--out", type=Path, help="results directory (default bench/results/storm-<date>/)")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -116,9 +119,10 @@ def main() -> int:
     interrupt_on_signals()
     date = datetime.date.today().isoformat()
     out = args.out or ROOT / "bench" / "results" / f"storm-{date}"
-    res: dict[str, Any] = {"date": date, "seconds": args.seconds, "machine": machine_info()}
+    res: dict[str, Any] = {"date": date, "seconds": args.seconds, "io_mode": args.io_mode or default_io_mode(),
+                           "machine": machine_info()}
     try:
-        res["runs"] = [measure(True, args.seconds), measure(False, args.seconds)]
+        res["runs"] = [measure(True, args.seconds, args.io_mode), measure(False, args.seconds, args.io_mode)]
     except BenchError as e:
         print(f"storm: {e}", file=sys.stderr)
         return 1

@@ -6,7 +6,7 @@
 #   engine_ops  what the forwarding code asks of an I/O engine. The engine
 #               reads frames and hands batches to forward_batch(); the
 #               forwarding code never sees a ring, an SQE or an epoll fd.
-from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from fastpath.frame cimport VNET_HLEN, vnet_info
@@ -45,6 +45,7 @@ cdef struct port_t:
     uint8_t trunk                  # a trunk port (vlan.pxi): network is 0, its frames' tags say theirs
     int cap_fd                     # capture socket, -1 when nobody captures
     uint8_t cap_dir                # CAP_IN | CAP_OUT
+    int64_t resume_ms              # paused (pause.pxi): not read until the loop's clock reaches it; 0: read
 
 cdef struct frame_t:
     uint8_t *data                  # the Ethernet header; HEADROOM bytes are free before it
@@ -83,6 +84,11 @@ cdef struct engine_ops:
     # Port idx is going away, removed by the control plane or, from_loop, its
     # fd failed. Returns a ticket for released(), 0 when there is nothing to wait for.
     uint64_t (*port_down)(void *eng, uint32_t idx, bint from_loop) noexcept nogil
+    # Stop reading port idx (from the loop, lock held): its frames wait in its
+    # fd's queue, and it must not wake the loop, until resume() (pause.pxi).
+    void (*pause)(void *eng, uint32_t idx) noexcept nogil
+    # Read port idx again (lock held), from the loop or, from_loop false, the control plane.
+    void (*resume)(void *eng, uint32_t idx, bint from_loop) noexcept nogil
     # Whether the loop no longer holds what port_down(ticket) named (lock not held).
     bint (*released)(void *eng, uint64_t ticket) noexcept nogil
     # Start reading the tunnel's socket (0, or an errno).

@@ -16,11 +16,12 @@ cdef enum:  # port counters: PC_COUNT per port, in one flat array
     PC_ARP_SUPPRESSED              # ARP requests from this port the switch answered itself
     PC_ND_SUPPRESSED               # neighbour solicitations likewise
     PC_MAC_LIMITED                 # frames whose source MAC was not learned: the port holds its max_macs
+    PC_PAUSED                      # times the loop stopped reading the port: its storm buckets were dry (pause.pxi)
     PC_DROPS                       # DROP_REASONS counters follow, by frame.drop_reason
     PC_CAPTURE_DROPS = PC_DROPS + DROP_REASONS   # mirrored frames the capture reader was too slow for
     PC_COUNT
 PORT_COUNTER_NAMES = ("rx_packets", "rx_bytes", "tx_packets", "tx_bytes", "flooded", "tx_errors", "arp_suppressed",
-                      "nd_suppressed", "mac_limited")
+                      "nd_suppressed", "mac_limited", "paused")
 assert len(PORT_COUNTER_NAMES) == PC_DROPS
 
 cdef enum:  # tunnel peer counters: PE_COUNT per peer

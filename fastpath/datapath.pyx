@@ -44,6 +44,7 @@ include "decide.pxi"
 include "output.pxi"
 include "tunnel.pxi"
 include "switch.pxi"
+include "pause.pxi"
 include "forward.pxi"
 include "engine_poll.pxi"
 include "engine_uring_ring.pxi"
@@ -343,7 +344,8 @@ cdef class Datapath:
         a burst of burst_bytes and of rate_fps frames/s (a burst of a tenth of
         a second) on its frames in (rx: from the port) and out (tx). Buckets
         start full, at the loop's clock now (at_ms: then, for tests that give
-        decide() its time); a change takes effect between two batches."""
+        decide() its time); a change takes effect between two batches, and a
+        port paused by its storm buckets (pause.pxi) is read again at once."""
         cdef sw_t *sw = self.sw
         cdef port_limits lim
         cdef bint free_slot
@@ -356,9 +358,15 @@ cdef class Datapath:
             if not free_slot:
                 sw.limits[idx] = lim
                 mt_set_limit(&sw.mt, idx, max_macs)
+                sw_resume(sw, idx, False)  # new buckets start full: a paused port is read again at once
             pthread_mutex_unlock(&sw.lock)
         if free_slot:
             raise LookupError(f"port index {idx} is not in use")
+
+    def port_paused(self, uint32_t idx) -> bool:
+        """Whether the loop has stopped reading port idx for now: its storm buckets are dry (pause.pxi)."""
+        self._check_index(idx)
+        return self.sw.ports[idx].resume_ms != 0
 
     def port_buckets(self, uint32_t idx, at_ms=None) -> dict:
         """What is left in port idx's buckets now (or at the loop's clock at_ms), in units

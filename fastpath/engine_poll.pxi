@@ -1,11 +1,13 @@
 # The poll engine: epoll over the port fds, the tunnel's socket and the stop
 # eventfd; read() up to BATCH frames from each ready port into its own
 # buffers; write() to ports. It writes at once, so it has nothing to settle.
+# A paused port stays in the epoll set with no events asked for (pause.pxi).
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 
 from fastpath.frame cimport VNET_HLEN
-from fastpath.posix_io cimport (EAGAIN, EINTR, ENOMEM, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLERR, EPOLLHUP,
+from fastpath.posix_io cimport (EAGAIN, EINTR, ENOMEM, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
+                                EPOLL_CTL_MOD, EPOLLERR, EPOLLHUP,
                                 EPOLLIN, SYS_read, SYS_write, close, epoll_create1, epoll_ctl, epoll_event, epoll_wait,
                                 errno, iovec, pthread_mutex_lock, pthread_mutex_unlock, read, sched_yield, syscall,
                                 writev)
@@ -57,6 +59,24 @@ cdef int poll_port_up(void *eng, uint32_t idx) noexcept nogil:
     ev.events = EPOLLIN
     ev.data.u64 = (<uint64_t>p.gen << 32) | idx
     return errno if epoll_ctl(e.epfd, EPOLL_CTL_ADD, p.fd, &ev) < 0 else 0
+
+
+cdef void poll_watch(poll_engine *e, uint32_t idx, uint32_t events) noexcept nogil:
+    cdef port_t *p = &e.sw.ports[idx]
+    cdef epoll_event ev
+    ev.events = events
+    ev.data.u64 = (<uint64_t>p.gen << 32) | idx
+    epoll_ctl(e.epfd, EPOLL_CTL_MOD, p.fd, &ev)
+
+
+cdef void poll_pause(void *eng, uint32_t idx) noexcept nogil:
+    # No events: epoll still reports a hang-up or an error (the loop then
+    # reads the port and finds it dead), never that frames wait.
+    poll_watch(<poll_engine *>eng, idx, 0)
+
+
+cdef void poll_resume(void *eng, uint32_t idx, bint from_loop) noexcept nogil:
+    poll_watch(<poll_engine *>eng, idx, EPOLLIN)  # level-triggered: frames queued meanwhile wake it at once
 
 
 cdef uint64_t poll_port_down(void *eng, uint32_t idx, bint from_loop) noexcept nogil:
@@ -121,6 +141,8 @@ cdef int poll_run(void *eng) noexcept nogil:
     cdef int64_t spin_until = 0
     cdef int timeout = SWEEP_INTERVAL_MS
     while not stopping:
+        if timeout and sw.npaused:
+            timeout = sw_wait_ms(sw, now_ms(), SWEEP_INTERVAL_MS)  # a paused port is due back
         n = epoll_wait(e.epfd, events, MAX_EVENTS, timeout)
         if n < 0 and errno != EINTR:
             err = errno
@@ -142,10 +164,11 @@ cdef int poll_run(void *eng) noexcept nogil:
             # wants it (the containers' own processes, on a small host):
             # spinning uses only time nobody else needs.
             sched_yield()
-        if n <= 0 and now - last_sweep < SWEEP_INTERVAL_MS:
+        if n <= 0 and now - last_sweep < SWEEP_INTERVAL_MS and not sw_resume_due(sw, now):
             continue  # nothing to do: the lock is not taken
         pthread_mutex_lock(&sw.lock)
         sw.stats[LS_WAKEUPS] += 1
+        sw_resume_ports(sw, now)
         for i in range(n):
             tag = events[i].data.u64
             if tag == TAG_STOP:
@@ -204,6 +227,8 @@ cdef poll_engine *poll_new(sw_t *sw, engine_ops *ops, int *err) noexcept nogil:
     ops.settle = poll_settle
     ops.port_up = poll_port_up
     ops.port_down = poll_port_down
+    ops.pause = poll_pause
+    ops.resume = poll_resume
     ops.released = poll_released
     ops.tunnel_up = poll_tunnel_up
     ops.run = poll_run

@@ -41,6 +41,17 @@ cdef void ur_forward(uring_engine *u, int64_t now) noexcept nogil:
     u.n_rframes = 0
 
 
+cdef inline void ur_frame(uring_engine *u, port_t *p, uint32_t idx, uint32_t bid, int res,
+                          int64_t now) noexcept nogil:
+    cdef frame_t *f = &u.rframes[u.n_rframes]
+    frame_read(f, ring_buf(u.ubufs, bid), res, VNET_HLEN if p.vnet else 0, idx)
+    f.tag = 1
+    f.pending = 0
+    u.n_rframes += 1
+    if u.n_rframes == BATCH:
+        ur_forward(u, now)
+
+
 cdef void ur_read(uring_engine *u, io_uring_cqe *cqe, int64_t now) noexcept nogil:
     cdef sw_t *sw = u.sw
     cdef uint64_t ud = cqe.user_data
@@ -49,7 +60,6 @@ cdef void ur_read(uring_engine *u, io_uring_cqe *cqe, int64_t now) noexcept nogi
     cdef bint more = (cqe.flags & IORING_CQE_F_MORE) != 0
     cdef int res = cqe.res
     cdef uint32_t bid = NO_BUFFER
-    cdef frame_t *f
     cdef ring_port *r
     cdef port_t *p
     cdef pollfd pfd
@@ -63,12 +73,17 @@ cdef void ur_read(uring_engine *u, io_uring_cqe *cqe, int64_t now) noexcept nogi
     r = &u.rports[idx]
     p = &sw.ports[idx]
     if not (r.armed and r.armed_gen == g):
-        # A read cancelled because its port went away: whatever it read is dropped.
-        if res > 0:
-            u.ustats[US_STALE] += 1
         if not more and r.cancelling:
             r.cancelling -= 1
             u.cancelling -= 1
+            if r.cancelling == 0 and p.state == PORT_UP:
+                u.ctl_pending = True  # a paused port's read is done: the reconcile may arm it again
+        if res > 0 and bid != NO_BUFFER and p.state == PORT_UP and (p.gen & GEN_MASK) == g:
+            # Read before a pause's cancel reached it (pause.pxi): a frame like any other.
+            ur_frame(u, p, idx, bid, res, now)
+        elif res > 0:
+            # A read cancelled because its port went away: whatever it read is dropped.
+            u.ustats[US_STALE] += 1
         return
     if not more:
         r.armed = 0
@@ -80,13 +95,7 @@ cdef void ur_read(uring_engine *u, io_uring_cqe *cqe, int64_t now) noexcept nogi
         u.ctl_pending = True
         return
     if res > 0 and bid != NO_BUFFER:
-        f = &u.rframes[u.n_rframes]
-        frame_read(f, ring_buf(u.ubufs, bid), res, VNET_HLEN if p.vnet else 0, idx)
-        f.tag = 1
-        f.pending = 0
-        u.n_rframes += 1
-        if u.n_rframes == BATCH:
-            ur_forward(u, now)
+        ur_frame(u, p, idx, bid, res, now)
         if not more:
             u.ustats[US_READ_REARMS] += 1
         return
@@ -233,6 +242,18 @@ cdef uint64_t ur_port_down(void *eng, uint32_t idx, bint from_loop) noexcept nog
     return ur_kick(u)
 
 
+cdef void ur_pause(void *eng, uint32_t idx) noexcept nogil:
+    (<uring_engine *>eng).ctl_pending = True  # the reconcile cancels its read
+
+
+cdef void ur_resume(void *eng, uint32_t idx, bint from_loop) noexcept nogil:
+    cdef uring_engine *u = <uring_engine *>eng
+    if from_loop:
+        u.ctl_pending = True  # the reconcile arms its read again
+    else:
+        ur_kick(u)
+
+
 cdef bint ur_released(void *eng, uint64_t ticket) noexcept nogil:
     cdef uring_engine *u = <uring_engine *>eng
     return not u.live or u.ctl_done >= ticket
@@ -289,8 +310,9 @@ cdef int ur_run(void *eng) noexcept nogil:
                 or u.unsubmitted):
             ret = io_uring_submit_and_get_events(&u.ring)
         else:
+            # Idle: until the next sweep, or the end of the first pause (pause.pxi).
             ts.tv_sec = 0
-            ts.tv_nsec = SWEEP_INTERVAL_MS * 1000000
+            ts.tv_nsec = <long long>sw_wait_ms(sw, t // 1000000, SWEEP_INTERVAL_MS) * 1000000
             ret = io_uring_submit_and_wait_timeout(&u.ring, &cqe, 1, &ts, NULL)
         u.ustats[US_SUBMITS] += 1
         if ur_wait_failed(ret):
@@ -315,7 +337,7 @@ cdef int ur_run(void *eng) noexcept nogil:
         elif n == 0 and t < spin_until:
             sched_yield()  # as in the poll engine: spin on time nobody else needs
         if (n == 0 and u.wq_head == u.wq_tail and not u.unsubmitted and not u.tunnel_pending
-                and not u.ctl_pending and now - last_sweep < SWEEP_INTERVAL_MS):
+                and not u.ctl_pending and now - last_sweep < SWEEP_INTERVAL_MS and not sw_resume_due(sw, now)):
             continue
         pthread_mutex_lock(&sw.lock)
         sw.stats[LS_WAKEUPS] += 1
@@ -345,6 +367,7 @@ cdef int ur_run(void *eng) noexcept nogil:
                     break
             else:
                 u.tunnel_pending = True  # more is waiting: come back without sleeping
+        sw_resume_ports(sw, now)
         if u.ctl_pending:
             ur_reconcile(u)
         if u.cancelling == 0:
@@ -416,6 +439,8 @@ cdef uring_engine *ur_new(sw_t *sw, engine_ops *ops, uint32_t n_bufs, int64_t ba
     ops.settle = ur_settle
     ops.port_up = ur_port_up
     ops.port_down = ur_port_down
+    ops.pause = ur_pause
+    ops.resume = ur_resume
     ops.released = ur_released
     ops.tunnel_up = ur_tunnel_up
     ops.run = ur_run

@@ -293,14 +293,14 @@ cdef void ur_poll(uring_engine *u, int fd, uint32_t which) noexcept nogil:
 
 cdef void ur_reconcile(uring_engine *u) noexcept nogil:
     """Bring the ring in line with the port table: cancel the reads of ports
-    that went away, swap fixed files, arm a read for every port that has
-    none (new, or its read ended)."""
+    that went away or are paused, swap fixed files, arm a read for every port
+    that has none (new, resumed, or its read ended)."""
     cdef sw_t *sw = u.sw
     cdef uint32_t idx, g
     cdef ring_port *r
     cdef port_t *p
     cdef io_uring_sqe *sqe
-    cdef bint want
+    cdef bint want, want_read
     cdef int fd
     cdef uint64_t seq = u.ctl_seq
     u.ctl_pending = False
@@ -313,8 +313,9 @@ cdef void ur_reconcile(uring_engine *u) noexcept nogil:
         p = &sw.ports[idx]
         r = &u.rports[idx]
         want = p.state == PORT_UP
+        want_read = want and p.resume_ms == 0  # a paused port keeps its file, not its read (pause.pxi)
         g = p.gen & GEN_MASK
-        if r.armed and (not want or r.armed_gen != g):
+        if r.armed and (not want_read or r.armed_gen != g):
             sqe = ur_sqe(u)
             if sqe == NULL:
                 u.ctl_pending = True
@@ -338,7 +339,10 @@ cdef void ur_reconcile(uring_engine *u) noexcept nogil:
             r.slot = 1
             r.slot_gen = g
             r.sync_writes = 0
-        if not r.armed:
+        if not r.armed and want_read and not r.cancelling:
+            # (A cancelled read still in flight may carry this generation's tag
+            # (a pause): the new read waits for its last completion, which brings a
+            # reconcile, so one port never has two reads.)
             sqe = ur_sqe(u)
             if sqe == NULL:
                 u.ctl_pending = True

@@ -2,7 +2,8 @@
 # port. Each frame is counted and mirrored as it came, its virtio-net header
 # checked, then decided (decide.pxi) and carried out (output.pxi). After the
 # batch, the pending GRO run and the queued tunnel sends leave: they point
-# into the batch's buffers, which the engine reads into again next.
+# into the batch's buffers, which the engine reads into again next. A port
+# whose frames its storm buckets keep dropping is paused (pause.pxi).
 from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 from fastpath.frame cimport DROP_BAD_VNET, DROP_RATE_LIMITED_RX, VNET_GSO_NONE, parse_vnet
@@ -32,6 +33,8 @@ cdef inline void forward_frame(sw_t *sw, frame_t *f, int64_t now) noexcept nogil
         sw.stats[LS_SUPERFRAMES_IN] += 1
         src.mtu = FRAME_ROOM  # a TSO super-frame is as long as 64 KB: the MTU bounds its segments
     decide(sw, f.data, f.len, &src, now, False, &d)
+    if sw.limits[idx].flags & LIM_STORM:
+        storm_pressure(sw, idx, &d, now)
     if d.learned == MT_LIMITED:
         c[PC_MAC_LIMITED] += 1
     if d.verdict == V_DROP:

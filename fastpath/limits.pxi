@@ -47,6 +47,7 @@ cdef struct bucket_t:
 
 cdef struct port_limits:
     uint8_t flags
+    uint32_t dry_run               # its frames in a row that its storm buckets dropped (pause.pxi)
     bucket_t storm[STORM_KINDS]    # frames/s
     bucket_t rx_bytes
     bucket_t rx_frames

@@ -20,6 +20,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLLHUP
         EPOLL_CTL_ADD
         EPOLL_CTL_DEL
+        EPOLL_CTL_MOD
         EPOLL_CLOEXEC
 
 cdef extern from "<sys/eventfd.h>" nogil:

@@ -14,6 +14,8 @@ cdef struct sw_t:
     vlan_t vlan                    # trunk ports (vlan.pxi)
     port_limits *limits            # one per port (limits.pxi)
     int64_t lim_now                # the loop's clock (ms) as the latest decision read it: egress policing's
+    uint32_t npaused               # ports paused (pause.pxi)
+    int64_t next_resume_ms         # ...the earliest resume_ms among them (the loop's clock, ms)
     uint64_t *pctr                 # PC_COUNT per port
     int32_t *net_head              # first port of each network, -1: none
     uint32_t max_ports
@@ -79,6 +81,7 @@ cdef void sw_port_down(sw_t *sw, uint32_t idx) noexcept nogil:
     tell the control plane (which removes it)."""
     cdef uint64_t one = 1
     sw.eng.port_down(sw.engine, idx, True)
+    sw_forget_pause(sw, idx)
     sw.ports[idx].state = PORT_DEAD
     mt_flush(&sw.mt, 0, idx, True)
     write(sw.notify_efd, &one, sizeof(one))
@@ -106,6 +109,7 @@ cdef int sw_add_port(sw_t *sw, int fd, uint16_t network, uint32_t mtu, bint vnet
     p.trunk = 0
     p.cap_fd = -1
     p.cap_dir = 0
+    p.resume_ms = 0
     memset(&sw.policy[idx], 0, sizeof(port_policy))  # no policy until the control plane sets one
     memset(&sw.limits[idx], 0, sizeof(port_limits))
     mt_set_limit(&sw.mt, idx, 0)
@@ -133,6 +137,7 @@ cdef void sw_remove_port(sw_t *sw, uint32_t idx) noexcept nogil:
             break
         link = &sw.ports[link[0]].next_in_net
     sw.ports[idx].next_in_net = -1
+    sw_forget_pause(sw, idx)
     memset(&sw.policy[idx], 0, sizeof(port_policy))
     memset(&sw.limits[idx], 0, sizeof(port_limits))
     mt_set_limit(&sw.mt, idx, 0)

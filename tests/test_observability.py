@@ -78,6 +78,7 @@ EXPECTED_METRICS = {
     "vswitch_port_flooded_total": {"port", "network"},
     "vswitch_port_tx_errors_total": {"port", "network"},
     "vswitch_port_capture_dropped_total": {"port", "network"},
+    "vswitch_port_paused_total": {"port", "network"},
     "vswitch_port_up": {"port", "network"},
     "vswitch_port_mtu_bytes": {"port", "network"},
     "vswitch_fdb_entries": set(),

@@ -114,8 +114,9 @@ def render_port(port: dict[str, Any]) -> str:
                           f" / {_rate(usage.get(f'peak_{way}_bps'), 'bit/s')}, {_rate(usage.get(f'peak_{way}_fps'), 'frames/s')}"
                           f" ({what}, peak over {usage.get('window_s', 0):.0f} s)"))
     counters = port.get("counters") or {}
-    if counters.get("mac_limited"):
-        lines.append(("mac_limited", counters["mac_limited"]))
+    for name in ("mac_limited", "paused"):
+        if counters.get(name):
+            lines.append((name, counters[name]))
     drops = {r: n for r, n in (counters.get("drops") or {}).items() if n}
     lines += [(f"drops {r}", n) for r, n in sorted(drops.items())]
     return table(("FIELD", "VALUE"), lines)

@@ -32,6 +32,9 @@ PORT_COUNTERS = (
      "Neighbour solicitations from the port the switch answered itself (not flooded)."),
     ("mac_limited", "vswitch_port_mac_limited_total",
      "Frames from the port whose source MAC was not learned: the port holds its max_macs (forwarding went on)."),
+    ("paused", "vswitch_port_paused_total",
+     "Times the switch stopped reading the port for a moment because storm control dropped everything it sent "
+     "(its frames wait in, or are dropped by, the container's own kernel meanwhile)."),
     ("capture_dropped", "vswitch_port_capture_dropped_total",
      "Frame copies a capture of the port dropped because its reader fell behind (forwarding went on)."),
 )

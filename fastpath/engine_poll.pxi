@@ -134,7 +134,7 @@ cdef int poll_run(void *eng) noexcept nogil:
         # this thread to be woken up (the larger part of a hop's latency
         # on a small VM). Idle, or when the traffic is bulk, the loop
         # sleeps as usual.
-        timeout = 0 if spin_next(&sw.spin, sw.stats, sw.busy_poll_ns, t, n > 0) else SWEEP_INTERVAL_MS
+        timeout = 0 if spin_next(&sw.spin, sw.stats, t, n > 0) else SWEEP_INTERVAL_MS
         if n <= 0 and timeout == 0:
             # A poll that found nothing gives the core to whatever else
             # wants it (the containers' own processes, on a small host):

@@ -310,7 +310,7 @@ cdef int ur_run(void *eng) noexcept nogil:
         # fewer, fuller rounds at less CPU per frame. A lone frame never
         # waits: a round of fewer asks for one, as before.
         want = min(n, UR_BATCH_MAX) if u.batch_wait_ns and n >= UR_BATCH_MIN else 1
-        spinning = spin_next(&sw.spin, sw.stats, sw.busy_poll_ns, t, n > 0)
+        spinning = spin_next(&sw.spin, sw.stats, t, n > 0)
         if n == 0 and spinning:
             sched_yield()  # as in the poll engine: spin on time nobody else needs
         if (n == 0 and u.wq_head == u.wq_tail and not u.unsubmitted and not u.tunnel_pending

@@ -5,7 +5,7 @@
 
 On the two-host topology of the VXLAN bench (bench/topologies.py), for
 vswitch in each I/O mode (at each busy_poll_us asked for) and for the
-kernel's vxlan + bridge, ping -A runs for a bounded time while tcpdump
+kernel's vxlan + bridge, ping -A runs for a bounded time (and at most 60,000 echoes) while tcpdump
 (host timestamps, nanosecond precision) captures at every hop: container
 A's eth0, host A's underlay veth, host B's underlay veth, container B's
 eth0. All four run on one machine, so on one clock. Each echo request and
@@ -61,6 +61,7 @@ CAPTURE_BUFFER_KIB = 16384
 ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
 VXLAN_PORT = topologies.VXLAN_PORT
 PCAP_NSEC_MAGIC = 0xA1B23C4D
+MAX_ECHOES = 60000
 
 
 # ---- pcap ----------------------------------------------------------------------------------
@@ -103,7 +104,8 @@ def icmp_echo(frame: bytes, vxlan: bool) -> tuple[int, int, int] | None:
 
 
 def first_seen(records: list[tuple[int, bytes]], vxlan: bool) -> dict[tuple[int, int, int], int]:
-    """The first time each echo (type, id, seq) was seen in a capture."""
+    """The first time each echo (type, id, seq) was seen in a capture (ping sends at most
+    MAX_ECHOES, so no sequence number comes round twice)."""
     seen: dict[tuple[int, int, int], int] = {}
     for ts, frame in records:
         key = icmp_echo(frame, vxlan)
@@ -168,7 +170,10 @@ def stop_capture(lab: Lab, name: str, proc: subprocess.Popen) -> str:
 
 
 def ping(ns: Netns, ip: str, seconds: float) -> dict[str, Any]:
-    out = ns.exec("ping", "-n", "-A", "-q", "-w", f"{seconds:g}", ip, check=False, timeout=seconds + 30)
+    # At most MAX_ECHOES: ICMP sequence numbers are 16 bits, and an echo is
+    # matched across the captures by its number.
+    out = ns.exec("ping", "-n", "-A", "-q", "-c", str(MAX_ECHOES), "-w", f"{seconds:g}", ip, check=False,
+                  timeout=seconds + 30)
     m = re.search(r"(\d+) packets transmitted, (\d+) received", out)
     rtt = re.search(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms", out)
     if not (m and rtt):

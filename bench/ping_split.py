@@ -227,7 +227,8 @@ def measure(label: str, build: Callable[[Lab], topologies.Topo], seconds: float,
                "capture_drops": dropped, "legs": {k: summary(v) for k, v in legs.items()}, "loop_counters": counters}
         log(f"  {label}: ping -A avg {plain['avg_us']:.1f} us ({captured['avg_us']:.1f} captured), "
             f"{res['matched']} echoes matched; "
-            + ", ".join(f"{k} {res['legs'][k]['median_us']:.1f}" for k in LEGS if res['legs'][k]['median_us'] is not None)
+            + ", ".join(f"{k} {res['legs'][k]['median_us']:.1f}" for k in LEGS
+                        if res['legs'][k]['median_us'] is not None)
             + " us (medians)")
         return res
 
@@ -261,8 +262,8 @@ def markdown(res: dict[str, Any]) -> str:
               "| setup | counters per echo |", "| --- | --- |"]
     for key, s in res["setups"].items():
         if s["loop_counters_per_echo"]:
-            lines.append(f"| {key} | " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(s["loop_counters_per_echo"].items()))
-                         + " |")
+            per_echo = sorted(s["loop_counters_per_echo"].items())
+            lines.append(f"| {key} | " + ", ".join(f"{k} {v:.2f}" for k, v in per_echo) + " |")
     return "\n".join(lines) + "\n"
 
 

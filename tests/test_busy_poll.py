@@ -61,9 +61,10 @@ def test_frames_count_since_the_last_turn_with_work():
 
 def test_a_turn_without_work_changes_nothing():
     # An idle turn neither ends a hold early nor extends the polling.
-    long_busy = 10 * HOLD
-    assert spin_trace(long_busy, HOLD, [(0, True, 1, 1), (HOLD - 1, False, 0, 0), (HOLD, False, 0, 0)]) == [False, False, True]
-    assert spin_trace(BUSY, HOLD, [(0, True, 1, 0), (BUSY - 1, False, 0, 0), (BUSY + 1, False, 0, 0)]) == [True, True, False]
+    after_bulk = [(0, True, 1, 1), (HOLD - 1, False, 0, 0), (HOLD, False, 0, 0)]
+    assert spin_trace(10 * HOLD, HOLD, after_bulk) == [False, False, True]
+    after_ping = [(0, True, 1, 0), (BUSY - 1, False, 0, 0), (BUSY + 1, False, 0, 0)]
+    assert spin_trace(BUSY, HOLD, after_ping) == [True, True, False]
 
 
 def test_without_a_hold_bulk_polls_as_any_traffic():

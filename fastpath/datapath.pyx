@@ -68,7 +68,7 @@ cdef class Datapath:
     def __cinit__(self, uint32_t max_ports=1024, uint32_t mac_table_size=65536, double mac_aging_s=300.0,
                   uint32_t max_networks=4096, uint32_t max_peers=1024, uint32_t busy_poll_us=0,
                   str io_mode="poll", uint32_t ring_buffers=UR_BUFS, uint32_t batch_wait_us=0, gro_udp=None,
-                  uint32_t neigh_table_size=4096):
+                  uint32_t neigh_table_size=4096, uint32_t busy_poll_bulk_hold_us=0):
         cdef uint32_t i
         cdef int err = 0
         cdef sw_t *sw
@@ -102,7 +102,8 @@ cdef class Datapath:
                 max_ports, max_peers)
         # Visit the whole slot array about once per aging period.
         sw.sweep_budget = <uint32_t>max(64, (sw.mt.mask + 1) * SWEEP_INTERVAL_MS // max(1, sw.mt.aging_ms) + 1)
-        sw.busy_poll_ns = <int64_t>busy_poll_us * 1000
+        sw.spin.busy_ns = <int64_t>busy_poll_us * 1000
+        sw.spin.hold_ns = <int64_t>busy_poll_bulk_hold_us * 1000
         sw.max_ports = max_ports
         sw.max_networks = max_networks
         sw.ports = <port_t *>calloc(max_ports, sizeof(port_t))

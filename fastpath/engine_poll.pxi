@@ -138,7 +138,6 @@ cdef int poll_run(void *eng) noexcept nogil:
     cdef uint32_t idx
     cdef bint stopping = False
     cdef int64_t t, now, last_sweep = now_ms()
-    cdef int64_t spin_until = 0
     cdef int timeout = SWEEP_INTERVAL_MS
     while not stopping:
         if timeout and sw.npaused:
@@ -155,10 +154,9 @@ cdef int poll_run(void *eng) noexcept nogil:
         # Busy polling: for busy_poll_ns after traffic, poll instead of
         # sleeping, so the next frame of a conversation does not wait for
         # this thread to be woken up (the larger part of a hop's latency
-        # on a small VM). Idle, the loop sleeps as usual.
-        if n > 0 and sw.busy_poll_ns:
-            spin_until = t + sw.busy_poll_ns
-        timeout = 0 if t < spin_until else SWEEP_INTERVAL_MS
+        # on a small VM). Idle, or when the traffic is bulk, the loop
+        # sleeps as usual.
+        timeout = 0 if spin_next(&sw.spin, sw.stats, t, n > 0) else SWEEP_INTERVAL_MS
         if n <= 0 and timeout == 0:
             # A poll that found nothing gives the core to whatever else
             # wants it (the containers' own processes, on a small host):

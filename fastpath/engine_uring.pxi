@@ -279,7 +279,7 @@ cdef int ur_run(void *eng) noexcept nogil:
     cdef uint32_t n, first, count
     cdef bint stopping = False
     cdef int64_t t, now, last_sweep = now_ms()
-    cdef int64_t spin_until = 0
+    cdef bint spinning = False
     cdef uint32_t want = 1
     cdef int err = 0
     cdef int ret = io_uring_enable_rings(&u.ring)  # this thread becomes its only submitter
@@ -306,7 +306,7 @@ cdef int ur_run(void *eng) noexcept nogil:
             ts.tv_nsec = u.batch_wait_ns
             ret = io_uring_submit_and_wait_timeout(&u.ring, &cqe, want, &ts, NULL)
             u.ustats[US_BATCH_WAITS] += 1
-        elif (t < spin_until or u.tunnel_pending or u.ctl_pending or u.wq_head != u.wq_tail
+        elif (spinning or u.tunnel_pending or u.ctl_pending or u.wq_head != u.wq_tail
                 or u.unsubmitted):
             ret = io_uring_submit_and_get_events(&u.ring)
         else:
@@ -332,9 +332,8 @@ cdef int ur_run(void *eng) noexcept nogil:
         # fewer, fuller rounds at less CPU per frame. A lone frame never
         # waits: a round of fewer asks for one, as before.
         want = min(n, UR_BATCH_MAX) if u.batch_wait_ns and n >= UR_BATCH_MIN else 1
-        if n and sw.busy_poll_ns:
-            spin_until = t + sw.busy_poll_ns
-        elif n == 0 and t < spin_until:
+        spinning = spin_next(&sw.spin, sw.stats, t, n > 0)
+        if n == 0 and spinning:
             sched_yield()  # as in the poll engine: spin on time nobody else needs
         if (n == 0 and u.wq_head == u.wq_tail and not u.unsubmitted and not u.tunnel_pending
                 and not u.ctl_pending and now - last_sweep < SWEEP_INTERVAL_MS and not sw_resume_due(sw, now)):

@@ -7,6 +7,15 @@ from fastpath.mactable cimport (OUT_NONE, key_network, mac_entry, mac_table, mt_
                                 mt_sweep)
 from fastpath.posix_io cimport CLOCK_MONOTONIC, clock_gettime, pthread_mutex_t, timespec, write
 
+cdef struct spin_t:                # busy polling's state, the same for every engine
+    int64_t busy_ns                # poll this long after a turn with work (0: always sleep)
+    int64_t hold_ns                # no polling this long after a bulk turn (0: bulk polls as any traffic)
+    int64_t until                  # poll instead of sleeping until then...
+    int64_t bulk_until             # ...unless the traffic was bulk until later
+    uint64_t frames                # LS_FRAMES at the latest turn with work
+    uint64_t large                 # super-frames in, coalesced datagrams and GRO runs then
+
+
 cdef struct sw_t:
     pthread_mutex_t lock
     port_t *ports
@@ -28,7 +37,7 @@ cdef struct sw_t:
     uint64_t ev_head
     int stop_efd                   # written by stop(): every engine watches it
     int notify_efd                 # written when a port's fd fails
-    int64_t busy_poll_ns
+    spin_t spin                    # whether the loop polls or sleeps next (spin_next)
     int64_t last_turn_ns           # CLOCK_MONOTONIC at the start of the loop's latest turn
     int inject_err                 # a failure the loop ends with at its next turn (tests)
     const char *fail_what          # what failed when the loop ended with an errno
@@ -63,6 +72,32 @@ cdef inline void sw_event(sw_t *sw, uint8_t kind, uint64_t key, uint32_t a, uint
     ev.a = a
     ev.b = b
     sw.ev_head += 1
+
+
+cdef inline bint spin_next(spin_t *s, const uint64_t *stats, int64_t t, bint work) noexcept nogil:
+    """After a turn at t (work: its wait brought something), whether the
+    engine's next wait polls (True) or may sleep.
+
+    Busy polling saves a wakeup per hop for latency traffic: a lone frame
+    now and then. With a hold set, bulk traffic (TSO super-frames, frames
+    the kernel coalesced, GRO runs, full batches) stops it for that long:
+    its next frame is always close, and on a small host a spinning loop
+    competes with the processes at either end of the transfer. The turn's
+    work is read from the loop's counters since the last turn with work, so
+    a frame costs nothing more."""
+    cdef uint64_t frames, large
+    if s.busy_ns <= 0:
+        return False
+    if work:
+        if s.hold_ns > 0:
+            frames = stats[LS_FRAMES]
+            large = stats[LS_SUPERFRAMES_IN] + stats[LS_UDP_GRO] + stats[LS_GRO_RUNS]
+            if large != s.large or frames - s.frames >= BATCH:
+                s.bulk_until = t + s.hold_ns
+            s.frames = frames
+            s.large = large
+        s.until = t + s.busy_ns
+    return t < s.until and t >= s.bulk_until
 
 
 cdef inline bint sw_turn(sw_t *sw, int64_t t) noexcept nogil:
@@ -178,3 +213,25 @@ cdef uint32_t sw_copy_fdb(sw_t *sw, uint64_t start, uint64_t end, uint16_t netwo
         rows[n].age_ms = now - e.last_seen_ms
         n += 1
     return n
+
+
+def spin_trace(int64_t busy_poll_ns, int64_t hold_ns, turns) -> list:
+    """Busy polling's decision (spin_next) over turns given as (t_ns, work,
+    frames, large): the turn's time, whether its wait brought anything, and
+    how many frames and large frames (super-frames in, coalesced datagrams,
+    GRO runs) its work added to the loop's counters. Returns, per turn,
+    whether the next wait would poll. For tests: it runs the loops' code."""
+    cdef spin_t s
+    cdef uint64_t stats[LS_COUNT]
+    memset(&s, 0, sizeof(s))
+    memset(stats, 0, sizeof(stats))
+    s.busy_ns = busy_poll_ns
+    s.hold_ns = hold_ns
+    out = []
+    for t, work, frames, large in turns:
+        if frames < 0 or large < 0:
+            raise ValueError("frames and large are counts, not below 0")
+        stats[LS_FRAMES] += <uint64_t>frames
+        stats[LS_SUPERFRAMES_IN] += <uint64_t>large
+        out.append(bool(spin_next(&s, stats, t, bool(work))))
+    return out

@@ -141,6 +141,13 @@ def test_io_mode(tmp_path: Path) -> None:
     assert "switch.io_mode: 'epoll' is not an I/O mode (auto, uring, poll)" in message
 
 
+def test_busy_poll_bulk_hold(tmp_path: Path) -> None:
+    assert load_config(write(tmp_path, "[switch]\n"))[0].busy_poll_bulk_hold_us == 0
+    assert load_config(write(tmp_path, "[switch]\nbusy_poll_bulk_hold_us = 2000\n"))[0].busy_poll_bulk_hold_us == 2000
+    message = config_error(tmp_path, "[switch]\nbusy_poll_bulk_hold_us = 100001\n")
+    assert "switch.busy_poll_bulk_hold_us: 100001 is out of range" in message
+
+
 def test_batch_wait(tmp_path: Path) -> None:
     assert load_config(write(tmp_path, "[switch]\n"))[0].batch_wait_us == 50
     assert load_config(write(tmp_path, "[switch]\nbatch_wait_us = 0\n"))[0].batch_wait_us == 0

@@ -12,11 +12,13 @@ MCAST = b"\x01\x00\x5e\x00\x00\x01"
 pytestmark = pytest.mark.io_modes
 
 
-@pytest.fixture(params=[0, 100], ids=["sleeping", "busy-polling"])
+@pytest.fixture(params=[(0, 0), (100, 0), (100, 2000)], ids=["sleeping", "busy-polling", "busy-polling-bulk-hold"])
 def rig(request, io_mode):
-    """Every loop test runs with the loop sleeping between frames and with it
-    busy-polling after traffic, in each I/O mode: all must forward the same."""
-    r = LoopRig(busy_poll_us=request.param, io_mode=io_mode)
+    """Every loop test runs with the loop sleeping between frames, with it
+    busy-polling after traffic, and busy-polling but for bulk traffic, in
+    each I/O mode: all must forward the same."""
+    busy, hold = request.param
+    r = LoopRig(busy_poll_us=busy, io_mode=io_mode, busy_poll_bulk_hold_us=hold)
     yield r
     r.close()
 

@@ -659,6 +659,7 @@ class SwitchSettings:
     max_ports: int = 1024
     offloads: bool = True
     busy_poll_us: int = 100
+    busy_poll_bulk_hold_us: int = 0
     batch_wait_us: int = 50
     io_mode: str = "auto"
 
@@ -666,7 +667,7 @@ class SwitchSettings:
     def parse(cls, data: dict[str, Any], where: str = "switch") -> SwitchSettings:
         allowed = {"mac_aging_s", "mac_table_size", "vtep_ip", "vxlan_port", "underlay_mtu",
                    "vxlan_src_port_min", "vxlan_src_port_max", "max_ports", "offloads", "busy_poll_us", "batch_wait_us",
-                   "io_mode"}
+                   "busy_poll_bulk_hold_us", "io_mode"}
         check_keys(where, data, allowed, set())
         d = cls()
         lo = check_int(f"{where}.vxlan_src_port_min", data.get("vxlan_src_port_min", d.vxlan_src_port_min), 1, 65535)
@@ -686,6 +687,8 @@ class SwitchSettings:
             vxlan_src_port_max=hi,
             offloads=offloads,
             busy_poll_us=check_int(f"{where}.busy_poll_us", data.get("busy_poll_us", d.busy_poll_us), 0, 100_000),
+            busy_poll_bulk_hold_us=check_int(f"{where}.busy_poll_bulk_hold_us",
+                                             data.get("busy_poll_bulk_hold_us", d.busy_poll_bulk_hold_us), 0, 100_000),
             batch_wait_us=check_int(f"{where}.batch_wait_us", data.get("batch_wait_us", d.batch_wait_us), 0, 1000),
             max_ports=check_int(f"{where}.max_ports", data.get("max_ports", d.max_ports), 2, 65000),
             io_mode=check_io_mode(f"{where}.io_mode", data.get("io_mode", d.io_mode)),

@@ -152,6 +152,7 @@ class Switch:
                 mac_table_size=self.settings.mac_table_size,
                 mac_aging_s=float(self.settings.mac_aging_s),
                 busy_poll_us=self.settings.busy_poll_us,
+                busy_poll_bulk_hold_us=self.settings.busy_poll_bulk_hold_us,
                 batch_wait_us=self.settings.batch_wait_us,
                 io_mode=io_mode,
             )

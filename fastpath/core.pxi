@@ -45,7 +45,6 @@ cdef struct port_t:
     uint8_t trunk                  # a trunk port (vlan.pxi): network is 0, its frames' tags say theirs
     int cap_fd                     # capture socket, -1 when nobody captures
     uint8_t cap_dir                # CAP_IN | CAP_OUT
-    int64_t resume_ms              # paused (pause.pxi): not read until the loop's clock reaches it; 0: read
 
 cdef struct frame_t:
     uint8_t *data                  # the Ethernet header; HEADROOM bytes are free before it

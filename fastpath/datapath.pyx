@@ -357,9 +357,9 @@ cdef class Datapath:
             pthread_mutex_lock(&sw.lock)
             free_slot = sw.ports[idx].state == PORT_FREE
             if not free_slot:
+                sw_resume(sw, idx, False)  # new buckets start full: a paused port is read again at once
                 sw.limits[idx] = lim
                 mt_set_limit(&sw.mt, idx, max_macs)
-                sw_resume(sw, idx, False)  # new buckets start full: a paused port is read again at once
             pthread_mutex_unlock(&sw.lock)
         if free_slot:
             raise LookupError(f"port index {idx} is not in use")
@@ -367,7 +367,7 @@ cdef class Datapath:
     def port_paused(self, uint32_t idx) -> bool:
         """Whether the loop has stopped reading port idx for now: its storm buckets are dry (pause.pxi)."""
         self._check_index(idx)
-        return self.sw.ports[idx].resume_ms != 0
+        return self.sw.limits[idx].resume_ms != 0
 
     def port_buckets(self, uint32_t idx, at_ms=None) -> dict:
         """What is left in port idx's buckets now (or at the loop's clock at_ms), in units

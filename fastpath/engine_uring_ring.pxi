@@ -313,7 +313,7 @@ cdef void ur_reconcile(uring_engine *u) noexcept nogil:
         p = &sw.ports[idx]
         r = &u.rports[idx]
         want = p.state == PORT_UP
-        want_read = want and p.resume_ms == 0  # a paused port keeps its file, not its read (pause.pxi)
+        want_read = want and sw.limits[idx].resume_ms == 0  # a paused port keeps its file, not its read (pause.pxi)
         g = p.gen & GEN_MASK
         if r.armed and (not want_read or r.armed_gen != g):
             sqe = ur_sqe(u)

@@ -48,6 +48,9 @@ cdef struct bucket_t:
 cdef struct port_limits:
     uint8_t flags
     uint32_t dry_run               # its frames in a row that its storm buckets dropped (pause.pxi)
+    # Paused (pause.pxi): not read until the loop's clock reaches it; 0: read.
+    # Here rather than in port_t, which stays 32 bytes: every frame indexes it.
+    int64_t resume_ms
     bucket_t storm[STORM_KINDS]    # frames/s
     bucket_t rx_bytes
     bucket_t rx_frames

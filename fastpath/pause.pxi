@@ -47,7 +47,7 @@ cdef inline int64_t refill_ms(const bucket_t *b, int64_t now) noexcept nogil:
 
 
 cdef void sw_pause(sw_t *sw, uint32_t idx, int64_t until) noexcept nogil:
-    sw.ports[idx].resume_ms = until
+    sw.limits[idx].resume_ms = until
     sw.pctr[<size_t>idx * PC_COUNT + PC_PAUSED] += 1
     if sw.npaused == 0 or until < sw.next_resume_ms:
         sw.next_resume_ms = until
@@ -57,14 +57,14 @@ cdef void sw_pause(sw_t *sw, uint32_t idx, int64_t until) noexcept nogil:
 
 cdef void sw_forget_pause(sw_t *sw, uint32_t idx) noexcept nogil:
     """Port idx is going away (or dead): drop its pause without telling the engine."""
-    if sw.ports[idx].resume_ms:
-        sw.ports[idx].resume_ms = 0
+    if sw.limits[idx].resume_ms:
+        sw.limits[idx].resume_ms = 0
         sw.npaused -= 1
 
 
 cdef void sw_resume(sw_t *sw, uint32_t idx, bint from_loop) noexcept nogil:
     """Read port idx again if it is paused (lock held)."""
-    if sw.ports[idx].resume_ms == 0:
+    if sw.limits[idx].resume_ms == 0:
         return
     sw_forget_pause(sw, idx)
     sw.limits[idx].dry_run = 0
@@ -79,7 +79,7 @@ cdef inline void storm_pressure(sw_t *sw, uint32_t idx, const decision_t *d, int
         l.dry_run = 0
         return
     l.dry_run += 1
-    if l.dry_run >= PAUSE_AFTER and sw.ports[idx].resume_ms == 0:
+    if l.dry_run >= PAUSE_AFTER and sw.limits[idx].resume_ms == 0:
         sw_pause(sw, idx, now + refill_ms(&l.storm[d.reason - DROP_STORM_BROADCAST], now))
 
 
@@ -103,7 +103,7 @@ cdef void sw_resume_ports(sw_t *sw, int64_t now) noexcept nogil:
     if not sw_resume_due(sw, now):
         return
     for idx in range(sw.max_ports):
-        r = sw.ports[idx].resume_ms
+        r = sw.limits[idx].resume_ms
         if r == 0:
             continue
         if r <= now:

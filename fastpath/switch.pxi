@@ -144,7 +144,6 @@ cdef int sw_add_port(sw_t *sw, int fd, uint16_t network, uint32_t mtu, bint vnet
     p.trunk = 0
     p.cap_fd = -1
     p.cap_dir = 0
-    p.resume_ms = 0
     memset(&sw.policy[idx], 0, sizeof(port_policy))  # no policy until the control plane sets one
     memset(&sw.limits[idx], 0, sizeof(port_limits))
     mt_set_limit(&sw.mt, idx, 0)

@@ -146,8 +146,10 @@ class Api:
         return answer
 
     def snapshot(self) -> dict[str, Any]:
-        """What an operator configured; counters, port state and learned entries may move on their own."""
-        ports = [{k: v for k, v in p.items() if k not in ("counters", "state")} for p in self.ok("GET", "/v1/ports")]
+        """What an operator configured; counters, port state, learned entries (and their count)
+        and measured usage move on their own."""
+        moving = ("counters", "state", "macs", "usage")
+        ports = [{k: v for k, v in p.items() if k not in moving} for p in self.ok("GET", "/v1/ports")]
         return {
             "networks": self.ok("GET", "/v1/networks"),
             "ports": ports,

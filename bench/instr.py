@@ -58,7 +58,11 @@ if scenario == "decap":
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 30)
     rx.bind(("127.0.0.1", 4789))
-    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    # Nothing is encapsulated here; a checkout from before the tunnel wrote
+    # its own IPv4 header sent from a raw IPPROTO_UDP socket.
+    import fastpath.datapath
+    proto = socket.IPPROTO_RAW if hasattr(fastpath.datapath, "vtep_tx_socket") else socket.IPPROTO_UDP
+    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, proto)
     tx.bind(("127.0.0.1", 0))
     dp.set_vtep(rx.fileno(), tx.fileno(), 4789, 49152, 65535, 1500)
     dp.set_network_vni(1, 42)

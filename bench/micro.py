@@ -258,7 +258,7 @@ def open_vtep(rig: Rig) -> tuple[int, socket.socket, socket.socket]:
     # Both ends take bursts faster than their reader: room for them.
     for s in (rx, peer):
         s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
-    tx = rig.sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    tx = rig.sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     tx.bind((VTEP, 0))
     rig.dp.set_vtep(rx.fileno(), tx.fileno(), port, 49152, 65535, 1500)
     return port, rx, peer

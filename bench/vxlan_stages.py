@@ -67,7 +67,7 @@ class Vtep:
         rx.bind((addr, vxlan_port))
         rx.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
         self.rx = rx
-        tx = self._sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        tx = self._sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         tx.bind((addr, 0))
         self.dp.set_vtep(rx.fileno(), tx.fileno(), vxlan_port, 49152, 65535, 1500)
         gso = []

@@ -27,6 +27,7 @@ from fastpath.vxlan cimport VX_DROPS, VXLAN_IP_OVERHEAD
 import ipaddress
 import os
 import re
+import socket
 import time
 
 from fastpath.frame import DROP_NAMES
@@ -440,9 +441,9 @@ cdef class Datapath:
     def set_vtep(self, int rx_fd, int tx_fd, uint16_t port, uint16_t sport_lo, uint16_t sport_hi,
                  uint32_t underlay_mtu) -> None:
         """Start terminating VXLAN: rx_fd is a UDP socket bound to the VTEP
-        address and port; tx_fd a raw IPPROTO_UDP socket bound to the same
-        address, so each packet can carry its own UDP source port. Both stay
-        owned by the caller."""
+        address and port; tx_fd a raw IPPROTO_RAW socket bound to the same
+        address (vtep_tx_socket makes one), so each packet can carry its own
+        UDP source port. Both stay owned by the caller."""
         cdef sw_t *sw = self.sw
         cdef int rc = 0
         if not 0 < sport_lo <= sport_hi:
@@ -451,8 +452,6 @@ cdef class Datapath:
             raise ValueError("underlay MTU out of range")
         if sw.tun.rx_fd >= 0:
             raise RuntimeError("the VTEP is already set")
-        # A raw UDP socket also receives a copy of every UDP datagram.
-        drop_all_input(tx_fd)
         os.set_blocking(rx_fd, False)
         os.set_blocking(tx_fd, False)
         with nogil:

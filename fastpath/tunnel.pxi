@@ -5,8 +5,10 @@
 # segmented super-frames). It owns its buffers: datagrams are read into its
 # own frame store whichever engine runs the loop.
 #
-# Sending: headers are our own 8-byte UDP header and the VXLAN header; a raw
-# IPPROTO_UDP socket adds IPv4, so each packet picks its own source port.
+# Sending: every header is our own (IPv4, UDP, VXLAN), sent from a raw
+# IPPROTO_RAW socket, so each packet picks its own source port. That kind of
+# socket only sends: a raw IPPROTO_UDP one would also be handed a clone of
+# every UDP datagram the host receives, the tunnel's own included.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
@@ -18,7 +20,7 @@ from fastpath.mactable cimport OUT_PEER
 from fastpath.posix_io cimport (AF_INET, CMSG_DATA, CMSG_FIRSTHDR, CMSG_LEN, CMSG_NXTHDR, CMSG_SPACE, EINTR, MSG_DONTWAIT,
                                 SO_ATTACH_FILTER, SOL_SOCKET, cmsghdr, errno, htons, iovec, mmsghdr, msghdr, recvmmsg,
                                 sendmmsg, sendmsg, setsockopt, sock_filter, sock_fprog, sockaddr_in)
-from fastpath.vxlan cimport (UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORMED, VX_MAC_PINNED, VX_OK,
+from fastpath.vxlan cimport (IPV4_HLEN, UDP_HLEN, VX_BAD_FLAGS, VX_DROPS, VX_INNER_MALFORMED, VX_MAC_PINNED, VX_OK,
                              VX_SPLIT_HORIZON, VX_TRUNCATED,
                              VX_UNKNOWN_PEER, VX_UNKNOWN_VNI, VXLAN_FLAG_I, VXLAN_HLEN, flow_hash, udp_write, vxlan_vni,
                              vxlan_write)
@@ -64,7 +66,8 @@ cdef struct tunnel_t:
     uint64_t drops[VX_DROPS]
     # sending
     mmsghdr txq[TXQ]
-    iovec txiov[TXQ]
+    iovec txiov[2 * TXQ]           # each packet: its IPv4 header in txip, then UDP, VXLAN and the frame
+    uint8_t txip[TXQ][IPV4_HLEN]
     sockaddr_in txaddr[TXQ]
     uint32_t txpeer[TXQ]
     uint32_t txq_len
@@ -110,13 +113,30 @@ cdef int tun_init(tunnel_t *t, uint32_t max_peers, uint32_t max_networks) noexce
         t.rxq[i].msg_hdr.msg_iovlen = 1
         t.rxq[i].msg_hdr.msg_name = &t.rxaddr[i]
     for i in range(TXQ):
-        t.txq[i].msg_hdr.msg_iov = &t.txiov[i]
-        t.txq[i].msg_hdr.msg_iovlen = 1
+        t.txq[i].msg_hdr.msg_iov = &t.txiov[2 * i]
+        t.txq[i].msg_hdr.msg_iovlen = 2
         t.txq[i].msg_hdr.msg_name = &t.txaddr[i]
         t.txq[i].msg_hdr.msg_namelen = sizeof(sockaddr_in)
         t.txaddr[i].sin_family = AF_INET
         t.txaddr[i].sin_port = 0  # ignored by raw sockets
+        ip4_template(t.txip[i])
+        t.txiov[2 * i].iov_base = t.txip[i]
+        t.txiov[2 * i].iov_len = IPV4_HLEN
     return 0
+
+
+cdef void ip4_template(uint8_t *ip) noexcept nogil:
+    """An outer IPv4 header as the kernel completes it for a raw IPPROTO_RAW
+    socket: it fills in the total length, the checksum, the ID (when 0) and
+    the source address (when 0, from the socket's address and the route);
+    the destination is written per packet. Don't Fragment is set, as the
+    kernel sets it on the UDP sockets' packets: the tunnel never sends a
+    packet past the underlay MTU, and a smaller path is an error to see."""
+    memset(ip, 0, IPV4_HLEN)
+    ip[0] = 0x45                   # version 4, 5 words
+    ip[6] = 0x40                   # DF
+    ip[8] = 64                     # TTL, the kernel's default
+    ip[9] = 17                     # UDP
 
 
 cdef void tun_free(tunnel_t *t) noexcept nogil:
@@ -185,6 +205,20 @@ cdef inline int32_t tun_peer_of(const tunnel_t *t, uint16_t network, uint32_t ad
     while peer >= 0 and t.peers[peer].addr != addr:
         peer = t.peers[peer].next_in_net
     return peer
+
+
+def vtep_tx_socket(str addr) -> socket.socket:
+    """The socket the tunnel sends from (set_vtep's tx_fd): raw, IPPROTO_RAW,
+    bound to the VTEP address addr (IPv4), non-blocking. The tunnel writes
+    each packet's IPv4 header itself (ip4_template)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    try:
+        s.bind((addr, 0))
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
 
 
 def drop_all_input(int fd) -> None:
@@ -379,7 +413,7 @@ cdef void tun_flush(sw_t *sw) noexcept nogil:
         for k in range(i, i + <uint32_t>sent):
             peer = t.txpeer[k]
             t.pectr[<size_t>peer * PE_COUNT + PE_TX_PACKETS] += 1
-            t.pectr[<size_t>peer * PE_COUNT + PE_TX_BYTES] += t.txiov[k].iov_len - ENCAP_LEN
+            t.pectr[<size_t>peer * PE_COUNT + PE_TX_BYTES] += t.txiov[2 * k + 1].iov_len - ENCAP_LEN
         i += <uint32_t>sent
     t.txq_len = 0
 
@@ -387,9 +421,10 @@ cdef void tun_flush(sw_t *sw) noexcept nogil:
 cdef inline void tun_queue(sw_t *sw, uint32_t peer, uint8_t *hdr, uint32_t length) noexcept nogil:
     cdef tunnel_t *t = &sw.tun
     cdef uint32_t n = t.txq_len
-    t.txiov[n].iov_base = hdr
-    t.txiov[n].iov_len = length
+    t.txiov[2 * n + 1].iov_base = hdr
+    t.txiov[2 * n + 1].iov_len = length
     t.txaddr[n].sin_addr.s_addr = t.peers[peer].addr
+    memcpy(&t.txip[n][16], &t.peers[peer].addr, 4)
     t.txpeer[n] = peer
     t.txq_len = n + 1
     if t.txq_len == TXQ:

@@ -101,7 +101,7 @@ def tunnel_rig(io_mode: str | None) -> Iterator[tuple[LoopRig, socket.socket, in
     """A loop with a VTEP on 127.0.0.1, network 1 on VNI 100 with one port, and a peer socket
     on 127.0.0.2: (rig, peer socket, VTEP's UDP port, the port's index)."""
     rx, peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     rig = None
     try:
         rx.bind(("127.0.0.1", 0))

@@ -294,7 +294,7 @@ def test_a_segment_too_long_for_a_udp_segment_train_goes_out_alone(io_mode):
     """With an underlay MTU of 65535 a segment can outgrow what one UDP_SEGMENT
     send carries (65000 bytes); it must leave on its own, not stall the loop."""
     rx, peer, gso = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
-    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     rig = None
     try:
         rx.bind(("127.0.0.1", 0))
@@ -377,7 +377,7 @@ class Vtep:
         rx.bind((addr, vxlan_port))
         rx.setsockopt(socket.SOL_UDP, 104, 1)  # UDP_GRO
         self.rx = rx
-        tx = self._sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        tx = self._sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
         tx.bind((addr, 0))
         gso = self._sock(socket.AF_INET, socket.SOCK_DGRAM)
         gso.setsockopt(socket.SOL_UDP, 103, 0)  # UDP_SEGMENT

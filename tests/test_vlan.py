@@ -93,7 +93,7 @@ def test_a_frame_flooded_to_trunks_and_access_ports_is_tagged_per_port(rig):
 @pytest.mark.root
 def test_a_superframe_from_a_trunk_is_cut_into_valid_untagged_segments_for_the_tunnel(io_mode):
     rx, peer, tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
-        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
     rig = None
     try:
         rx.bind(("127.0.0.1", 0))

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from fastpath import PEER_FLAG, Datapath
+from fastpath import PEER_FLAG, Datapath, vtep_tx_socket
 
 from .capture import Capture
 from .eventlog import EventLog
@@ -224,8 +224,7 @@ class Switch:
         s = self.settings
         where = f"{s.vtep_ip}:{s.vxlan_port}"
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
-        self._vxlan_sockets = [rx, tx]
+        self._vxlan_sockets = [rx]
         try:
             # Bursts of head-end-replicated floods arrive together: give the
             # receive queue room (FORCE works as root, past rmem_max).
@@ -237,7 +236,8 @@ class Switch:
                 rx.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
             except OSError as e:
                 log.info("no UDP GRO on the VXLAN socket: %s", e.strerror)
-            tx.bind((s.vtep_ip, 0))
+            tx = vtep_tx_socket(s.vtep_ip)
+            self._vxlan_sockets.append(tx)
             self._dp.set_vtep(rx.fileno(), tx.fileno(), s.vxlan_port, s.vxlan_src_port_min,
                               s.vxlan_src_port_max, s.underlay_mtu)
         except OSError as e:

@@ -16,6 +16,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
+from scapy.utils import checksum
 
 from tests.harness.frames import MIN_FRAME, has_token, marked_frame, new_token
 from tests.harness.hosts import BRIDGE_IP, UNDERLAY_IF, VXLAN_FLAG_I, VXLAN_PORT, Container, Host, Lab, lab  # noqa: F401
@@ -243,6 +244,9 @@ def test_wire_format_is_rfc7348_with_configured_source_ports(lab: Lab) -> None: 
         assert (p[Ether].src, p[Ether].dst) == (h1.mac, h2.mac)
         assert (p[IP].src, p[IP].dst, p[IP].proto) == (h1.ip, h2.ip, 17)
         assert p[IP].len == 20 + 8 + 8 + len(bytes(p[VXLAN].payload))
+        # The switch writes the outer IPv4 header; the kernel completes it.
+        assert (p[IP].version, p[IP].ihl, p[IP].ttl, str(p[IP].flags)) == (4, 5, 64, "DF")
+        assert checksum(bytes(p[IP])[:20]) == 0, "bad outer IPv4 header checksum"
         assert p[UDP].dport == VXLAN_PORT
         assert lo <= p[UDP].sport <= hi, f"source port {p[UDP].sport} outside [{lo}, {hi}]"
         assert p[UDP].chksum == 0

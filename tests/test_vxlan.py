@@ -19,7 +19,7 @@ from scapy.packet import Raw
 from scapy.utils import checksum
 
 from tests.harness.frames import MIN_FRAME, has_token, marked_frame, new_token
-from tests.harness.hosts import BRIDGE_IP, UNDERLAY_IF, VXLAN_FLAG_I, VXLAN_PORT, Container, Host, Lab, lab  # noqa: F401
+from tests.harness.hosts import BRIDGE_IP, UNDERLAY_IF, UNDERLAY_PREFIX, VXLAN_FLAG_I, VXLAN_PORT, Container, Host, Lab, lab  # noqa: F401
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.root, pytest.mark.io_modes]
@@ -174,6 +174,34 @@ def test_peer_removal_stops_traffic_and_forgets_its_macs(two: tuple[Host, Host])
 
     h1.ctl("peer", "add", h2.ip, "--network", "blue")
     ping_ok(b1, b2)
+
+
+def test_peers_whose_address_never_resolves_do_not_hold_up_the_others(two: tuple[Host, Host]) -> None:
+    """Floods to peers nobody answers ARP for wait in the kernel's neighbour
+    queues for seconds, charged to the socket that sent them: they must not
+    use up what that socket may send to the peers that do answer."""
+    h1, h2 = two
+    b1, b2 = h1.containers["b1"], h2.containers["b2"]
+    ping_ok(b1, b2)  # b2's MAC is known behind h2, and h2's underlay address resolved
+    ghosts = [UNDERLAY_PREFIX + "200", UNDERLAY_PREFIX + "201"]  # on the underlay, but no host has them
+    for ghost in ghosts:
+        h1.ctl("peer", "add", ghost, "--network", "blue")
+    before = h1.peer_stats("blue", h2.ip)
+    burst, after = new_token("burst"), new_token("after")
+    # More floods (to an unknown MAC: no storm limit by default) than the kernel's default
+    # neighbour queue holds (208 KiB a peer), then unicast to b2, all within the 3 s the
+    # ghosts' addresses are being resolved.
+    floods = [b1.frame(FOREIGN_MAC, burst, size=1400) for _ in range(150)]
+    unicast = [b1.frame(b2.mac, after, size=200) for _ in range(20)]
+    b1.send(*floods, *unicast)
+    assert len(b2.wait(after, count=len(unicast))) == len(unicast), \
+        f"unicast to a resolved peer was lost while other peers' addresses resolved: {h1.peer_stats('blue', h2.ip)}"
+    # Every copy for h2 left: the sends, not only the sniffer in b2, are what counts.
+    wait_until(lambda: h1.peer_stats("blue", h2.ip)["tx_packets"] >= before["tx_packets"] + len(floods) + len(unicast),
+               message=f"h1 sent h2 fewer packets than it was given: {h1.peer_stats('blue', h2.ip)}")
+    assert h1.peer_stats("blue", h2.ip)["tx_errors"] == before["tx_errors"]
+    for ghost in ghosts:
+        h1.ctl("peer", "del", ghost, "--network", "blue")
 
 
 def test_injected_bad_vxlan_is_dropped_counted_and_forwarding_goes_on(lab: Lab, two: tuple[Host, Host]) -> None:  # noqa: F811

@@ -46,6 +46,14 @@ log = logging.getLogger("vswitch.switch")
 UDP_GSO_SOCKETS = 16
 UDP_SEGMENT = 103  # <netinet/udp.h>, not in the socket module
 UDP_GRO = 104
+SO_SNDBUFFORCE = 32  # <asm/socket.h>, not in the socket module
+# What each tunnel socket may have in flight. A packet for a peer whose
+# underlay address is still being resolved (ARP) waits in the neighbour's
+# queue, charged to the socket that sent it, up to unres_qlen_bytes (208 KiB
+# by default) per peer for up to 3 s. With the default send buffer, of the
+# same size, one unreachable peer would refuse the socket's sends to every
+# other peer meanwhile; this room holds the queues of 20 such peers.
+TUNNEL_SNDBUF = 4 << 20
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348)
 DEFAULT_MTU = 1500
 NETNS_CHECK_INTERVAL_S = 0.5
@@ -238,6 +246,7 @@ class Switch:
                 log.info("no UDP GRO on the VXLAN socket: %s", e.strerror)
             tx = vtep_tx_socket(s.vtep_ip)
             self._vxlan_sockets.append(tx)
+            tx.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, TUNNEL_SNDBUF)
             self._dp.set_vtep(rx.fileno(), tx.fileno(), s.vxlan_port, s.vxlan_src_port_min,
                               s.vxlan_src_port_max, s.underlay_mtu)
         except OSError as e:
@@ -265,6 +274,7 @@ class Switch:
                 # checksum (the kernel refuses UDP_SEGMENT without one); RFC
                 # 7348 lets a receiver take either.
                 sock.setsockopt(socket.SOL_UDP, UDP_SEGMENT, 0)
+                sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, TUNNEL_SNDBUF)
                 sock.bind((s.vtep_ip, port))
             except OSError as e:
                 log.debug("no UDP GSO socket on port %d: %s", port, e)

@@ -39,7 +39,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fastpath import Datapath, MacTable, uring_unavailable  # noqa: E402
+from fastpath import Datapath, MacTable, uring_unavailable, vtep_tx_socket  # noqa: E402
 from model import ModelSwitch  # noqa: E402
 from rawframes import BROADCAST, eth, mac  # noqa: E402
 
@@ -258,8 +258,8 @@ def open_vtep(rig: Rig) -> tuple[int, socket.socket, socket.socket]:
     # Both ends take bursts faster than their reader: room for them.
     for s in (rx, peer):
         s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
-    tx = rig.sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    tx.bind((VTEP, 0))
+    tx = vtep_tx_socket(VTEP)
+    rig.socks.append(tx)
     rig.dp.set_vtep(rx.fileno(), tx.fileno(), port, 49152, 65535, 1500)
     return port, rx, peer
 

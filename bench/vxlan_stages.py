@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from fastpath import Datapath  # noqa: E402
+from fastpath import Datapath, vtep_tx_socket  # noqa: E402
 from rawframes import BROADCAST, eth, mac, ones_sum, recv_waiting  # noqa: E402
 
 UDP_SEGMENT, UDP_GRO = 103, 104
@@ -67,8 +67,8 @@ class Vtep:
         rx.bind((addr, vxlan_port))
         rx.setsockopt(socket.SOL_UDP, UDP_GRO, 1)
         self.rx = rx
-        tx = self._sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        tx.bind((addr, 0))
+        tx = vtep_tx_socket(addr)
+        self.socks.append(tx)
         self.dp.set_vtep(rx.fileno(), tx.fileno(), vxlan_port, 49152, 65535, 1500)
         gso = []
         for _ in range(4):

@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from fastpath import vtep_tx_socket
 from loop_rig import LoopRig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +102,10 @@ def tunnel_rig(io_mode: str | None) -> Iterator[tuple[LoopRig, socket.socket, in
     """A loop with a VTEP on 127.0.0.1, network 1 on VNI 100 with one port, and a peer socket
     on 127.0.0.2: (rig, peer socket, VTEP's UDP port, the port's index)."""
     rx, peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    tx = vtep_tx_socket("127.0.0.1")
     rig = None
     try:
         rx.bind(("127.0.0.1", 0))
-        tx.bind(("127.0.0.1", 0))
         vxlan_port = rx.getsockname()[1]
         peer.bind(("127.0.0.2", 0))
         rig = LoopRig(io_mode=io_mode or "poll")

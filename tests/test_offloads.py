@@ -11,6 +11,7 @@ from tests.harness.daemon import free_port
 from tests.harness.hosts import lab  # noqa: F401  (fixture)
 from tests.harness.tcp import tcp_transfer
 
+from fastpath import vtep_tx_socket
 from loop_rig import LoopRig, rig  # noqa: F401  (fixture)
 from rawframes import BROADCAST, eth, mac, ones_sum, partial_udp, recv_waiting
 
@@ -294,14 +295,13 @@ def test_a_segment_too_long_for_a_udp_segment_train_goes_out_alone(io_mode):
     """With an underlay MTU of 65535 a segment can outgrow what one UDP_SEGMENT
     send carries (65000 bytes); it must leave on its own, not stall the loop."""
     rx, peer, gso = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3))
-    tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    tx = vtep_tx_socket("127.0.0.1")
     rig = None
     try:
         rx.bind(("127.0.0.1", 0))
         vxlan_port = rx.getsockname()[1]
         peer.bind(("127.0.0.2", vxlan_port))
         peer.settimeout(10)
-        tx.bind(("127.0.0.1", 0))
         gso.bind(("127.0.0.1", 0))
         rig = LoopRig(io_mode=io_mode)
         rig.dp.set_vtep(rx.fileno(), tx.fileno(), vxlan_port, 49152, 65535, 65535)
@@ -377,8 +377,8 @@ class Vtep:
         rx.bind((addr, vxlan_port))
         rx.setsockopt(socket.SOL_UDP, 104, 1)  # UDP_GRO
         self.rx = rx
-        tx = self._sock(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-        tx.bind((addr, 0))
+        tx = vtep_tx_socket(addr)
+        self.socks.append(tx)
         gso = self._sock(socket.AF_INET, socket.SOCK_DGRAM)
         gso.setsockopt(socket.SOL_UDP, 103, 0)  # UDP_SEGMENT
         gso.bind((addr, 0))

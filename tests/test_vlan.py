@@ -11,7 +11,7 @@ import struct
 
 import pytest
 
-from fastpath import Datapath
+from fastpath import Datapath, vtep_tx_socket
 from loop_rig import LoopRig, rig  # noqa: F401  (fixture)
 from rawframes import BROADCAST, eth, mac, ones_sum
 from test_offloads import GSO_TCPV4, VNET_F_NEEDS_CSUM, tcp_superframe, udp_frame_with_partial_csum, vnet
@@ -92,15 +92,14 @@ def test_a_frame_flooded_to_trunks_and_access_ports_is_tagged_per_port(rig):
 
 @pytest.mark.root
 def test_a_superframe_from_a_trunk_is_cut_into_valid_untagged_segments_for_the_tunnel(io_mode):
-    rx, peer, tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM), \
-        socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    rx, peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = vtep_tx_socket("127.0.0.1")
     rig = None
     try:
         rx.bind(("127.0.0.1", 0))
         port = rx.getsockname()[1]
         peer.bind(("127.0.0.2", port))
         peer.settimeout(10)
-        tx.bind(("127.0.0.1", 0))
         rig = LoopRig(io_mode=io_mode)
         rig.dp.set_vtep(rx.fileno(), tx.fileno(), port, 49152, 65535, 1500)
         rig.dp.set_network_vni(1, 100)

@@ -50,9 +50,10 @@ SO_SNDBUFFORCE = 32  # <asm/socket.h>, not in the socket module
 # What each tunnel socket may have in flight. A packet for a peer whose
 # underlay address is still being resolved (ARP) waits in the neighbour's
 # queue, charged to the socket that sent it, up to unres_qlen_bytes (208 KiB
-# by default) per peer for up to 3 s. With the default send buffer, of the
-# same size, one unreachable peer would refuse the socket's sends to every
-# other peer meanwhile; this room holds the queues of 20 such peers.
+# by default) per peer for up to 3 s. With the default send buffer, of
+# about that size, two unreachable peers (one, under steady floods) made the
+# socket refuse its sends to every other peer meanwhile; this room holds the
+# queues of 20 such peers.
 TUNNEL_SNDBUF = 4 << 20
 VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8 (RFC 7348)
 DEFAULT_MTU = 1500

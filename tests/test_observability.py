@@ -38,6 +38,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from scapy.utils import rdpcap
 
 from tests.harness.agent import Agent
+from tests.harness.capture import PCAP_HEADER, PCAP_RECORD, open_capture, read_pcap
 from tests.harness.daemon import REPO_ROOT, Vswitchd, free_port
 from tests.harness.lan import IFNAME, Host, port_mac
 from tests.harness.frames import has_token, marked_frame, new_token
@@ -57,14 +58,10 @@ REMOTE_MAC = "02:00:00:00:0e:01"  # a container behind the peer
 TOPOLOGY = {"c1": "blue", "c2": "blue", "c3": "blue", "c4": "red", "c5": "red"}
 RED_MTU = 9000
 JUMBO = RED_MTU + 14
-STREAM_IDLE_S = 10.0
 PROMETHEUS = Path("/usr/bin/prometheus")
 PROMTOOL = Path("/usr/bin/promtool")
 PROMETHEUS_UP_DEADLINE_S = 20.0  # its first scrape comes ~5 s after start
 DASHBOARD = REPO_ROOT / "tools" / "grafana-dashboard.json"
-PCAP_MAGIC_NS = 0xA1B23C4D
-PCAP_HEADER = struct.Struct("<IHHiIII")
-PCAP_RECORD = struct.Struct("<IIII")
 VXLAN_HEADER = struct.Struct("!B3xI")  # flags, then VNI << 8
 MAC_RE = re.compile(r"(?i)\b[0-9a-f]{2}(:[0-9a-f]{2}){5}\b")
 
@@ -241,31 +238,8 @@ def lan(netns_factory: Callable[[], Netns], agent_factory: Callable[[Netns], Age
 # --- pcap ----------------------------------------------------------------------------
 
 
-def read_pcap(data: bytes) -> list[tuple[int, bytes]]:
-    """(ns timestamp, frame) of each record of a nanosecond pcap; asserts the format on the way."""
-    magic, major, minor, _zone, _sigfigs, _snaplen, linktype = PCAP_HEADER.unpack_from(data)
-    assert (magic, major, minor, linktype) == (PCAP_MAGIC_NS, 2, 4, 1)
-    records, off = [], PCAP_HEADER.size
-    while off < len(data):
-        sec, nsec, caplen, origlen = PCAP_RECORD.unpack_from(data, off)
-        assert caplen == origlen and nsec < 10**9
-        off += PCAP_RECORD.size
-        records.append((sec * 10**9 + nsec, data[off:off + caplen]))
-        off += caplen
-    assert off == len(data), "the pcap ends inside a record"
-    return records
-
-
 def mac_text(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in raw)
-
-
-def open_capture(daemon: Vswitchd, port: str, **query: Any) -> tuple[bytes, Iterator[bytes]]:
-    """Start a capture through the API; returns (first chunk, the rest) once it runs:
-    the switch mirrors before it answers, so the arrival of the pcap header proves it."""
-    path = f"/v1/ports/{port}/capture" + (f"?{urllib.parse.urlencode(query)}" if query else "")
-    chunks = Client(daemon.socket_path, timeout=10).stream(path, idle_timeout=STREAM_IDLE_S)
-    return next(chunks), chunks
 
 
 def ctl_capture(daemon: Vswitchd, *args: str) -> subprocess.Popen[bytes]:

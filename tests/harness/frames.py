@@ -33,11 +33,13 @@ def marked_frame(
     ethertype: int = ETH_P_EXPERIMENTAL,
     size: int | None = None,
     vlan: int | None = None,
+    random_padding: bool = False,
 ) -> bytes:
     """An Ethernet frame (802.1Q-tagged if `vlan` is given) whose payload carries `token`.
 
     `size` is the whole frame's length without FCS (default: the 60-byte
-    minimum); the payload is padded with a fixed byte pattern to reach it.
+    minimum); the payload is padded with a fixed byte pattern to reach it,
+    or with random bytes (`random_padding`), so that no two frames are alike.
     """
     if vlan is None:
         head = Ether(src=src_mac, dst=dst_mac, type=ethertype)
@@ -49,7 +51,7 @@ def marked_frame(
     room = target - len(header) - len(mark)
     if room < 0:
         raise ValueError(f"size: {size!r} is too small for the headers and token {token!r} ({len(header) + len(mark)} bytes)")
-    padding = (_PATTERN * (room // len(_PATTERN) + 1))[:room]
+    padding = os.urandom(room) if random_padding else (_PATTERN * (room // len(_PATTERN) + 1))[:room]
     return bytes(head / Raw(mark + padding))
 
 
